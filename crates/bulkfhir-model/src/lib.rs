@@ -1,0 +1,26 @@
+//! FHIR R4 vocabulary for bulkfhir, with no I/O.
+//!
+//! This crate holds what every other layer speaks: resource types ([`ResourceType`]), logical ids
+//! ([`ResourceId`]), server instants ([`Instant`]), the preparation of an incoming resource into the
+//! exact bytes the store keeps ([`PreparedResource`]), Patient compartment membership
+//! ([`compartment`]), the shared error classification ([`ErrorKind`]) and `OperationOutcome`
+//! construction ([`outcome`]).
+//!
+//! It sits at the bottom of the tree: `model ← store ← export ← server`.
+#![warn(missing_docs)]
+
+pub mod compartment;
+mod error;
+mod generated;
+mod id;
+mod instant;
+pub mod json;
+pub mod outcome;
+mod prepare;
+mod resource_type;
+
+pub use error::{ErrorKind, ModelError};
+pub use id::ResourceId;
+pub use instant::Instant;
+pub use prepare::{PreparedResource, ResourceRef};
+pub use resource_type::ResourceType;

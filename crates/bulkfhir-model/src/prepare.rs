@@ -1,0 +1,223 @@
+use std::fmt;
+
+use serde_json::value::RawValue;
+
+use crate::{
+    Instant, ModelError, ResourceId, ResourceType, compartment,
+    json::{RawMembers, minify_into, write_json_string},
+};
+
+/// An incoming resource, checked and minified, ready for the store to stamp with its version.
+///
+/// Parsing keeps every member's JSON text exactly (numbers like `1.50` stay `1.50`); only
+/// whitespace between tokens is dropped. `resourceType`, `id` and `meta.versionId` /
+/// `meta.lastUpdated` are held apart because the server owns them.
+#[derive(Clone)]
+pub struct PreparedResource {
+    resource_type: ResourceType,
+    id: Option<ResourceId>,
+    /// Minified `"key":value` members other than resourceType/id/meta, comma-separated.
+    members: Vec<u8>,
+    /// Minified members of `meta` other than versionId/lastUpdated, comma-separated.
+    meta_members: Vec<u8>,
+    /// Patients whose compartment this resource is in, by its references (sorted, unique); the
+    /// resource's own id is added for a Patient at stamping time.
+    referenced_patients: Vec<ResourceId>,
+}
+
+impl PreparedResource {
+    /// Parses and checks one resource: a JSON object with a known R4 `resourceType`, a valid `id`
+    /// if one is given, and an object `meta` if one is given.
+    pub fn parse(bytes: &[u8]) -> Result<Self, ModelError> {
+        let text = std::str::from_utf8(bytes)
+            .map_err(|e| ModelError::Json(format!("body is not UTF-8: {e}")))?;
+        let members = RawMembers::parse(text)?;
+        let resource_type = match members.get("resourceType") {
+            Some(raw) => ResourceType::parse(&string_member(raw, "resourceType")?)?,
+            None => {
+                return Err(ModelError::InvalidResource("resource has no 'resourceType'".to_owned()));
+            }
+        };
+        let id = match members.get("id") {
+            Some(raw) => Some(ResourceId::parse(&string_member(raw, "id")?)?),
+            None => None,
+        };
+        let mut meta_members = Vec::new();
+        if let Some(raw_meta) = members.get("meta") {
+            let meta = RawMembers::parse(raw_meta.get()).map_err(|_| {
+                ModelError::InvalidResource("'meta' must be a JSON object".to_owned())
+            })?;
+            append_members(&meta, &["versionId", "lastUpdated"], &mut meta_members);
+        }
+        let mut body = Vec::with_capacity(bytes.len());
+        append_members(&members, &["resourceType", "id", "meta"], &mut body);
+        let referenced_patients = compartment::referenced_patients(resource_type, &members)?;
+        Ok(PreparedResource { resource_type, id, members: body, meta_members, referenced_patients })
+    }
+
+    /// The resource's type.
+    pub fn resource_type(&self) -> ResourceType {
+        self.resource_type
+    }
+
+    /// The id the client gave, if any.
+    pub fn id(&self) -> Option<&ResourceId> {
+        self.id.as_ref()
+    }
+
+    /// Replaces the id (a server-assigned id on create, the URL's id on update).
+    pub fn set_id(&mut self, id: ResourceId) {
+        self.id = Some(id);
+    }
+
+    /// The ids of the patients whose compartment holds this resource when stored under `own_id`
+    /// (sorted, unique). A Patient is in its own compartment.
+    pub fn compartment_patients(&self, own_id: &ResourceId) -> Vec<ResourceId> {
+        let mut patients = self.referenced_patients.clone();
+        if self.resource_type == ResourceType::PATIENT {
+            patients.push(own_id.clone());
+            patients.sort();
+            patients.dedup();
+        }
+        patients
+    }
+
+    /// The stored form: minified JSON with `resourceType`, `id` and `meta` first and
+    /// `meta.versionId` / `meta.lastUpdated` stamped.
+    pub fn stamp(&self, id: &ResourceId, version: u64, last_updated: Instant) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.members.len() + self.meta_members.len() + 160);
+        out.extend_from_slice(b"{\"resourceType\":\"");
+        out.extend_from_slice(self.resource_type.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"id\":");
+        write_json_string(&mut out, id.as_str());
+        out.extend_from_slice(b",\"meta\":{\"versionId\":\"");
+        out.extend_from_slice(version.to_string().as_bytes());
+        out.extend_from_slice(b"\",\"lastUpdated\":\"");
+        out.extend_from_slice(last_updated.to_fhir().as_bytes());
+        out.push(b'"');
+        if !self.meta_members.is_empty() {
+            out.push(b',');
+            out.extend_from_slice(&self.meta_members);
+        }
+        out.push(b'}');
+        if !self.members.is_empty() {
+            out.push(b',');
+            out.extend_from_slice(&self.members);
+        }
+        out.push(b'}');
+        out
+    }
+}
+
+impl fmt::Debug for PreparedResource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PreparedResource")
+            .field("resource_type", &self.resource_type)
+            .field("id", &self.id)
+            .field("bytes", &self.members.len())
+            .finish()
+    }
+}
+
+/// Reads a member that must be a JSON string.
+fn string_member(raw: &RawValue, name: &str) -> Result<String, ModelError> {
+    serde_json::from_str::<String>(raw.get())
+        .map_err(|_| ModelError::InvalidResource(format!("'{name}' must be a JSON string")))
+}
+
+/// Appends the minified members of `members` except `skip` to `out`, comma-separated.
+fn append_members(members: &RawMembers<'_>, skip: &[&str], out: &mut Vec<u8>) {
+    for (key, value) in &members.0 {
+        if skip.contains(&key.as_ref()) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push(b',');
+        }
+        write_json_string(out, key);
+        out.push(b':');
+        minify_into(value.get().as_bytes(), out);
+    }
+}
+
+/// A literal reference `Type/id`, as written in `Reference.reference`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ResourceRef {
+    /// The target's type.
+    pub resource_type: ResourceType,
+    /// The target's id.
+    pub id: ResourceId,
+}
+
+impl ResourceRef {
+    /// Reads a literal reference: `Type/id`, `Type/id/_history/v`, or an absolute URL ending in
+    /// one of those. Contained (`#x`), `urn:` and conditional references give `None`.
+    pub fn parse(reference: &str) -> Option<ResourceRef> {
+        let path = match reference.find("/_history/") {
+            Some(cut) => &reference[..cut],
+            None => reference,
+        };
+        if path.starts_with('#') || path.starts_with("urn:") || path.contains('?') {
+            return None;
+        }
+        let mut parts = path.rsplit('/');
+        let id = parts.next()?;
+        let resource_type = parts.next()?;
+        Some(ResourceRef {
+            resource_type: ResourceType::parse(resource_type).ok()?,
+            id: ResourceId::parse(id).ok()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamping_puts_server_fields_first_and_keeps_everything_else() {
+        let input = br#"{ "valueQuantity": {"value": 1.50}, "resourceType": "Observation",
+            "meta": {"versionId": "9", "profile": ["http://x"], "lastUpdated": "2000-01-01T00:00:00Z"},
+            "id": "o1", "subject": {"reference": "Patient/p1"} }"#;
+        let prepared = PreparedResource::parse(input).unwrap();
+        assert_eq!(prepared.resource_type().as_str(), "Observation");
+        assert_eq!(prepared.id().unwrap().as_str(), "o1");
+        let id = ResourceId::parse("o1").unwrap();
+        let stamped = prepared.stamp(&id, 3, Instant::from_micros(1_000_000));
+        assert_eq!(
+            std::str::from_utf8(&stamped).unwrap(),
+            r#"{"resourceType":"Observation","id":"o1","meta":{"versionId":"3","lastUpdated":"1970-01-01T00:00:01.000000Z","profile":["http://x"]},"valueQuantity":{"value":1.50},"subject":{"reference":"Patient/p1"}}"#
+        );
+        assert_eq!(prepared.compartment_patients(&id), vec![ResourceId::parse("p1").unwrap()]);
+    }
+
+    #[test]
+    fn malformed_resources_are_refused_with_reasons() {
+        for (input, needle) in [
+            (&b"{"[..], "not valid JSON"),
+            (b"[]", "JSON object"),
+            (b"{\"id\":\"x\"}", "no 'resourceType'"),
+            (b"{\"resourceType\":\"Nope\"}", "unknown resource type"),
+            (b"{\"resourceType\":7}", "must be a JSON string"),
+            (b"{\"resourceType\":\"Patient\",\"id\":\"a b\"}", "invalid resource id"),
+            (b"{\"resourceType\":\"Patient\",\"meta\":[]}", "'meta' must be"),
+            (b"{\"resourceType\":\"Patient\",\"id\":\"a\",\"id\":\"b\"}", "duplicate"),
+            (b"\xff", "UTF-8"),
+        ] {
+            let err = PreparedResource::parse(input).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err} should mention {needle}");
+        }
+    }
+
+    #[test]
+    fn references_are_read_in_every_literal_form() {
+        let r = ResourceRef::parse("Patient/p1").unwrap();
+        assert_eq!((r.resource_type.as_str(), r.id.as_str()), ("Patient", "p1"));
+        let r = ResourceRef::parse("http://example.org/fhir/Patient/p1/_history/3").unwrap();
+        assert_eq!((r.resource_type.as_str(), r.id.as_str()), ("Patient", "p1"));
+        assert!(ResourceRef::parse("#contained").is_none());
+        assert!(ResourceRef::parse("urn:uuid:1234").is_none());
+        assert!(ResourceRef::parse("Patient?identifier=x").is_none());
+        assert!(ResourceRef::parse("p1").is_none());
+    }
+}

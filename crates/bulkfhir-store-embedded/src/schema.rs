@@ -1,0 +1,43 @@
+//! The database schema and its migrations (`PRAGMA user_version` counts applied steps).
+
+use rusqlite::Connection;
+
+/// Each step runs once, in order, inside one transaction with the version bump.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE resource_version (
+    seq          INTEGER PRIMARY KEY,      -- global write sequence; never reused
+    rtype        TEXT    NOT NULL,
+    id           TEXT    NOT NULL,
+    version      INTEGER NOT NULL,         -- meta.versionId, from 1 per resource
+    last_updated INTEGER NOT NULL,         -- meta.lastUpdated, microseconds since the epoch
+    next_seq     INTEGER NOT NULL,         -- seq of the version that replaced this one, or i64::MAX
+    deleted      INTEGER NOT NULL,         -- 1 for a tombstone (body is NULL)
+    patients     TEXT,                     -- compartment patient ids, space-separated
+    body         BLOB                      -- the exact stored JSON, meta stamped
+);
+CREATE UNIQUE INDEX resource_version_key ON resource_version (rtype, id, version);
+CREATE INDEX resource_version_scan ON resource_version (rtype, seq);
+CREATE TABLE compartment (
+    patient_id TEXT    NOT NULL,
+    rtype      TEXT    NOT NULL,
+    seq        INTEGER NOT NULL,           -- the version row that is in the compartment
+    PRIMARY KEY (patient_id, rtype, seq)
+) WITHOUT ROWID;
+CREATE TABLE clock (
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    floor INTEGER NOT NULL                 -- writes after a snapshot get a later lastUpdated
+);
+INSERT INTO clock (id, floor) VALUES (1, 0);
+"#];
+
+/// Applies the migrations this database has not seen yet.
+pub(crate) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let applied: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    for (step, sql) in MIGRATIONS.iter().enumerate().skip(usize::try_from(applied).unwrap_or(0)) {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", step as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,568 @@
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use async_trait::async_trait;
+use bulkfhir_model::{Instant, ResourceId, ResourceType};
+use bulkfhir_store::{
+    Atomicity, HistoryEntry, ResourceStore, ScanPage, Snapshot, StoreError, StoredResource,
+    WriteOp, WriteOutcome,
+};
+use bytes::Bytes;
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
+
+use crate::schema;
+
+/// `next_seq` of a version nothing has replaced.
+const CURRENT: i64 = i64::MAX;
+
+/// How many idle reader connections to keep.
+const MAX_IDLE_READERS: usize = 8;
+
+/// The SQLite-backed store. Cheap to clone; clones share connections.
+#[derive(Debug, Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the store in `data_dir`, as `data_dir/bulkfhir.sqlite`, and
+    /// brings its schema up to date.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| StoreError::backend(format!("create data directory {}", data_dir.display()), e))?;
+        let path = data_dir.join("bulkfhir.sqlite");
+        let mut writer = open_connection(&path, false)?;
+        schema::migrate(&mut writer).map_err(|e| sql_error("migrate the schema", e))?;
+        Ok(EmbeddedStore {
+            inner: Arc::new(Inner { path, writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `work` on a blocking thread with the writer connection.
+    async fn with_writer<T, F>(&self, context: &'static str, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let mut conn = lock(&inner.writer);
+            work(&mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::backend(context, e))?
+    }
+
+    /// Runs `work` on a blocking thread with a pooled reader connection.
+    async fn with_reader<T, F>(&self, context: &'static str, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let pooled = lock(&inner.readers).pop();
+            let conn = match pooled {
+                Some(conn) => conn,
+                None => open_connection(&inner.path, true)?,
+            };
+            let result = work(&conn);
+            let mut idle = lock(&inner.readers);
+            if idle.len() < MAX_IDLE_READERS {
+                idle.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| StoreError::backend(context, e))?
+    }
+}
+
+/// Locks a mutex, recovering from poisoning: the guarded connection stays usable because every
+/// write runs inside a transaction that rolls back when dropped.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn open_connection(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| sql_error(format!("open {}", path.display()), e))?;
+    let pragmas = if read_only {
+        "PRAGMA busy_timeout = 10000; PRAGMA cache_size = -32768; PRAGMA mmap_size = 268435456;"
+    } else {
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000;
+         PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;"
+    };
+    conn.execute_batch(pragmas).map_err(|e| sql_error("configure the connection", e))?;
+    Ok(conn)
+}
+
+fn sql_error(context: impl Into<String>, error: rusqlite::Error) -> StoreError {
+    let busy = matches!(
+        error.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    );
+    if busy {
+        StoreError::Unavailable { context: context.into(), source: Box::new(error) }
+    } else {
+        StoreError::backend(context, error)
+    }
+}
+
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// The newest version row of one resource.
+struct Current {
+    seq: i64,
+    version: i64,
+    deleted: bool,
+    patients: Option<String>,
+}
+
+fn current(tx: &Connection, resource_type: ResourceType, id: &ResourceId) -> rusqlite::Result<Option<Current>> {
+    tx.prepare_cached(
+        "SELECT seq, version, deleted, patients FROM resource_version
+         WHERE rtype = ?1 AND id = ?2 ORDER BY version DESC LIMIT 1",
+    )?
+    .query_row(params![resource_type.as_str(), id.as_str()], |row| {
+        Ok(Current { seq: row.get(0)?, version: row.get(1)?, deleted: row.get(2)?, patients: row.get(3)? })
+    })
+    .optional()
+}
+
+/// The shared state of one write transaction: its time and the last seq it used.
+struct WriteClock {
+    last_seq: i64,
+    time: Instant,
+}
+
+impl WriteClock {
+    /// Reads the last committed seq and picks a time after every earlier write and snapshot.
+    fn start(tx: &Connection) -> rusqlite::Result<Self> {
+        let (last_seq, last_time): (i64, i64) = tx
+            .query_row(
+                "SELECT seq, last_updated FROM resource_version ORDER BY seq DESC LIMIT 1",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?
+            .unwrap_or((0, 0));
+        let floor: i64 = tx.query_row("SELECT floor FROM clock WHERE id = 1", [], |row| row.get(0))?;
+        let earliest = Instant::from_micros(last_time.max(floor)).next();
+        Ok(WriteClock { last_seq, time: Instant::now().max(earliest) })
+    }
+}
+
+fn apply(tx: &Connection, clock: &WriteClock, op: &WriteOp) -> Result<WriteOutcome, StoreError> {
+    let seq = clock.last_seq + 1;
+    let sql = |e| sql_error("write a resource version", e);
+    let check_if_match = |resource_type: ResourceType, id: &ResourceId, cur: &Option<Current>, if_match: Option<u64>| {
+        let Some(expected) = if_match else { return Ok(()) };
+        match cur {
+            Some(c) if !c.deleted && to_u64(c.version) == expected => Ok(()),
+            other => Err(StoreError::PreconditionFailed {
+                resource_type,
+                id: id.clone(),
+                expected,
+                current: match other {
+                    Some(c) if !c.deleted => c.version.to_string(),
+                    Some(c) => format!("{} (deleted)", c.version),
+                    None => "none".to_owned(),
+                },
+            }),
+        }
+    };
+    match op {
+        WriteOp::Create { resource, id } | WriteOp::Update { resource, id, .. } => {
+            let resource_type = resource.resource_type();
+            let cur = current(tx, resource_type, id).map_err(sql)?;
+            match op {
+                WriteOp::Create { .. } if cur.is_some() => {
+                    return Err(StoreError::AlreadyExists { resource_type, id: id.clone() });
+                }
+                WriteOp::Update { if_match, .. } => check_if_match(resource_type, id, &cur, *if_match)?,
+                _ => {}
+            }
+            let version = cur.as_ref().map_or(1, |c| c.version + 1);
+            let body = resource.stamp(id, to_u64(version), clock.time);
+            let patients = resource.compartment_patients(id);
+            let patients_text = (!patients.is_empty())
+                .then(|| patients.iter().map(ResourceId::as_str).collect::<Vec<_>>().join(" "));
+            insert_version(tx, seq, resource_type, id, version, clock.time, false, patients_text.as_deref(), Some(&body))
+                .map_err(sql)?;
+            if let Some(c) = &cur {
+                supersede(tx, c.seq, seq).map_err(sql)?;
+            }
+            Ok(WriteOutcome {
+                resource_type,
+                id: id.clone(),
+                version: to_u64(version),
+                last_updated: Some(clock.time),
+                seq: Some(to_u64(seq)),
+                created: cur.as_ref().is_none_or(|c| c.deleted),
+                body: Some(Bytes::from(body)),
+            })
+        }
+        WriteOp::Delete { resource_type, id, if_match } => {
+            let cur = current(tx, *resource_type, id).map_err(sql)?;
+            check_if_match(*resource_type, id, &cur, *if_match)?;
+            let nothing = |version: i64| WriteOutcome {
+                resource_type: *resource_type,
+                id: id.clone(),
+                version: to_u64(version),
+                last_updated: None,
+                seq: None,
+                created: false,
+                body: None,
+            };
+            let Some(c) = cur else { return Ok(nothing(0)) };
+            if c.deleted {
+                return Ok(nothing(c.version));
+            }
+            let version = c.version + 1;
+            insert_version(tx, seq, *resource_type, id, version, clock.time, true, c.patients.as_deref(), None)
+                .map_err(sql)?;
+            supersede(tx, c.seq, seq).map_err(sql)?;
+            Ok(WriteOutcome {
+                resource_type: *resource_type,
+                id: id.clone(),
+                version: to_u64(version),
+                last_updated: Some(clock.time),
+                seq: Some(to_u64(seq)),
+                created: false,
+                body: None,
+            })
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn insert_version(
+    tx: &Connection,
+    seq: i64,
+    resource_type: ResourceType,
+    id: &ResourceId,
+    version: i64,
+    time: Instant,
+    deleted: bool,
+    patients: Option<&str>,
+    body: Option<&[u8]>,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO resource_version (seq, rtype, id, version, last_updated, next_seq, deleted, patients, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        seq,
+        resource_type.as_str(),
+        id.as_str(),
+        version,
+        time.as_micros(),
+        CURRENT,
+        deleted,
+        patients,
+        body
+    ])?;
+    if let Some(patients) = patients {
+        let mut insert =
+            tx.prepare_cached("INSERT INTO compartment (patient_id, rtype, seq) VALUES (?1, ?2, ?3)")?;
+        for patient in patients.split(' ') {
+            insert.execute(params![patient, resource_type.as_str(), seq])?;
+        }
+    }
+    Ok(())
+}
+
+fn supersede(tx: &Connection, old_seq: i64, new_seq: i64) -> rusqlite::Result<()> {
+    tx.prepare_cached("UPDATE resource_version SET next_seq = ?2 WHERE seq = ?1")?
+        .execute(params![old_seq, new_seq])?;
+    Ok(())
+}
+
+fn transact_blocking(
+    conn: &mut Connection,
+    ops: Vec<WriteOp>,
+    atomicity: Atomicity,
+) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError> {
+    let mut tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(|e| sql_error("begin a write transaction", e))?;
+    let mut clock = WriteClock::start(&tx).map_err(|e| sql_error("read the write clock", e))?;
+    let mut results = Vec::with_capacity(ops.len());
+    for (index, op) in ops.iter().enumerate() {
+        let result = match atomicity {
+            Atomicity::AllOrNothing => apply(&tx, &clock, op),
+            Atomicity::EachOnItsOwn => {
+                let savepoint = tx.savepoint().map_err(|e| sql_error("open a savepoint", e))?;
+                let result = apply(&savepoint, &clock, op);
+                if result.is_ok() {
+                    savepoint.commit().map_err(|e| sql_error("release a savepoint", e))?;
+                }
+                result
+            }
+        };
+        match result {
+            Ok(outcome) => {
+                if outcome.seq.is_some() {
+                    clock.last_seq += 1;
+                }
+                results.push(Ok(outcome));
+            }
+            Err(error) if atomicity == Atomicity::AllOrNothing => {
+                // Dropping `tx` rolls everything back.
+                return Err(StoreError::OpFailed { index, source: Box::new(error) });
+            }
+            Err(error) => results.push(Err(error)),
+        }
+    }
+    tx.commit().map_err(|e| sql_error("commit a write transaction", e))?;
+    Ok(results)
+}
+
+fn row_to_stored(resource_type: ResourceType, row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<StoredResource, StoreError>> {
+    let seq: i64 = row.get("seq")?;
+    let id_text: String = row.get("id")?;
+    let version: i64 = row.get("version")?;
+    let last_updated: i64 = row.get("last_updated")?;
+    let body: Option<Vec<u8>> = row.get("body")?;
+    let id = match ResourceId::parse(&id_text) {
+        Ok(id) => id,
+        Err(e) => return Ok(Err(StoreError::Invalid(format!("stored row {seq} has a bad id: {e}")))),
+    };
+    Ok(Ok(StoredResource {
+        resource_type,
+        id,
+        version: to_u64(version),
+        seq: to_u64(seq),
+        last_updated: Instant::from_micros(last_updated),
+        body: Bytes::from(body.unwrap_or_default()),
+    }))
+}
+
+fn read_version(
+    conn: &Connection,
+    resource_type: ResourceType,
+    id: &ResourceId,
+    version: Option<u64>,
+) -> Result<StoredResource, StoreError> {
+    let sql = |e| sql_error("read a resource", e);
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT seq, id, version, last_updated, deleted, body FROM resource_version
+             WHERE rtype = ?1 AND id = ?2 AND (?3 IS NULL OR version = ?3)
+             ORDER BY version DESC LIMIT 1",
+        )
+        .map_err(sql)?;
+    let row = statement
+        .query_row(params![resource_type.as_str(), id.as_str(), version.map(to_i64)], |row| {
+            let deleted: bool = row.get("deleted")?;
+            Ok((deleted, row_to_stored(resource_type, row)?))
+        })
+        .optional()
+        .map_err(sql)?;
+    match (row, version) {
+        (None, Some(version)) => {
+            let exists: Option<i64> = conn
+                .prepare_cached("SELECT 1 FROM resource_version WHERE rtype = ?1 AND id = ?2 LIMIT 1")
+                .map_err(sql)?
+                .query_row(params![resource_type.as_str(), id.as_str()], |row| row.get(0))
+                .optional()
+                .map_err(sql)?;
+            Err(match exists {
+                Some(_) => StoreError::VersionNotFound { resource_type, id: id.clone(), version },
+                None => StoreError::NotFound { resource_type, id: id.clone() },
+            })
+        }
+        (None, None) => Err(StoreError::NotFound { resource_type, id: id.clone() }),
+        (Some((true, stored)), _) => {
+            let stored = stored?;
+            Err(StoreError::Gone { resource_type, id: id.clone(), version: stored.version })
+        }
+        (Some((false, stored)), _) => stored,
+    }
+}
+
+fn collect_page(
+    statement: &mut rusqlite::CachedStatement<'_>,
+    params: impl rusqlite::Params,
+    resource_type: ResourceType,
+    limit: usize,
+) -> Result<ScanPage, StoreError> {
+    let sql = |e| sql_error("scan resources", e);
+    let mut resources = Vec::with_capacity(limit.min(4096));
+    let mut rows = statement.query(params).map_err(sql)?;
+    while let Some(row) = rows.next().map_err(sql)? {
+        resources.push(row_to_stored(resource_type, row).map_err(sql)??);
+    }
+    let next = if resources.len() >= limit { resources.last().map(|r| r.seq) } else { None };
+    Ok(ScanPage { resources, next })
+}
+
+#[async_trait]
+impl ResourceStore for EmbeddedStore {
+    async fn transact(
+        &self,
+        ops: Vec<WriteOp>,
+        atomicity: Atomicity,
+    ) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError> {
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.with_writer("run a write transaction", move |conn| transact_blocking(conn, ops, atomicity))
+            .await
+    }
+
+    async fn read(&self, resource_type: ResourceType, id: &ResourceId) -> Result<StoredResource, StoreError> {
+        let id = id.clone();
+        self.with_reader("read a resource", move |conn| read_version(conn, resource_type, &id, None)).await
+    }
+
+    async fn vread(
+        &self,
+        resource_type: ResourceType,
+        id: &ResourceId,
+        version: u64,
+    ) -> Result<StoredResource, StoreError> {
+        let id = id.clone();
+        self.with_reader("read a resource version", move |conn| {
+            read_version(conn, resource_type, &id, Some(version))
+        })
+        .await
+    }
+
+    async fn history(
+        &self,
+        resource_type: ResourceType,
+        id: &ResourceId,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        let id = id.clone();
+        self.with_reader("read a resource history", move |conn| {
+            let sql = |e| sql_error("read a resource history", e);
+            let mut statement = conn
+                .prepare_cached(
+                    "SELECT version, last_updated, deleted, body FROM resource_version
+                     WHERE rtype = ?1 AND id = ?2 ORDER BY version DESC LIMIT ?3",
+                )
+                .map_err(sql)?;
+            let entries = statement
+                .query_map(params![resource_type.as_str(), id.as_str(), to_i64(limit as u64)], |row| {
+                    let deleted: bool = row.get(2)?;
+                    let body: Option<Vec<u8>> = row.get(3)?;
+                    Ok(HistoryEntry {
+                        version: to_u64(row.get(0)?),
+                        last_updated: Instant::from_micros(row.get(1)?),
+                        body: if deleted { None } else { body.map(Bytes::from) },
+                    })
+                })
+                .map_err(sql)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(sql)?;
+            if entries.is_empty() && limit > 0 {
+                return Err(StoreError::NotFound { resource_type, id: id.clone() });
+            }
+            Ok(entries)
+        })
+        .await
+    }
+
+    async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        self.with_writer("take a snapshot", |conn| {
+            let sql = |e| sql_error("take a snapshot", e);
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql)?;
+            let clock = WriteClock::start(&tx).map_err(sql)?;
+            // `clock.time` is after every committed write; no later write may share it.
+            tx.execute("UPDATE clock SET floor = ?1 WHERE id = 1", params![clock.time.as_micros()])
+                .map_err(sql)?;
+            tx.commit().map_err(sql)?;
+            Ok(Snapshot { seq: to_u64(clock.last_seq), time: clock.time })
+        })
+        .await
+    }
+
+    async fn scan(
+        &self,
+        snapshot: Snapshot,
+        resource_type: ResourceType,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<ScanPage, StoreError> {
+        self.with_reader("scan resources", move |conn| {
+            let mut statement = conn
+                .prepare_cached(
+                    "SELECT seq, id, version, last_updated, body FROM resource_version
+                     WHERE rtype = ?1 AND seq > ?2 AND seq <= ?3 AND next_seq > ?3 AND deleted = 0
+                     ORDER BY seq LIMIT ?4",
+                )
+                .map_err(|e| sql_error("scan resources", e))?;
+            collect_page(
+                &mut statement,
+                params![resource_type.as_str(), to_i64(after_seq), to_i64(snapshot.seq), to_i64(limit as u64)],
+                resource_type,
+                limit,
+            )
+        })
+        .await
+    }
+
+    async fn scan_compartment(
+        &self,
+        snapshot: Snapshot,
+        patient: &ResourceId,
+        resource_type: ResourceType,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<ScanPage, StoreError> {
+        let patient = patient.clone();
+        self.with_reader("scan a patient compartment", move |conn| {
+            let mut statement = conn
+                .prepare_cached(
+                    "SELECT v.seq AS seq, v.id AS id, v.version AS version,
+                            v.last_updated AS last_updated, v.body AS body
+                     FROM compartment c JOIN resource_version v ON v.seq = c.seq
+                     WHERE c.patient_id = ?1 AND c.rtype = ?2 AND c.seq > ?3 AND c.seq <= ?4
+                       AND v.next_seq > ?4 AND v.deleted = 0
+                     ORDER BY c.seq LIMIT ?5",
+                )
+                .map_err(|e| sql_error("scan a patient compartment", e))?;
+            collect_page(
+                &mut statement,
+                params![
+                    patient.as_str(),
+                    resource_type.as_str(),
+                    to_i64(after_seq),
+                    to_i64(snapshot.seq),
+                    to_i64(limit as u64)
+                ],
+                resource_type,
+                limit,
+            )
+        })
+        .await
+    }
+}

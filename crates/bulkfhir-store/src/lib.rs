@@ -1,0 +1,24 @@
+//! The resource store seam of bulkfhir.
+//!
+//! [`ResourceStore`] is the one trait every database backend implements (the embedded SQLite
+//! default in `bulkfhir-store-embedded`, PostgreSQL later). Its contract — versioning, the global
+//! sequence, snapshots, cursors and error kinds — is what the export engine builds on, and the
+//! `testsuite` feature holds the conformance tests every backend must pass.
+//!
+//! Above the trait sit the backend-independent write workflows: FHIR transaction and batch
+//! Bundles ([`bundle`]) and the NDJSON bulk loader ([`loader`]).
+#![warn(missing_docs)]
+
+pub mod bundle;
+mod error;
+pub mod loader;
+mod store;
+#[cfg(feature = "testsuite")]
+pub mod testsuite;
+mod types;
+
+pub use error::StoreError;
+pub use store::ResourceStore;
+pub use types::{
+    Atomicity, HistoryEntry, ScanPage, Snapshot, StoredResource, WriteOp, WriteOutcome,
+};

@@ -1,0 +1,93 @@
+use std::fmt::Debug;
+
+use async_trait::async_trait;
+use bulkfhir_model::{ResourceId, ResourceType};
+
+use crate::{
+    Atomicity, HistoryEntry, ScanPage, Snapshot, StoreError, StoredResource, WriteOp,
+    WriteOutcome,
+};
+
+/// A versioned FHIR resource store, designed for export.
+///
+/// # Contract
+/// - **Versions.** Every successful create, update or delete writes a new version row with the
+///   next version number of that resource (from 1) and the next value of one store-wide,
+///   strictly increasing sequence number (`seq`). The store stamps `meta.versionId` and
+///   `meta.lastUpdated` into the stored body; bodies are kept byte for byte as stamped.
+/// - **Time.** `lastUpdated` never decreases as `seq` grows; all writes of one `transact` call
+///   share one `lastUpdated`.
+/// - **Deletes** are tombstone versions with their own `seq` and time; history keeps them.
+/// - **Snapshots.** [`snapshot`](Self::snapshot) returns the highest committed `seq` and an
+///   instant with every included write at or before it and every later write strictly after it.
+///   Reads "as of" a snapshot see, per resource, the newest version with `seq <= snapshot.seq`,
+///   unaffected by later writes, on any connection or process, and after a restart.
+/// - **Scans** return resources in ascending `seq` (a stable key order: a version's `seq` never
+///   changes). A page's `next` cursor resumes the scan exactly after its last resource, so a scan
+///   resumed from a cursor, even after a restart, returns each resource once.
+/// - **Atomicity.** [`transact`](Self::transact) with [`Atomicity::AllOrNothing`] commits all ops
+///   or none; with [`Atomicity::EachOnItsOwn`] each op commits or fails alone.
+/// - **Errors.** `NotFound` (never existed), `Gone` (deleted), `VersionNotFound`,
+///   `AlreadyExists`, `PreconditionFailed`, `Invalid`; `Backend`/`Unavailable` mean nothing was
+///   written.
+/// - **Cancel safety.** Dropping a returned future never leaves a partial write behind: a write
+///   either commits whole or not at all.
+#[async_trait]
+pub trait ResourceStore: Send + Sync + Debug {
+    /// Applies `ops` in order. With `AllOrNothing`, the first failing op aborts the call with
+    /// `StoreError::OpFailed { index, .. }` and nothing is written. With `EachOnItsOwn`, the
+    /// result holds one outcome per op. An outer `Err` otherwise means nothing was written.
+    async fn transact(
+        &self,
+        ops: Vec<WriteOp>,
+        atomicity: Atomicity,
+    ) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError>;
+
+    /// The current version of a resource (`NotFound`, or `Gone` when deleted).
+    async fn read(
+        &self,
+        resource_type: ResourceType,
+        id: &ResourceId,
+    ) -> Result<StoredResource, StoreError>;
+
+    /// A specific version (`VersionNotFound`, or `Gone` when that version is a deletion).
+    async fn vread(
+        &self,
+        resource_type: ResourceType,
+        id: &ResourceId,
+        version: u64,
+    ) -> Result<StoredResource, StoreError>;
+
+    /// Up to `limit` versions of a resource, newest first (`NotFound` if it never existed).
+    async fn history(
+        &self,
+        resource_type: ResourceType,
+        id: &ResourceId,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, StoreError>;
+
+    /// Takes a snapshot: see the trait docs.
+    async fn snapshot(&self) -> Result<Snapshot, StoreError>;
+
+    /// Up to `limit` resources of `resource_type` live (not deleted) as of `snapshot`, with
+    /// `seq > after_seq`, in ascending `seq`.
+    async fn scan(
+        &self,
+        snapshot: Snapshot,
+        resource_type: ResourceType,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<ScanPage, StoreError>;
+
+    /// Like [`scan`](Self::scan), limited to the Patient compartment of `patient`: the resources
+    /// whose version as of `snapshot` references that patient at a compartment path (and the
+    /// Patient itself).
+    async fn scan_compartment(
+        &self,
+        snapshot: Snapshot,
+        patient: &ResourceId,
+        resource_type: ResourceType,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<ScanPage, StoreError>;
+}

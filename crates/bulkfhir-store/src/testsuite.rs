@@ -1,0 +1,325 @@
+//! Conformance tests for [`ResourceStore`] backends.
+//!
+//! Each function takes a fresh, empty store and panics (with a message) when the backend breaks
+//! the trait's contract. A backend's test file calls every function here on its own store;
+//! [`ALL`] lists them so that none is forgotten.
+
+use std::sync::Arc;
+
+use bulkfhir_model::{PreparedResource, ResourceId, ResourceType};
+
+use crate::{Atomicity, ResourceStore, Snapshot, StoreError, WriteOp};
+
+/// A named conformance test.
+pub type SuiteTest = (
+    &'static str,
+    fn(Arc<dyn ResourceStore>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+);
+
+/// Every conformance test, by name.
+pub const ALL: &[SuiteTest] = &[
+    ("versions_history_and_deletes", |s| Box::pin(versions_history_and_deletes(s))),
+    ("if_match_and_create_conflicts", |s| Box::pin(if_match_and_create_conflicts(s))),
+    ("all_or_nothing_leaves_no_trace", |s| Box::pin(all_or_nothing_leaves_no_trace(s))),
+    ("each_on_its_own_reports_per_op", |s| Box::pin(each_on_its_own_reports_per_op(s))),
+    ("snapshot_ignores_1000_concurrent_updates", |s| {
+        Box::pin(snapshot_ignores_1000_concurrent_updates(s))
+    }),
+    ("scan_pages_return_each_resource_once", |s| Box::pin(scan_pages_return_each_resource_once(s))),
+    ("snapshot_time_separates_writes", |s| Box::pin(snapshot_time_separates_writes(s))),
+    ("compartment_follows_versions", |s| Box::pin(compartment_follows_versions(s))),
+];
+
+fn id(text: &str) -> ResourceId {
+    ResourceId::parse(text).expect("test id is valid")
+}
+
+fn resource(json: &str) -> PreparedResource {
+    PreparedResource::parse(json.as_bytes()).expect("test resource is valid")
+}
+
+fn rt(name: &str) -> ResourceType {
+    ResourceType::parse(name).expect("test type is valid")
+}
+
+/// Upserts one resource, panicking on failure.
+pub async fn put(store: &dyn ResourceStore, json: &str) -> crate::WriteOutcome {
+    let prepared = resource(json);
+    let resource_id = prepared.id().cloned().expect("test resource has an id");
+    let mut results = store
+        .transact(
+            vec![WriteOp::Update { resource: prepared, id: resource_id, if_match: None }],
+            Atomicity::AllOrNothing,
+        )
+        .await
+        .expect("put succeeds");
+    results.remove(0).expect("put succeeds")
+}
+
+async fn delete(store: &dyn ResourceStore, type_name: &str, text_id: &str) -> crate::WriteOutcome {
+    let mut results = store
+        .transact(
+            vec![WriteOp::Delete { resource_type: rt(type_name), id: id(text_id), if_match: None }],
+            Atomicity::AllOrNothing,
+        )
+        .await
+        .expect("delete succeeds");
+    results.remove(0).expect("delete succeeds")
+}
+
+async fn scan_all(store: &dyn ResourceStore, snapshot: Snapshot, type_name: &str) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.scan(snapshot, rt(type_name), after, 7).await.expect("scan succeeds");
+        out.extend(page.resources.iter().map(|r| (r.id.to_string(), r.version)));
+        match page.next {
+            Some(next) => after = next,
+            None => return out,
+        }
+    }
+}
+
+/// Versions count from 1, history lists deletions, reads of deleted resources are `Gone`.
+pub async fn versions_history_and_deletes(store: Arc<dyn ResourceStore>) {
+    let store = store.as_ref();
+    let v1 = put(store, r#"{"resourceType":"Patient","id":"p1","active":true}"#).await;
+    assert_eq!((v1.version, v1.created), (1, true));
+    let v2 = put(store, r#"{"resourceType":"Patient","id":"p1","active":false}"#).await;
+    assert_eq!((v2.version, v2.created), (2, false));
+    assert!(v2.seq > v1.seq && v2.last_updated >= v1.last_updated);
+    let body = String::from_utf8(v2.body.clone().expect("body").to_vec()).expect("utf8");
+    assert!(body.contains(r#""meta":{"versionId":"2","lastUpdated":""#), "{body}");
+
+    let current = store.read(rt("Patient"), &id("p1")).await.expect("read");
+    assert_eq!((current.version, current.body.clone()), (2, v2.body.clone().expect("body")));
+    let first = store.vread(rt("Patient"), &id("p1"), 1).await.expect("vread");
+    assert!(String::from_utf8_lossy(&first.body).contains(r#""active":true"#));
+    assert!(matches!(
+        store.vread(rt("Patient"), &id("p1"), 9).await,
+        Err(StoreError::VersionNotFound { .. })
+    ));
+    assert!(matches!(store.read(rt("Patient"), &id("nope")).await, Err(StoreError::NotFound { .. })));
+    assert!(matches!(store.read(rt("Observation"), &id("p1")).await, Err(StoreError::NotFound { .. })));
+
+    let deleted = delete(store, "Patient", "p1").await;
+    assert_eq!(deleted.version, 3);
+    assert!(deleted.seq.expect("seq") > v2.seq.expect("seq"));
+    assert!(matches!(store.read(rt("Patient"), &id("p1")).await, Err(StoreError::Gone { version: 3, .. })));
+    assert!(matches!(store.vread(rt("Patient"), &id("p1"), 3).await, Err(StoreError::Gone { .. })));
+    let again = delete(store, "Patient", "p1").await;
+    assert_eq!((again.version, again.seq), (3, None), "deleting twice writes nothing");
+    let missing = delete(store, "Patient", "never").await;
+    assert_eq!((missing.version, missing.seq), (0, None));
+
+    let history = store.history(rt("Patient"), &id("p1"), 10).await.expect("history");
+    let versions: Vec<(u64, bool)> = history.iter().map(|h| (h.version, h.body.is_some())).collect();
+    assert_eq!(versions, [(3, false), (2, true), (1, true)]);
+    assert_eq!(store.history(rt("Patient"), &id("p1"), 1).await.expect("history").len(), 1);
+    assert!(matches!(store.history(rt("Patient"), &id("never"), 5).await, Err(StoreError::NotFound { .. })));
+
+    let revived = put(store, r#"{"resourceType":"Patient","id":"p1"}"#).await;
+    assert_eq!((revived.version, revived.created), (4, true), "an update after delete recreates");
+}
+
+/// `If-Match` is checked against the current version; create refuses a used id.
+pub async fn if_match_and_create_conflicts(store: Arc<dyn ResourceStore>) {
+    let store = store.as_ref();
+    put(store, r#"{"resourceType":"Patient","id":"p1"}"#).await;
+    let update = |if_match| WriteOp::Update {
+        resource: resource(r#"{"resourceType":"Patient","id":"p1","gender":"male"}"#),
+        id: id("p1"),
+        if_match,
+    };
+    let stale = store.transact(vec![update(Some(7))], Atomicity::AllOrNothing).await;
+    assert!(
+        matches!(&stale, Err(StoreError::OpFailed { index: 0, source }) if matches!(**source, StoreError::PreconditionFailed { .. })),
+        "{stale:?}"
+    );
+    let fresh = store.transact(vec![update(Some(1))], Atomicity::AllOrNothing).await.expect("ok");
+    assert_eq!(fresh[0].as_ref().expect("ok").version, 2);
+    let create = WriteOp::Create { resource: resource(r#"{"resourceType":"Patient"}"#), id: id("p1") };
+    let conflict = store.transact(vec![create], Atomicity::AllOrNothing).await;
+    assert!(matches!(&conflict, Err(StoreError::OpFailed { source, .. }) if matches!(**source, StoreError::AlreadyExists { .. })));
+}
+
+/// A failing op in an all-or-nothing call leaves no version, sequence or compartment row.
+pub async fn all_or_nothing_leaves_no_trace(store: Arc<dyn ResourceStore>) {
+    let store = store.as_ref();
+    put(store, r#"{"resourceType":"Patient","id":"p1"}"#).await;
+    let before = store.snapshot().await.expect("snapshot");
+    let ops = vec![
+        WriteOp::Update {
+            resource: resource(r#"{"resourceType":"Observation","id":"o1","subject":{"reference":"Patient/p1"}}"#),
+            id: id("o1"),
+            if_match: None,
+        },
+        WriteOp::Delete { resource_type: rt("Patient"), id: id("p1"), if_match: None },
+        WriteOp::Update {
+            resource: resource(r#"{"resourceType":"Patient","id":"p2"}"#),
+            id: id("p2"),
+            if_match: Some(3),
+        },
+    ];
+    let result = store.transact(ops, Atomicity::AllOrNothing).await;
+    assert!(matches!(result, Err(StoreError::OpFailed { index: 2, .. })), "{result:?}");
+    assert!(matches!(store.read(rt("Observation"), &id("o1")).await, Err(StoreError::NotFound { .. })));
+    assert_eq!(store.read(rt("Patient"), &id("p1")).await.expect("p1 survives").version, 1);
+    let after = store.snapshot().await.expect("snapshot");
+    assert_eq!(after.seq, before.seq, "a rolled-back transaction uses no sequence numbers");
+    let compartment = store.scan_compartment(after, &id("p1"), rt("Observation"), 0, 10).await.expect("scan");
+    assert!(compartment.resources.is_empty());
+}
+
+/// Each-on-its-own commits the good ops and reports the bad ones in place.
+pub async fn each_on_its_own_reports_per_op(store: Arc<dyn ResourceStore>) {
+    let store = store.as_ref();
+    let ops = vec![
+        WriteOp::Update { resource: resource(r#"{"resourceType":"Patient","id":"a"}"#), id: id("a"), if_match: None },
+        WriteOp::Update { resource: resource(r#"{"resourceType":"Patient","id":"b"}"#), id: id("b"), if_match: Some(5) },
+        WriteOp::Update { resource: resource(r#"{"resourceType":"Patient","id":"c"}"#), id: id("c"), if_match: None },
+    ];
+    let results = store.transact(ops, Atomicity::EachOnItsOwn).await.expect("transact");
+    assert!(results[0].is_ok() && results[2].is_ok());
+    assert!(matches!(results[1], Err(StoreError::PreconditionFailed { .. })));
+    let snapshot = store.snapshot().await.expect("snapshot");
+    let ids: Vec<String> = scan_all(store, snapshot, "Patient").await.into_iter().map(|(i, _)| i).collect();
+    assert_eq!(ids, ["a", "c"]);
+}
+
+/// A snapshot taken before 1,000 concurrent updates still scans the pre-update versions.
+pub async fn snapshot_ignores_1000_concurrent_updates(store: Arc<dyn ResourceStore>) {
+    const N: usize = 1000;
+    let ops: Vec<WriteOp> = (0..N)
+        .map(|i| WriteOp::Update {
+            resource: resource(&format!(r#"{{"resourceType":"Observation","id":"o{i}","status":"preliminary"}}"#)),
+            id: id(&format!("o{i}")),
+            if_match: None,
+        })
+        .collect();
+    store.transact(ops, Atomicity::AllOrNothing).await.expect("seed");
+    let snapshot = store.snapshot().await.expect("snapshot");
+    let first_page = store.scan(snapshot, rt("Observation"), 0, 100).await.expect("scan");
+
+    let mut writers = Vec::new();
+    for i in 0..N {
+        let store = Arc::clone(&store);
+        writers.push(tokio::spawn(async move {
+            let body = if i % 10 == 0 {
+                None
+            } else {
+                Some(format!(r#"{{"resourceType":"Observation","id":"o{i}","status":"final"}}"#))
+            };
+            let op = match body {
+                Some(json) => WriteOp::Update { resource: resource(&json), id: id(&format!("o{i}")), if_match: None },
+                None => WriteOp::Delete { resource_type: rt("Observation"), id: id(&format!("o{i}")), if_match: None },
+            };
+            store.transact(vec![op], Atomicity::AllOrNothing).await.expect("concurrent update");
+        }));
+    }
+    // New resources appear too; the snapshot must not see them either.
+    put(store.as_ref(), r#"{"resourceType":"Observation","id":"late","status":"final"}"#).await;
+    let mut seen = first_page.resources.iter().map(|r| (r.id.to_string(), r.version, r.body.clone())).collect::<Vec<_>>();
+    let mut after = first_page.next.expect("more pages");
+    loop {
+        let page = store.scan(snapshot, rt("Observation"), after, 100).await.expect("scan");
+        seen.extend(page.resources.iter().map(|r| (r.id.to_string(), r.version, r.body.clone())));
+        match page.next {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    for writer in writers {
+        writer.await.expect("writer task");
+    }
+    assert_eq!(seen.len(), N, "every resource exactly once");
+    let mut ids: Vec<&str> = seen.iter().map(|(i, _, _)| i.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), N);
+    for (resource_id, version, body) in &seen {
+        assert_eq!(*version, 1, "{resource_id} must be the pre-update version");
+        assert!(String::from_utf8_lossy(body).contains("preliminary"));
+    }
+    // And after the writers, the same snapshot still gives the same answer.
+    let again = scan_all(store.as_ref(), snapshot, "Observation").await;
+    assert_eq!(again.len(), N);
+    assert!(again.iter().all(|(_, v)| *v == 1));
+    let now = store.snapshot().await.expect("snapshot");
+    let current = scan_all(store.as_ref(), now, "Observation").await;
+    assert_eq!(current.len(), N - N / 10 + 1, "deleted ones gone, late one present");
+    assert!(current.iter().all(|(i, v)| *v == 2 || i == "late"));
+}
+
+/// Paging by cursor returns every resource once, in ascending seq.
+pub async fn scan_pages_return_each_resource_once(store: Arc<dyn ResourceStore>) {
+    let store = store.as_ref();
+    for i in 0..50 {
+        put(store, &format!(r#"{{"resourceType":"Condition","id":"c{i}"}}"#)).await;
+        if i % 3 == 0 {
+            put(store, &format!(r#"{{"resourceType":"Encounter","id":"e{i}"}}"#)).await;
+        }
+    }
+    for i in (0..50).step_by(5) {
+        put(store, &format!(r#"{{"resourceType":"Condition","id":"c{i}","onsetString":"x"}}"#)).await;
+    }
+    let snapshot = store.snapshot().await.expect("snapshot");
+    let mut seqs = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.scan(snapshot, rt("Condition"), after, 6).await.expect("scan");
+        assert!(page.resources.len() <= 6);
+        seqs.extend(page.resources.iter().map(|r| r.seq));
+        assert!(page.resources.iter().all(|r| r.resource_type == rt("Condition")));
+        match page.next {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    assert_eq!(seqs.len(), 50);
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "ascending seq");
+    assert_eq!(scan_all(store, snapshot, "Encounter").await.len(), 17);
+    assert!(scan_all(store, snapshot, "Account").await.is_empty());
+}
+
+/// Writes before a snapshot are at or before its time; writes after are strictly after.
+pub async fn snapshot_time_separates_writes(store: Arc<dyn ResourceStore>) {
+    let store = store.as_ref();
+    let before = put(store, r#"{"resourceType":"Patient","id":"a"}"#).await;
+    let snapshot = store.snapshot().await.expect("snapshot");
+    let after = put(store, r#"{"resourceType":"Patient","id":"b"}"#).await;
+    assert!(before.seq.expect("seq") <= snapshot.seq);
+    assert!(before.last_updated.expect("time") <= snapshot.time);
+    assert!(after.seq.expect("seq") > snapshot.seq);
+    assert!(after.last_updated.expect("time") > snapshot.time);
+    let later = store.snapshot().await.expect("snapshot");
+    assert!(later.seq >= after.seq.expect("seq") && later.time >= after.last_updated.expect("time"));
+}
+
+/// Compartment membership is per version: moving a resource to another patient moves it.
+pub async fn compartment_follows_versions(store: Arc<dyn ResourceStore>) {
+    let store = store.as_ref();
+    put(store, r#"{"resourceType":"Patient","id":"p1"}"#).await;
+    put(store, r#"{"resourceType":"Patient","id":"p2"}"#).await;
+    put(store, r#"{"resourceType":"Observation","id":"o1","subject":{"reference":"Patient/p1"}}"#).await;
+    put(store, r#"{"resourceType":"Observation","id":"o2","subject":{"reference":"Patient/p1"},"performer":[{"reference":"Patient/p2"}]}"#).await;
+    put(store, r#"{"resourceType":"Organization","id":"org","partOf":{"reference":"Patient/p1"}}"#).await;
+    let first = store.snapshot().await.expect("snapshot");
+    put(store, r#"{"resourceType":"Observation","id":"o1","subject":{"reference":"Patient/p2"}}"#).await;
+    delete(store, "Observation", "o2").await;
+    let second = store.snapshot().await.expect("snapshot");
+
+    let members = |snapshot, patient: &'static str, type_name: &'static str| async move {
+        let page = store
+            .scan_compartment(snapshot, &id(patient), rt(type_name), 0, 100)
+            .await
+            .expect("compartment scan");
+        page.resources.iter().map(|r| r.id.to_string()).collect::<Vec<_>>()
+    };
+    assert_eq!(members(first, "p1", "Observation").await, ["o1", "o2"]);
+    assert_eq!(members(first, "p2", "Observation").await, ["o2"]);
+    assert_eq!(members(first, "p1", "Patient").await, ["p1"]);
+    assert!(members(first, "p1", "Organization").await.is_empty());
+    assert!(members(second, "p1", "Observation").await.is_empty());
+    assert_eq!(members(second, "p2", "Observation").await, ["o1"]);
+}

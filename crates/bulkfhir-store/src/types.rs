@@ -1,0 +1,113 @@
+use bulkfhir_model::{Instant, PreparedResource, ResourceId, ResourceType};
+use bytes::Bytes;
+
+/// One write in a [`ResourceStore::transact`](crate::ResourceStore::transact) call.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    /// Store a new resource under `id`; fails with `AlreadyExists` if the id was ever used.
+    Create {
+        /// The resource; its own id, if any, is ignored in favour of `id`.
+        resource: PreparedResource,
+        /// The id to store it under (server-assigned for FHIR create).
+        id: ResourceId,
+    },
+    /// Store a new version under `id`, creating the resource if it does not exist (upsert). A
+    /// deleted resource is brought back with the next version number.
+    Update {
+        /// The resource.
+        resource: PreparedResource,
+        /// The id from the URL.
+        id: ResourceId,
+        /// `If-Match`: the update applies only if this is the current, undeleted version.
+        if_match: Option<u64>,
+    },
+    /// Delete the resource: a tombstone version with its own sequence number and time. Deleting
+    /// a missing or already-deleted resource succeeds and writes nothing.
+    Delete {
+        /// The type.
+        resource_type: ResourceType,
+        /// The id.
+        id: ResourceId,
+        /// `If-Match`, as for update.
+        if_match: Option<u64>,
+    },
+}
+
+/// How a batch of writes commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Atomicity {
+    /// All succeed and commit together, or none has any effect (FHIR transaction).
+    AllOrNothing,
+    /// Each op succeeds or fails alone (FHIR batch, bulk load).
+    EachOnItsOwn,
+}
+
+/// The result of one successful write.
+#[derive(Debug, Clone)]
+pub struct WriteOutcome {
+    /// The type written.
+    pub resource_type: ResourceType,
+    /// The id written.
+    pub id: ResourceId,
+    /// The version now current (for a no-op delete: the last version, or 0 if none existed).
+    pub version: u64,
+    /// The write's time (`meta.lastUpdated`), or `None` when nothing was written.
+    pub last_updated: Option<Instant>,
+    /// The write's global sequence number, or `None` when nothing was written.
+    pub seq: Option<u64>,
+    /// True when this write created the resource (version 1, or a create).
+    pub created: bool,
+    /// The stored body (None for deletes).
+    pub body: Option<Bytes>,
+}
+
+/// A stored version of a resource.
+#[derive(Debug, Clone)]
+pub struct StoredResource {
+    /// The type.
+    pub resource_type: ResourceType,
+    /// The id.
+    pub id: ResourceId,
+    /// The version number, from 1.
+    pub version: u64,
+    /// The global sequence number of this version.
+    pub seq: u64,
+    /// `meta.lastUpdated` of this version.
+    pub last_updated: Instant,
+    /// The exact stored JSON, minified, with `meta` stamped.
+    pub body: Bytes,
+}
+
+/// One entry of an instance history: a version or a deletion.
+#[derive(Debug, Clone)]
+pub struct HistoryEntry {
+    /// The version number.
+    pub version: u64,
+    /// When it was written.
+    pub last_updated: Instant,
+    /// The body, or `None` when this version is a deletion.
+    pub body: Option<Bytes>,
+}
+
+/// A consistent point in the store's history.
+///
+/// Every write has a global sequence number; a snapshot is the highest one committed when it was
+/// taken, and its `time` is an instant no earlier than any write it includes and strictly earlier
+/// than every write it excludes. Reading "as of" a snapshot gives, for every resource, the
+/// version with the greatest sequence number not above `seq` — whatever writers do afterwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The highest sequence number included.
+    pub seq: u64,
+    /// The snapshot's instant (an export's `transactionTime`).
+    pub time: Instant,
+}
+
+/// One page of a scan in sequence order.
+#[derive(Debug, Clone, Default)]
+pub struct ScanPage {
+    /// The resources, in ascending `seq` order.
+    pub resources: Vec<StoredResource>,
+    /// The cursor to pass as `after_seq` for the next page, or `None` when the scan is complete.
+    pub next: Option<u64>,
+}

