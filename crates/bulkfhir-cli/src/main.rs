@@ -1,1 +1,347 @@
-fn main() {}
+//! `bulkfhir`: the server and its tools in one binary.
+//!
+//! - `serve`: the FHIR API on the embedded store;
+//! - `load`: NDJSON files straight into the store, with a progress bar;
+//! - `generate`: a deterministic synthetic population as NDJSON;
+//! - `demo`: generate, load and serve in one step, for a first look.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::Arc,
+    time::{Duration, Instant as WallClock},
+};
+
+use anyhow::Context;
+use bulkfhir_app::{App, ServeOptions};
+use bulkfhir_export::ExportConfig;
+use bulkfhir_generator::{GenerateOptions, generate_to_dir};
+use bulkfhir_model::ResourceType;
+use bulkfhir_server::ServerConfig;
+use bulkfhir_store::{
+    ResourceStore, ScanOptions,
+    loader::{LoadOptions, LoadProgress, LoadReport, collect_files, load_files},
+};
+use bulkfhir_store_embedded::EmbeddedStore;
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Parser, Debug)]
+#[command(name = "bulkfhir", version, about = "A FHIR R4 server built for Bulk Data export")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve the FHIR API (base URL http://LISTEN/fhir) on the embedded store.
+    Serve(ServeArgs),
+    /// Load NDJSON files (or folders of them) straight into the store.
+    Load(LoadArgs),
+    /// Write a deterministic synthetic population as NDJSON, one file per type.
+    Generate(GenerateArgs),
+    /// Generate a small population into an empty data directory, load it, and serve it.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+struct StoreArgs {
+    /// Where the embedded store keeps its database.
+    #[arg(long, env = "BULKFHIR_DATA_DIR", default_value = "./bulkfhir-data")]
+    data_dir: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// Address and port to listen on.
+    #[arg(long, env = "BULKFHIR_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The largest request body accepted, in bytes.
+    #[arg(long, env = "BULKFHIR_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
+    max_body_bytes: usize,
+    /// Public base URL of the FHIR API (default: http://HOST/fhir from each request's Host).
+    #[arg(long, env = "BULKFHIR_BASE_URL")]
+    base_url: Option<String>,
+    #[command(flatten)]
+    export: ExportArgs,
+}
+
+#[derive(Args, Debug)]
+struct ExportArgs {
+    /// Exports that run at once.
+    #[arg(long, env = "BULKFHIR_MAX_RUNNING_EXPORTS", default_value_t = 2)]
+    max_running_exports: usize,
+    /// Exports that may be queued or running; beyond it a kick-off gets 429.
+    #[arg(long, env = "BULKFHIR_MAX_QUEUED_EXPORTS", default_value_t = 32)]
+    max_queued_exports: usize,
+    /// Resources per export file.
+    #[arg(long, env = "BULKFHIR_EXPORT_FILE_RESOURCES", default_value_t = 100_000)]
+    export_file_resources: u64,
+    /// Hours export files are kept.
+    #[arg(long, env = "BULKFHIR_EXPORT_RETENTION_HOURS", default_value_t = 24)]
+    export_retention_hours: u64,
+    /// gzip level for .ndjson.gz output.
+    #[arg(long, env = "BULKFHIR_GZIP_LEVEL", default_value_t = 1)]
+    gzip_level: u32,
+    /// Seconds an export lease lasts without a heartbeat.
+    #[arg(long, env = "BULKFHIR_EXPORT_LEASE_SECS", default_value_t = 30)]
+    export_lease_secs: u64,
+}
+
+impl ExportArgs {
+    fn config(&self) -> ExportConfig {
+        ExportConfig {
+            max_running_jobs: self.max_running_exports.max(1),
+            max_active_jobs: self.max_queued_exports.max(1),
+            max_resources_per_file: self.export_file_resources.max(1),
+            retention: Duration::from_secs(self.export_retention_hours.saturating_mul(3600)),
+            gzip_level: self.gzip_level.min(9),
+            lease: Duration::from_secs(self.export_lease_secs.max(1)),
+            ..ExportConfig::default()
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+struct LoadArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// NDJSON files (.ndjson, .ndjson.gz, .jsonl) or folders holding them.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Resources per database transaction.
+    #[arg(long, default_value_t = 2000)]
+    batch_size: usize,
+}
+
+#[derive(Args, Debug)]
+struct GenerateArgs {
+    /// How many patients.
+    #[arg(long, default_value_t = 100)]
+    patients: u64,
+    /// The seed: the same seed and patient count give byte-identical files.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Output folder (created if missing).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct DemoArgs {
+    /// Address and port to listen on.
+    #[arg(long, env = "BULKFHIR_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Where the demo store lives; it is filled only when it holds no Patient.
+    #[arg(long, env = "BULKFHIR_DATA_DIR", default_value = "./bulkfhir-data")]
+    data_dir: PathBuf,
+    /// Patients to generate.
+    #[arg(long, default_value_t = 100)]
+    patients: u64,
+    /// Generator seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: could not start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => {
+            let server = ServerConfig {
+                max_body_bytes: args.max_body_bytes,
+                public_base_url: args.base_url,
+                ..ServerConfig::default()
+            };
+            let options = ServeOptions {
+                data_dir: args.store.data_dir,
+                server,
+                export: args.export.config(),
+            };
+            serve(options, args.listen).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Load(args) => {
+            let store = open_store(&args.store.data_dir)?;
+            let report = load(store.as_ref(), &args.paths, args.batch_size).await?;
+            Ok(if report.n_rejected == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) })
+        }
+        Command::Generate(args) => {
+            generate(args.patients, args.seed, &args.out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(args) => {
+            {
+                let store = open_store(&args.data_dir)?;
+                let snapshot = store.snapshot().await?;
+                let has_patients = !store
+                    .scan(snapshot, ResourceType::PATIENT, ScanOptions::live(0, 1))
+                    .await?
+                    .resources
+                    .is_empty();
+                if has_patients {
+                    tracing::info!(data_dir = %args.data_dir.display(), "the store already holds data; serving it as it is");
+                } else {
+                    let generated = args.data_dir.join("generated");
+                    generate(args.patients, args.seed, &generated)?;
+                    load(store.as_ref(), &[generated], LoadOptions::default().batch_size).await?;
+                }
+            }
+            println!(
+                "bulkfhir demo: FHIR API at http://{0}/fhir (try /fhir/metadata, /fhir/Patient?_count=5, \
+                 or a bulk export: curl -i -H 'Accept: application/fhir+json' -H 'Prefer: respond-async' http://{0}/fhir/$export)",
+                args.listen
+            );
+            let options = ServeOptions {
+                data_dir: args.data_dir,
+                server: ServerConfig::default(),
+                export: ExportConfig::default(),
+            };
+            serve(options, args.listen).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn open_store(data_dir: &Path) -> anyhow::Result<Arc<dyn ResourceStore>> {
+    let store = EmbeddedStore::open(data_dir)
+        .with_context(|| format!("open the store in {}", data_dir.display()))?;
+    Ok(Arc::new(store))
+}
+
+async fn serve(options: ServeOptions, listen: SocketAddr) -> anyhow::Result<()> {
+    let app = App::open(options)?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listen on {listen}"))?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        trigger.cancel();
+    });
+    app.serve(listener, shutdown).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for SIGTERM; stop with Ctrl-C");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down: finishing in-flight requests");
+}
+
+async fn load(
+    store: &dyn ResourceStore,
+    paths: &[PathBuf],
+    batch_size: usize,
+) -> anyhow::Result<LoadReport> {
+    let files = collect_files(paths)?;
+    let total_bytes: u64 = files
+        .iter()
+        .filter(|f| f.extension().is_none_or(|e| e != "gz"))
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum();
+    let bar = ProgressBar::new(total_bytes.max(1));
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let started = WallClock::now();
+    let progress_bar = bar.clone();
+    let progress = move |p: LoadProgress| {
+        progress_bar.set_position(p.bytes);
+        progress_bar.set_message(format!("{} resources", p.loaded));
+    };
+    let options = LoadOptions { batch_size, ..LoadOptions::default() };
+    let report = load_files(store, files, options, &progress).await?;
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "loaded {} resources from {} files ({:.1} MB) in {:.2} s: {:.0} resources/s",
+        report.loaded,
+        report.files,
+        report.bytes as f64 / 1e6,
+        seconds,
+        report.loaded as f64 / seconds.max(1e-9)
+    );
+    if report.n_rejected > 0 {
+        eprintln!("rejected {} lines:", report.n_rejected);
+        for rejection in &report.rejections {
+            eprintln!("  {}:{}: {}", rejection.file.display(), rejection.line, rejection.reason);
+        }
+        if report.n_rejected > report.rejections.len() as u64 {
+            eprintln!("  … and {} more", report.n_rejected - report.rejections.len() as u64);
+        }
+    }
+    Ok(report)
+}
+
+fn generate(patients: u64, seed: u64, out: &Path) -> anyhow::Result<()> {
+    let bar = ProgressBar::new_spinner();
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let started = WallClock::now();
+    let stats = generate_to_dir(&GenerateOptions { patients, seed }, out, &mut |n| {
+        bar.set_message(format!("{n} resources"));
+    })
+    .with_context(|| format!("generate into {}", out.display()))?;
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "generated {} resources ({:.1} MB) for {patients} patients into {} in {:.2} s: {:.0} resources/s",
+        stats.resources,
+        stats.bytes as f64 / 1e6,
+        out.display(),
+        seconds,
+        stats.resources as f64 / seconds.max(1e-9)
+    );
+    Ok(())
+}

@@ -3,6 +3,10 @@
 //! The definition (generated from the R4 definitions, see `docs/definitions.md`) names, per
 //! resource type, the search parameters whose reference to a Patient puts a resource in that
 //! patient's compartment; the generator reduced each parameter's expression to element paths.
+//!
+//! One deliberate extension: `Device.patient`. R4 leaves Device out of the compartment, but the
+//! ONC (g)(10) checker expects a patient's implantable devices in a Patient or Group export, and a
+//! Device whose `patient` is the patient is that patient's data.
 
 use serde_json::Value;
 
@@ -12,6 +16,10 @@ use crate::{
     json::RawMembers,
     prepare::ResourceRef,
 };
+
+/// Types added to the R4 compartment definition (see the module docs).
+const EXTENSIONS: &[CompartmentEntry] =
+    &[CompartmentEntry { resource_type: "Device", params: &["patient"], paths: &[&["patient"]] }];
 
 /// The element paths at which a Patient reference puts a resource of `resource_type` in that
 /// patient's compartment, or `None` when the type is never in the compartment.
@@ -24,6 +32,19 @@ pub fn params_for(resource_type: ResourceType) -> Option<&'static [&'static str]
     entry(resource_type).map(|e| e.params)
 }
 
+/// Every type whose resources can be in a Patient compartment (Patient included), sorted.
+pub fn compartment_types() -> Vec<ResourceType> {
+    let mut types: Vec<ResourceType> = PATIENT_COMPARTMENT
+        .iter()
+        .chain(EXTENSIONS)
+        .filter_map(|e| ResourceType::parse(e.resource_type).ok())
+        .chain(std::iter::once(ResourceType::PATIENT))
+        .collect();
+    types.sort();
+    types.dedup();
+    types
+}
+
 /// Whether resources of `resource_type` can be in a Patient compartment (Patient itself included).
 pub fn is_compartment_type(resource_type: ResourceType) -> bool {
     resource_type == ResourceType::PATIENT || entry(resource_type).is_some()
@@ -34,6 +55,7 @@ fn entry(resource_type: ResourceType) -> Option<&'static CompartmentEntry> {
         .binary_search_by(|e| e.resource_type.cmp(resource_type.as_str()))
         .ok()
         .map(|idx| &PATIENT_COMPARTMENT[idx])
+        .or_else(|| EXTENSIONS.iter().find(|e| e.resource_type == resource_type.as_str()))
 }
 
 /// The patients a resource references at its compartment paths (sorted, unique).
@@ -108,11 +130,15 @@ mod tests {
             ["a", "b"]
         );
         assert_eq!(
-            patients_of(r#"{"resourceType":"Patient","id":"p","link":[{"other":{"reference":"Patient/q"}}]}"#),
+            patients_of(
+                r#"{"resourceType":"Patient","id":"p","link":[{"other":{"reference":"Patient/q"}}]}"#
+            ),
             ["p", "q"]
         );
         assert_eq!(
-            patients_of(r#"{"resourceType":"Group","member":[{"entity":{"reference":"Patient/m"}}]}"#),
+            patients_of(
+                r#"{"resourceType":"Group","member":[{"entity":{"reference":"Patient/m"}}]}"#
+            ),
             ["m"]
         );
         assert_eq!(
@@ -120,10 +146,18 @@ mod tests {
             Vec::<String>::new()
         );
         assert_eq!(
-            patients_of(r#"{"resourceType":"Practitioner","id":"x","extension":[{"valueReference":{"reference":"Patient/a"}}]}"#),
+            patients_of(
+                r#"{"resourceType":"Practitioner","id":"x","extension":[{"valueReference":{"reference":"Patient/a"}}]}"#
+            ),
             Vec::<String>::new()
         );
+        assert_eq!(
+            patients_of(r#"{"resourceType":"Device","patient":{"reference":"Patient/d"}}"#),
+            ["d"]
+        );
         assert!(is_compartment_type(ResourceType::PATIENT));
+        // The 66 R4 entries (Patient among them) plus the Device extension.
+        assert_eq!(compartment_types().len(), 66 + 1);
         assert!(!is_compartment_type(ResourceType::parse("Organization").unwrap()));
     }
 }

@@ -64,7 +64,9 @@ impl Instant {
 /// Checks the fixed-position parts of an instant so that chrono's lenient RFC 3339 reader only
 /// ever sees text that FHIR allows.
 fn has_instant_shape(b: &[u8]) -> bool {
-    let digits = |range: std::ops::Range<usize>| b.get(range).is_some_and(|s| s.iter().all(u8::is_ascii_digit));
+    let digits = |range: std::ops::Range<usize>| {
+        b.get(range).is_some_and(|s| s.iter().all(u8::is_ascii_digit))
+    };
     if !(b.len() >= 20
         && digits(0..4)
         && b[4] == b'-'

@@ -150,8 +150,11 @@ mod tests {
     #[test]
     fn minify_keeps_string_contents_and_number_text() {
         let mut out = Vec::new();
-        minify_into(br#"{ "a" : [ 1.50 , "x  \" y" ],
- "b":	{"c" : true } }"#, &mut out);
+        minify_into(
+            br#"{ "a" : [ 1.50 , "x  \" y" ],
+ "b":	{"c" : true } }"#,
+            &mut out,
+        );
         assert_eq!(out, br#"{"a":[1.50,"x  \" y"],"b":{"c":true}}"#);
     }
 

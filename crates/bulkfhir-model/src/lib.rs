@@ -11,6 +11,7 @@
 
 pub mod compartment;
 mod error;
+pub mod export;
 mod generated;
 mod id;
 mod instant;

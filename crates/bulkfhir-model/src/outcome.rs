@@ -111,21 +111,6 @@ impl OperationOutcome {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn outcomes_serialize_as_fhir() {
-        let oo = OperationOutcome::single(Issue::error(ErrorKind::NotFound, "no such thing").at("Patient.id"));
-        let v: serde_json::Value = serde_json::from_slice(&oo.to_json()).unwrap();
-        assert_eq!(
-            v,
-            serde_json::json!({"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"not-found","diagnostics":"no such thing","expression":["Patient.id"]}]})
-        );
-    }
-}
-
 /// The HTTP status the FHIR RESTful API uses for an error kind.
 pub fn http_status(kind: ErrorKind) -> u16 {
     match kind {
@@ -162,4 +147,21 @@ pub fn status_line(code: u16) -> String {
         _ => "Internal Server Error",
     };
     format!("{code} {reason}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_serialize_as_fhir() {
+        let oo = OperationOutcome::single(
+            Issue::error(ErrorKind::NotFound, "no such thing").at("Patient.id"),
+        );
+        let v: serde_json::Value = serde_json::from_slice(&oo.to_json()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"not-found","diagnostics":"no such thing","expression":["Patient.id"]}]})
+        );
+    }
 }

@@ -35,7 +35,9 @@ impl PreparedResource {
         let resource_type = match members.get("resourceType") {
             Some(raw) => ResourceType::parse(&string_member(raw, "resourceType")?)?,
             None => {
-                return Err(ModelError::InvalidResource("resource has no 'resourceType'".to_owned()));
+                return Err(ModelError::InvalidResource(
+                    "resource has no 'resourceType'".to_owned(),
+                ));
             }
         };
         let id = match members.get("id") {

@@ -1,1 +1,87 @@
-//! placeholder
+//! The HTTP edge of bulkfhir: the FHIR REST API on axum.
+//!
+//! Handlers are thin: they extract input into model types ([`extract`]), call one store or
+//! workflow function, and map the result to a response. Every error becomes an
+//! `OperationOutcome` in one place ([`outcome`]). Only this crate (and the CLI that wires it)
+//! names axum; backends arrive as `Arc<dyn ResourceStore>`.
+#![warn(missing_docs)]
+
+mod capability;
+mod extract;
+pub mod outcome;
+mod routes;
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use axum::Router;
+use bulkfhir_export::ExportService;
+use bulkfhir_store::{JobId, ResourceStore};
+use tokio::net::TcpListener;
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The largest request body accepted, in bytes (a larger one gets 413).
+    pub max_body_bytes: usize,
+    /// The public base URL (e.g. `https://fhir.example.org/fhir`); when unset, absolute URLs
+    /// are built from the request's `Host` header as `http://HOST/fhir`.
+    pub public_base_url: Option<String>,
+    /// The most resources one search page returns.
+    pub max_page_size: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_body_bytes: 32 * 1024 * 1024,
+            public_base_url: None,
+            max_page_size: 1000,
+        }
+    }
+}
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The resource store.
+    pub store: Arc<dyn ResourceStore>,
+    /// Bulk Data export.
+    pub exports: ExportService,
+    /// Settings.
+    pub config: Arc<ServerConfig>,
+    /// When each running export was last polled, to answer 429 to clients that poll faster
+    /// than `Retry-After` told them.
+    pub(crate) polls: Arc<Mutex<HashMap<JobId, std::time::Instant>>>,
+}
+
+impl AppState {
+    /// State over `store` and `exports` with `config`.
+    pub fn new(
+        store: Arc<dyn ResourceStore>,
+        exports: ExportService,
+        config: ServerConfig,
+    ) -> Self {
+        AppState { store, exports, config: Arc::new(config), polls: Arc::default() }
+    }
+}
+
+/// The complete application router (FHIR API under `/fhir`).
+pub fn router(state: AppState) -> Router {
+    routes::router(state)
+}
+
+/// Serves `state` on `listener` until `shutdown` completes, then lets in-flight requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let local: Option<SocketAddr> = listener.local_addr().ok();
+    tracing::info!(address = ?local, "serving the FHIR API");
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}

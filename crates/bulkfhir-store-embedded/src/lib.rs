@@ -11,6 +11,7 @@
 //! writer the only one even when a second process (say `bulkfhir load`) opens the same file.
 #![warn(missing_docs)]
 
+mod jobs;
 mod schema;
 mod sqlite;
 

@@ -3,7 +3,8 @@
 use rusqlite::Connection;
 
 /// Each step runs once, in order, inside one transaction with the version bump.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE resource_version (
     seq          INTEGER PRIMARY KEY,      -- global write sequence; never reused
     rtype        TEXT    NOT NULL,
@@ -28,7 +29,38 @@ CREATE TABLE clock (
     floor INTEGER NOT NULL                 -- writes after a snapshot get a later lastUpdated
 );
 INSERT INTO clock (id, floor) VALUES (1, 0);
-"#];
+"#,
+    r#"
+CREATE TABLE export_job (
+    id               TEXT PRIMARY KEY,
+    status           TEXT    NOT NULL,     -- accepted | in-progress | completed | error | cancelled
+    requester        TEXT,
+    request          TEXT    NOT NULL,     -- engine JSON
+    plan             TEXT    NOT NULL,     -- engine JSON
+    request_time     INTEGER NOT NULL,
+    snapshot_seq     INTEGER NOT NULL,
+    snapshot_time    INTEGER NOT NULL,
+    progress_percent INTEGER NOT NULL DEFAULT 0,
+    progress_text    TEXT    NOT NULL DEFAULT '',
+    manifest         TEXT,
+    error_message    TEXT,
+    finished_at      INTEGER,
+    expires_at       INTEGER,
+    files_deleted    INTEGER NOT NULL DEFAULT 0,
+    lease_owner      TEXT,
+    lease_expires    INTEGER
+);
+CREATE INDEX export_job_status ON export_job (status, id);
+CREATE TABLE export_unit (
+    job_id     TEXT    NOT NULL,
+    idx        INTEGER NOT NULL,
+    spec       TEXT    NOT NULL,           -- engine JSON
+    checkpoint TEXT,                       -- engine JSON
+    done       INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (job_id, idx)
+) WITHOUT ROWID;
+"#,
+];
 
 /// Applies the migrations this database has not seen yet.
 pub(crate) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

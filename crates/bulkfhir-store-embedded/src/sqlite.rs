@@ -6,8 +6,8 @@ use std::{
 use async_trait::async_trait;
 use bulkfhir_model::{Instant, ResourceId, ResourceType};
 use bulkfhir_store::{
-    Atomicity, HistoryEntry, ResourceStore, ScanPage, Snapshot, StoreError, StoredResource,
-    WriteOp, WriteOutcome,
+    Atomicity, HistoryEntry, ResourceStore, ScanOptions, ScanPage, Snapshot, StoreError,
+    StoredResource, WriteOp, WriteOutcome,
 };
 use bytes::Bytes;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
@@ -37,13 +37,18 @@ impl EmbeddedStore {
     /// Opens (creating if needed) the store in `data_dir`, as `data_dir/bulkfhir.sqlite`, and
     /// brings its schema up to date.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|e| StoreError::backend(format!("create data directory {}", data_dir.display()), e))?;
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            StoreError::backend(format!("create data directory {}", data_dir.display()), e)
+        })?;
         let path = data_dir.join("bulkfhir.sqlite");
         let mut writer = open_connection(&path, false)?;
         schema::migrate(&mut writer).map_err(|e| sql_error("migrate the schema", e))?;
         Ok(EmbeddedStore {
-            inner: Arc::new(Inner { path, writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) }),
+            inner: Arc::new(Inner {
+                path,
+                writer: Mutex::new(writer),
+                readers: Mutex::new(Vec::new()),
+            }),
         })
     }
 
@@ -53,7 +58,11 @@ impl EmbeddedStore {
     }
 
     /// Runs `work` on a blocking thread with the writer connection.
-    async fn with_writer<T, F>(&self, context: &'static str, work: F) -> Result<T, StoreError>
+    pub(crate) async fn with_writer<T, F>(
+        &self,
+        context: &'static str,
+        work: F,
+    ) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
@@ -68,7 +77,11 @@ impl EmbeddedStore {
     }
 
     /// Runs `work` on a blocking thread with a pooled reader connection.
-    async fn with_reader<T, F>(&self, context: &'static str, work: F) -> Result<T, StoreError>
+    pub(crate) async fn with_reader<T, F>(
+        &self,
+        context: &'static str,
+        work: F,
+    ) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
@@ -102,7 +115,9 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection, StoreErro
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
     let conn = Connection::open_with_flags(path, flags)
         .map_err(|e| sql_error(format!("open {}", path.display()), e))?;
@@ -116,7 +131,7 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection, StoreErro
     Ok(conn)
 }
 
-fn sql_error(context: impl Into<String>, error: rusqlite::Error) -> StoreError {
+pub(crate) fn sql_error(context: impl Into<String>, error: rusqlite::Error) -> StoreError {
     let busy = matches!(
         error.sqlite_error_code(),
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
@@ -128,11 +143,11 @@ fn sql_error(context: impl Into<String>, error: rusqlite::Error) -> StoreError {
     }
 }
 
-fn to_u64(value: i64) -> u64 {
+pub(crate) fn to_u64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
-fn to_i64(value: u64) -> i64 {
+pub(crate) fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
@@ -144,13 +159,22 @@ struct Current {
     patients: Option<String>,
 }
 
-fn current(tx: &Connection, resource_type: ResourceType, id: &ResourceId) -> rusqlite::Result<Option<Current>> {
+fn current(
+    tx: &Connection,
+    resource_type: ResourceType,
+    id: &ResourceId,
+) -> rusqlite::Result<Option<Current>> {
     tx.prepare_cached(
         "SELECT seq, version, deleted, patients FROM resource_version
          WHERE rtype = ?1 AND id = ?2 ORDER BY version DESC LIMIT 1",
     )?
     .query_row(params![resource_type.as_str(), id.as_str()], |row| {
-        Ok(Current { seq: row.get(0)?, version: row.get(1)?, deleted: row.get(2)?, patients: row.get(3)? })
+        Ok(Current {
+            seq: row.get(0)?,
+            version: row.get(1)?,
+            deleted: row.get(2)?,
+            patients: row.get(3)?,
+        })
     })
     .optional()
 }
@@ -172,7 +196,8 @@ impl WriteClock {
             )
             .optional()?
             .unwrap_or((0, 0));
-        let floor: i64 = tx.query_row("SELECT floor FROM clock WHERE id = 1", [], |row| row.get(0))?;
+        let floor: i64 =
+            tx.query_row("SELECT floor FROM clock WHERE id = 1", [], |row| row.get(0))?;
         let earliest = Instant::from_micros(last_time.max(floor)).next();
         Ok(WriteClock { last_seq, time: Instant::now().max(earliest) })
     }
@@ -181,7 +206,10 @@ impl WriteClock {
 fn apply(tx: &Connection, clock: &WriteClock, op: &WriteOp) -> Result<WriteOutcome, StoreError> {
     let seq = clock.last_seq + 1;
     let sql = |e| sql_error("write a resource version", e);
-    let check_if_match = |resource_type: ResourceType, id: &ResourceId, cur: &Option<Current>, if_match: Option<u64>| {
+    let check_if_match = |resource_type: ResourceType,
+                          id: &ResourceId,
+                          cur: &Option<Current>,
+                          if_match: Option<u64>| {
         let Some(expected) = if_match else { return Ok(()) };
         match cur {
             Some(c) if !c.deleted && to_u64(c.version) == expected => Ok(()),
@@ -205,7 +233,9 @@ fn apply(tx: &Connection, clock: &WriteClock, op: &WriteOp) -> Result<WriteOutco
                 WriteOp::Create { .. } if cur.is_some() => {
                     return Err(StoreError::AlreadyExists { resource_type, id: id.clone() });
                 }
-                WriteOp::Update { if_match, .. } => check_if_match(resource_type, id, &cur, *if_match)?,
+                WriteOp::Update { if_match, .. } => {
+                    check_if_match(resource_type, id, &cur, *if_match)?
+                }
                 _ => {}
             }
             let version = cur.as_ref().map_or(1, |c| c.version + 1);
@@ -213,8 +243,18 @@ fn apply(tx: &Connection, clock: &WriteClock, op: &WriteOp) -> Result<WriteOutco
             let patients = resource.compartment_patients(id);
             let patients_text = (!patients.is_empty())
                 .then(|| patients.iter().map(ResourceId::as_str).collect::<Vec<_>>().join(" "));
-            insert_version(tx, seq, resource_type, id, version, clock.time, false, patients_text.as_deref(), Some(&body))
-                .map_err(sql)?;
+            insert_version(
+                tx,
+                seq,
+                resource_type,
+                id,
+                version,
+                clock.time,
+                false,
+                patients_text.as_deref(),
+                Some(&body),
+            )
+            .map_err(sql)?;
             if let Some(c) = &cur {
                 supersede(tx, c.seq, seq).map_err(sql)?;
             }
@@ -245,8 +285,18 @@ fn apply(tx: &Connection, clock: &WriteClock, op: &WriteOp) -> Result<WriteOutco
                 return Ok(nothing(c.version));
             }
             let version = c.version + 1;
-            insert_version(tx, seq, *resource_type, id, version, clock.time, true, c.patients.as_deref(), None)
-                .map_err(sql)?;
+            insert_version(
+                tx,
+                seq,
+                *resource_type,
+                id,
+                version,
+                clock.time,
+                true,
+                c.patients.as_deref(),
+                None,
+            )
+            .map_err(sql)?;
             supersede(tx, c.seq, seq).map_err(sql)?;
             Ok(WriteOutcome {
                 resource_type: *resource_type,
@@ -289,8 +339,9 @@ fn insert_version(
         body
     ])?;
     if let Some(patients) = patients {
-        let mut insert =
-            tx.prepare_cached("INSERT INTO compartment (patient_id, rtype, seq) VALUES (?1, ?2, ?3)")?;
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO compartment (patient_id, rtype, seq) VALUES (?1, ?2, ?3)",
+        )?;
         for patient in patients.split(' ') {
             insert.execute(params![patient, resource_type.as_str(), seq])?;
         }
@@ -344,7 +395,19 @@ fn transact_blocking(
     Ok(results)
 }
 
-fn row_to_stored(resource_type: ResourceType, row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<StoredResource, StoreError>> {
+fn row_to_stored(
+    resource_type: ResourceType,
+    row: &rusqlite::Row<'_>,
+) -> rusqlite::Result<Result<StoredResource, StoreError>> {
+    row_to_stored_opts(resource_type, row, false)
+}
+
+fn row_to_stored_opts(
+    resource_type: ResourceType,
+    row: &rusqlite::Row<'_>,
+    with_patients: bool,
+) -> rusqlite::Result<Result<StoredResource, StoreError>> {
+    let patients: Option<String> = if with_patients { row.get("patients")? } else { None };
     let seq: i64 = row.get("seq")?;
     let id_text: String = row.get("id")?;
     let version: i64 = row.get("version")?;
@@ -352,7 +415,9 @@ fn row_to_stored(resource_type: ResourceType, row: &rusqlite::Row<'_>) -> rusqli
     let body: Option<Vec<u8>> = row.get("body")?;
     let id = match ResourceId::parse(&id_text) {
         Ok(id) => id,
-        Err(e) => return Ok(Err(StoreError::Invalid(format!("stored row {seq} has a bad id: {e}")))),
+        Err(e) => {
+            return Ok(Err(StoreError::Invalid(format!("stored row {seq} has a bad id: {e}"))));
+        }
     };
     Ok(Ok(StoredResource {
         resource_type,
@@ -361,6 +426,7 @@ fn row_to_stored(resource_type: ResourceType, row: &rusqlite::Row<'_>) -> rusqli
         seq: to_u64(seq),
         last_updated: Instant::from_micros(last_updated),
         body: Bytes::from(body.unwrap_or_default()),
+        patients: patients.map(String::into_boxed_str),
     }))
 }
 
@@ -388,7 +454,9 @@ fn read_version(
     match (row, version) {
         (None, Some(version)) => {
             let exists: Option<i64> = conn
-                .prepare_cached("SELECT 1 FROM resource_version WHERE rtype = ?1 AND id = ?2 LIMIT 1")
+                .prepare_cached(
+                    "SELECT 1 FROM resource_version WHERE rtype = ?1 AND id = ?2 LIMIT 1",
+                )
                 .map_err(sql)?
                 .query_row(params![resource_type.as_str(), id.as_str()], |row| row.get(0))
                 .optional()
@@ -411,13 +479,15 @@ fn collect_page(
     statement: &mut rusqlite::CachedStatement<'_>,
     params: impl rusqlite::Params,
     resource_type: ResourceType,
-    limit: usize,
+    options: &ScanOptions,
 ) -> Result<ScanPage, StoreError> {
     let sql = |e| sql_error("scan resources", e);
+    let limit = options.limit;
     let mut resources = Vec::with_capacity(limit.min(4096));
     let mut rows = statement.query(params).map_err(sql)?;
     while let Some(row) = rows.next().map_err(sql)? {
-        resources.push(row_to_stored(resource_type, row).map_err(sql)??);
+        resources
+            .push(row_to_stored_opts(resource_type, row, options.with_patients).map_err(sql)??);
     }
     let next = if resources.len() >= limit { resources.last().map(|r| r.seq) } else { None };
     Ok(ScanPage { resources, next })
@@ -433,13 +503,22 @@ impl ResourceStore for EmbeddedStore {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
-        self.with_writer("run a write transaction", move |conn| transact_blocking(conn, ops, atomicity))
-            .await
+        self.with_writer("run a write transaction", move |conn| {
+            transact_blocking(conn, ops, atomicity)
+        })
+        .await
     }
 
-    async fn read(&self, resource_type: ResourceType, id: &ResourceId) -> Result<StoredResource, StoreError> {
+    async fn read(
+        &self,
+        resource_type: ResourceType,
+        id: &ResourceId,
+    ) -> Result<StoredResource, StoreError> {
         let id = id.clone();
-        self.with_reader("read a resource", move |conn| read_version(conn, resource_type, &id, None)).await
+        self.with_reader("read a resource", move |conn| {
+            read_version(conn, resource_type, &id, None)
+        })
+        .await
     }
 
     async fn vread(
@@ -471,15 +550,18 @@ impl ResourceStore for EmbeddedStore {
                 )
                 .map_err(sql)?;
             let entries = statement
-                .query_map(params![resource_type.as_str(), id.as_str(), to_i64(limit as u64)], |row| {
-                    let deleted: bool = row.get(2)?;
-                    let body: Option<Vec<u8>> = row.get(3)?;
-                    Ok(HistoryEntry {
-                        version: to_u64(row.get(0)?),
-                        last_updated: Instant::from_micros(row.get(1)?),
-                        body: if deleted { None } else { body.map(Bytes::from) },
-                    })
-                })
+                .query_map(
+                    params![resource_type.as_str(), id.as_str(), to_i64(limit as u64)],
+                    |row| {
+                        let deleted: bool = row.get(2)?;
+                        let body: Option<Vec<u8>> = row.get(3)?;
+                        Ok(HistoryEntry {
+                            version: to_u64(row.get(0)?),
+                            last_updated: Instant::from_micros(row.get(1)?),
+                            body: if deleted { None } else { body.map(Bytes::from) },
+                        })
+                    },
+                )
                 .map_err(sql)?
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(sql)?;
@@ -494,7 +576,9 @@ impl ResourceStore for EmbeddedStore {
     async fn snapshot(&self) -> Result<Snapshot, StoreError> {
         self.with_writer("take a snapshot", |conn| {
             let sql = |e| sql_error("take a snapshot", e);
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql)?;
+            let tx = conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(sql)?;
             let clock = WriteClock::start(&tx).map_err(sql)?;
             // `clock.time` is after every committed write; no later write may share it.
             tx.execute("UPDATE clock SET floor = ?1 WHERE id = 1", params![clock.time.as_micros()])
@@ -509,22 +593,28 @@ impl ResourceStore for EmbeddedStore {
         &self,
         snapshot: Snapshot,
         resource_type: ResourceType,
-        after_seq: u64,
-        limit: usize,
+        options: ScanOptions,
     ) -> Result<ScanPage, StoreError> {
         self.with_reader("scan resources", move |conn| {
-            let mut statement = conn
-                .prepare_cached(
-                    "SELECT seq, id, version, last_updated, body FROM resource_version
-                     WHERE rtype = ?1 AND seq > ?2 AND seq <= ?3 AND next_seq > ?3 AND deleted = 0
-                     ORDER BY seq LIMIT ?4",
-                )
-                .map_err(|e| sql_error("scan resources", e))?;
+            let sql = format!(
+                "SELECT seq, id, version, last_updated, body, patients FROM resource_version
+                 WHERE rtype = ?1 AND seq > ?2 AND seq <= ?3 AND next_seq > ?3 AND deleted = {}{}
+                 ORDER BY seq LIMIT ?4",
+                u8::from(options.deleted),
+                if options.in_any_compartment { " AND patients IS NOT NULL" } else { "" },
+            );
+            let mut statement =
+                conn.prepare_cached(&sql).map_err(|e| sql_error("scan resources", e))?;
             collect_page(
                 &mut statement,
-                params![resource_type.as_str(), to_i64(after_seq), to_i64(snapshot.seq), to_i64(limit as u64)],
+                params![
+                    resource_type.as_str(),
+                    to_i64(options.after_seq),
+                    to_i64(snapshot.seq),
+                    to_i64(options.limit as u64)
+                ],
                 resource_type,
-                limit,
+                &options,
             )
         })
         .await
@@ -535,33 +625,91 @@ impl ResourceStore for EmbeddedStore {
         snapshot: Snapshot,
         patient: &ResourceId,
         resource_type: ResourceType,
-        after_seq: u64,
-        limit: usize,
+        options: ScanOptions,
     ) -> Result<ScanPage, StoreError> {
         let patient = patient.clone();
         self.with_reader("scan a patient compartment", move |conn| {
+            let sql = format!(
+                "SELECT v.seq AS seq, v.id AS id, v.version AS version,
+                        v.last_updated AS last_updated, v.body AS body, v.patients AS patients
+                 FROM compartment c JOIN resource_version v ON v.seq = c.seq
+                 WHERE c.patient_id = ?1 AND c.rtype = ?2 AND c.seq > ?3 AND c.seq <= ?4
+                   AND v.next_seq > ?4 AND v.deleted = {}
+                 ORDER BY c.seq LIMIT ?5",
+                u8::from(options.deleted)
+            );
             let mut statement = conn
-                .prepare_cached(
-                    "SELECT v.seq AS seq, v.id AS id, v.version AS version,
-                            v.last_updated AS last_updated, v.body AS body
-                     FROM compartment c JOIN resource_version v ON v.seq = c.seq
-                     WHERE c.patient_id = ?1 AND c.rtype = ?2 AND c.seq > ?3 AND c.seq <= ?4
-                       AND v.next_seq > ?4 AND v.deleted = 0
-                     ORDER BY c.seq LIMIT ?5",
-                )
+                .prepare_cached(&sql)
                 .map_err(|e| sql_error("scan a patient compartment", e))?;
             collect_page(
                 &mut statement,
                 params![
                     patient.as_str(),
                     resource_type.as_str(),
-                    to_i64(after_seq),
+                    to_i64(options.after_seq),
                     to_i64(snapshot.seq),
-                    to_i64(limit as u64)
+                    to_i64(options.limit as u64)
                 ],
                 resource_type,
-                limit,
+                &options,
             )
+        })
+        .await
+    }
+
+    async fn read_many_at(
+        &self,
+        snapshot: Snapshot,
+        resource_type: ResourceType,
+        ids: &[ResourceId],
+    ) -> Result<Vec<StoredResource>, StoreError> {
+        let ids = ids.to_vec();
+        self.with_reader("read resources as of a snapshot", move |conn| {
+            let sql = |e| sql_error("read resources as of a snapshot", e);
+            let mut statement = conn
+                .prepare_cached(
+                    "SELECT seq, id, version, last_updated, body FROM resource_version
+                     WHERE rtype = ?1 AND id = ?2 AND seq <= ?3 AND next_seq > ?3 AND deleted = 0",
+                )
+                .map_err(sql)?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in &ids {
+                let found = statement
+                    .query_row(
+                        params![resource_type.as_str(), id.as_str(), to_i64(snapshot.seq)],
+                        |row| row_to_stored(resource_type, row),
+                    )
+                    .optional()
+                    .map_err(sql)?;
+                if let Some(stored) = found {
+                    out.push(stored?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn seq_at(&self, time: Instant) -> Result<u64, StoreError> {
+        self.with_reader("find the sequence number of an instant", move |conn| {
+            let sql = |e| sql_error("find the sequence number of an instant", e);
+            // Sequence numbers are contiguous from 1 and lastUpdated never decreases with seq,
+            // so a binary search over seq finds the last write at or before `time`.
+            let max_seq: i64 = conn
+                .query_row("SELECT COALESCE(MAX(seq), 0) FROM resource_version", [], |row| {
+                    row.get(0)
+                })
+                .map_err(sql)?;
+            let mut time_of = conn
+                .prepare_cached("SELECT last_updated FROM resource_version WHERE seq = ?1")
+                .map_err(sql)?;
+            let (mut lo, mut hi) = (0i64, max_seq);
+            while lo < hi {
+                let mid = lo + (hi - lo + 1) / 2;
+                let at: i64 = time_of.query_row(params![mid], |row| row.get(0)).map_err(sql)?;
+                if at <= time.as_micros() { lo = mid } else { hi = mid - 1 }
+            }
+            Ok(to_u64(lo))
         })
         .await
     }

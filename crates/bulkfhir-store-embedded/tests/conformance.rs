@@ -23,13 +23,18 @@ async fn a_scan_resumed_from_a_cursor_after_reopening_returns_each_resource_once
     let (snapshot, cursor, mut seen) = {
         let store = EmbeddedStore::open(dir.path()).unwrap();
         for i in 0..300 {
-            testsuite::put(&store, &format!(r#"{{"resourceType":"Observation","id":"o{i}"}}"#)).await;
+            testsuite::put(&store, &format!(r#"{{"resourceType":"Observation","id":"o{i}"}}"#))
+                .await;
         }
         let snapshot = store.snapshot().await.unwrap();
         let page = store.scan(snapshot, observation, 0, 120).await.unwrap();
         // Writes after the snapshot, before the "crash".
         for i in 0..50 {
-            testsuite::put(&store, &format!(r#"{{"resourceType":"Observation","id":"o{i}","status":"x"}}"#)).await;
+            testsuite::put(
+                &store,
+                &format!(r#"{{"resourceType":"Observation","id":"o{i}","status":"x"}}"#),
+            )
+            .await;
         }
         let seen: Vec<String> = page.resources.iter().map(|r| r.id.to_string()).collect();
         (snapshot, page.next.unwrap(), seen)

@@ -143,9 +143,11 @@ pub async fn process(
     };
     let n_entries = bundle.entry.len();
     let assigned = assign_ids(&bundle.entry);
+    let urn_map: HashMap<&str, &str> =
+        assigned.iter().filter_map(|a| a.urn.as_ref().map(|(k, v)| (k.as_str(), v.as_str()))).collect();
     let mut actions: Vec<Result<Action, StoreError>> = Vec::with_capacity(n_entries);
     for (entry_idx, entry) in bundle.entry.iter().enumerate() {
-        let action = check_entry(entry, entry_idx, &assigned, kind);
+        let action = check_entry(entry, entry_idx, &assigned, &urn_map, kind);
         if kind == BundleKind::Transaction
             && let Err(error) = action
         {
@@ -232,12 +234,21 @@ pub async fn process(
     serde_json::to_vec(&out).map_err(|e| StoreError::backend("serialize response Bundle", e))
 }
 
+/// What [`assign_ids`] decided for one entry.
+struct Assigned {
+    /// The id the entry writes (fresh for POST, from the URL for PUT).
+    id: Option<ResourceId>,
+    /// `(urn:uuid:…, Type/id)` when the entry's fullUrl is a `urn:uuid:`.
+    urn: Option<(String, String)>,
+}
+
 /// Gives every POST entry a fresh id and maps each `urn:uuid:` fullUrl to its `Type/id`.
-fn assign_ids(entries: &[EntryIn<'_>]) -> Vec<(Option<ResourceId>, Option<(String, String)>)> {
+fn assign_ids(entries: &[EntryIn<'_>]) -> Vec<Assigned> {
     entries
         .iter()
         .map(|entry| {
-            let Some(request) = &entry.request else { return (None, None) };
+            let none = || Assigned { id: None, urn: None };
+            let Some(request) = &entry.request else { return none() };
             let (type_name, id) = match request.method.as_str() {
                 "POST" => {
                     let type_name = request.url.trim_start_matches('/').to_owned();
@@ -245,9 +256,9 @@ fn assign_ids(entries: &[EntryIn<'_>]) -> Vec<(Option<ResourceId>, Option<(Strin
                 }
                 "PUT" => match split_type_id(&request.url) {
                     Some((t, i)) => (t.to_owned(), ResourceId::parse(i).ok()),
-                    None => return (None, None),
+                    None => return none(),
                 },
-                _ => return (None, None),
+                _ => return none(),
             };
             let mapping = match (&entry.full_url, &id) {
                 (Some(full_url), Some(id)) if full_url.starts_with("urn:uuid:") => {
@@ -255,7 +266,7 @@ fn assign_ids(entries: &[EntryIn<'_>]) -> Vec<(Option<ResourceId>, Option<(Strin
                 }
                 _ => None,
             };
-            (id, mapping)
+            Assigned { id, urn: mapping }
         })
         .collect()
 }
@@ -263,7 +274,8 @@ fn assign_ids(entries: &[EntryIn<'_>]) -> Vec<(Option<ResourceId>, Option<(Strin
 fn check_entry(
     entry: &EntryIn<'_>,
     entry_idx: usize,
-    assigned: &[(Option<ResourceId>, Option<(String, String)>)],
+    assigned: &[Assigned],
+    urn_map: &HashMap<&str, &str>,
     kind: BundleKind,
 ) -> Result<Action, StoreError> {
     let invalid = |msg: String| StoreError::Invalid(format!("Bundle.entry[{entry_idx}]: {msg}"));
@@ -285,13 +297,9 @@ fn check_entry(
         )));
     }
     let if_match = request.if_match.as_deref().map(parse_etag).transpose().map_err(invalid)?;
-    let urn_map: HashMap<&str, &str> = assigned
-        .iter()
-        .filter_map(|(_, m)| m.as_ref().map(|(k, v)| (k.as_str(), v.as_str())))
-        .collect();
     let prepare = |expected: ResourceType| -> Result<PreparedResource, StoreError> {
         let raw = entry.resource.ok_or_else(|| invalid("entry has no 'resource'".to_owned()))?;
-        let rewritten = rewrite_urn_references(raw.get(), &urn_map, kind).map_err(invalid)?;
+        let rewritten = rewrite_urn_references(raw.get(), urn_map, kind).map_err(invalid)?;
         let prepared = PreparedResource::parse(rewritten.as_bytes())
             .map_err(|e| invalid(format!("resource: {e}")))?;
         if prepared.resource_type() != expected {
@@ -309,7 +317,7 @@ fn check_entry(
                 .map_err(|e| invalid(format!("request.url: {e}")))?;
             let resource = prepare(resource_type)?;
             let id = assigned[entry_idx]
-                .0
+                .id
                 .clone()
                 .ok_or_else(|| invalid("could not assign an id".to_owned()))?;
             Ok(Action::Write(WriteOp::Create { resource, id }))
@@ -353,7 +361,9 @@ fn refuse_duplicate_targets(actions: &[Result<Action, StoreError>]) -> Result<()
     let mut seen = HashSet::new();
     for (entry_idx, action) in actions.iter().enumerate() {
         let target = match action {
-            Ok(Action::Write(WriteOp::Update { resource, id, .. })) => (resource.resource_type(), id),
+            Ok(Action::Write(WriteOp::Update { resource, id, .. })) => {
+                (resource.resource_type(), id)
+            }
             Ok(Action::Write(WriteOp::Delete { resource_type, id, .. })) => (*resource_type, id),
             Ok(Action::Write(WriteOp::Create { resource, id })) => (resource.resource_type(), id),
             _ => continue,
@@ -393,32 +403,27 @@ pub fn parse_etag(etag: &str) -> Result<u64, String> {
     inner.parse::<u64>().map_err(|_| format!("'{etag}' is not an ETag of the form W/\"<version>\""))
 }
 
-/// Replaces every JSON string value `"urn:uuid:…"` that a fullUrl declared with its `Type/id`.
+/// Replaces every `"reference":"urn:uuid:…"` that a fullUrl declared with its `Type/id`.
 ///
-/// It works on the JSON text, so numbers and everything else stay byte-exact. A quoted
-/// `urn:uuid:` token is always a whole JSON string value (an escaped quote inside narrative is
-/// `\"`, which does not end the token). In a transaction, a reference to an undeclared
-/// `urn:uuid:` is refused because it could never resolve.
+/// It works on the JSON text, so numbers and everything else stay byte-exact. Only
+/// `Reference.reference` values are references: an identifier whose value is a `urn:uuid:` stays
+/// as it is. The key and its string can only appear together like this outside any string (a
+/// quote inside a string is escaped). In a transaction, a reference to an undeclared `urn:uuid:`
+/// is refused because it could never resolve.
 fn rewrite_urn_references<'t>(
     text: &'t str,
     urn_map: &HashMap<&str, &str>,
     kind: BundleKind,
 ) -> Result<std::borrow::Cow<'t, str>, String> {
-    const NEEDLE: &str = "\"urn:uuid:";
+    const NEEDLE: &str = "\"reference\":\"urn:uuid:";
+    const KEY: usize = "\"reference\":\"".len();
     if !text.contains(NEEDLE) {
         return Ok(std::borrow::Cow::Borrowed(text));
     }
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(pos) = rest.find(NEEDLE) {
-        let start = pos + 1;
-        // A quote that opens a JSON string follows `:`, `,`, `[` or whitespace; one after a
-        // backslash is an escaped quote inside some other string (narrative, say).
-        if pos > 0 && rest.as_bytes()[pos - 1] == b'\\' {
-            out.push_str(&rest[..start]);
-            rest = &rest[start..];
-            continue;
-        }
+        let start = pos + KEY;
         let Some(len) = rest[start..].find('"') else { break };
         let urn = &rest[start..start + len];
         out.push_str(&rest[..start]);
@@ -452,7 +457,10 @@ fn write_response(outcome: &WriteOutcome, options: BundleOptions) -> Result<Entr
         _ => None,
     };
     Ok(EntryOut {
-        full_url: outcome.body.as_ref().map(|_| format!("{}/{}", outcome.resource_type, outcome.id)),
+        full_url: outcome
+            .body
+            .as_ref()
+            .map(|_| format!("{}/{}", outcome.resource_type, outcome.id)),
         resource,
         response: ResponseOut {
             status: status_line(status),
@@ -490,14 +498,20 @@ mod tests {
     #[test]
     fn urn_references_are_rewritten_as_whole_strings_only() {
         let map: HashMap<&str, &str> = [("urn:uuid:a", "Patient/1")].into_iter().collect();
-        let text = r#"{"subject":{"reference":"urn:uuid:a"},"text":{"div":"<a href=\"urn:uuid:a\">x</a>"},"n":1.50}"#;
+        let text = r#"{"subject":{"reference":"urn:uuid:a"},"identifier":[{"value":"urn:uuid:zz"}],"text":{"div":"<a href=\"urn:uuid:a\">x</a>"},"n":1.50}"#;
         let out = rewrite_urn_references(text, &map, BundleKind::Transaction).unwrap();
         assert_eq!(
             out,
-            r#"{"subject":{"reference":"Patient/1"},"text":{"div":"<a href=\"urn:uuid:a\">x</a>"},"n":1.50}"#
+            r#"{"subject":{"reference":"Patient/1"},"identifier":[{"value":"urn:uuid:zz"}],"text":{"div":"<a href=\"urn:uuid:a\">x</a>"},"n":1.50}"#
         );
-        assert!(rewrite_urn_references(r#"{"r":"urn:uuid:zz"}"#, &map, BundleKind::Transaction).is_err());
-        assert!(rewrite_urn_references(r#"{"r":"urn:uuid:zz"}"#, &map, BundleKind::Batch).is_ok());
+        assert!(
+            rewrite_urn_references(r#"{"reference":"urn:uuid:zz"}"#, &map, BundleKind::Transaction)
+                .is_err()
+        );
+        assert!(
+            rewrite_urn_references(r#"{"reference":"urn:uuid:zz"}"#, &map, BundleKind::Batch)
+                .is_ok()
+        );
     }
 
     #[test]

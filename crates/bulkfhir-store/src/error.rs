@@ -67,6 +67,27 @@ pub enum StoreError {
         #[source]
         source: Box<StoreError>,
     },
+    /// A fenced job write came from a runner that no longer holds the job (lease expired and
+    /// taken over, or the job was cancelled or finished).
+    #[error("job {job}: lease lost")]
+    LeaseLost {
+        /// The job.
+        job: String,
+    },
+    /// No export job has this id.
+    #[error("no export job {job}")]
+    JobNotFound {
+        /// The id asked for.
+        job: String,
+    },
+    /// The export queue is full.
+    #[error("{active} exports are already queued or running; the limit is {limit}")]
+    TooManyJobs {
+        /// Jobs active now.
+        active: u64,
+        /// The configured limit.
+        limit: usize,
+    },
     /// The database failed; the operation had no effect.
     #[error("storage backend failed: {context}")]
     Backend {
@@ -98,6 +119,9 @@ impl StoreError {
             StoreError::Invalid(_) => ErrorKind::Invalid,
             StoreError::Model(e) => e.kind(),
             StoreError::OpFailed { source, .. } => source.kind(),
+            StoreError::LeaseLost { .. } => ErrorKind::Conflict,
+            StoreError::JobNotFound { .. } => ErrorKind::NotFound,
+            StoreError::TooManyJobs { .. } => ErrorKind::TooManyRequests,
             StoreError::Backend { .. } => ErrorKind::Internal,
             StoreError::Unavailable { .. } => ErrorKind::Unavailable,
         }

@@ -11,6 +11,7 @@
 
 pub mod bundle;
 mod error;
+pub mod jobs;
 pub mod loader;
 mod store;
 #[cfg(feature = "testsuite")]
@@ -18,7 +19,8 @@ pub mod testsuite;
 mod types;
 
 pub use error::StoreError;
+pub use jobs::{JobId, JobQuery, JobRecord, JobStatus, JobStore, NewJob, UnitRecord};
 pub use store::ResourceStore;
 pub use types::{
-    Atomicity, HistoryEntry, ScanPage, Snapshot, StoredResource, WriteOp, WriteOutcome,
+    Atomicity, HistoryEntry, ScanOptions, ScanPage, Snapshot, StoredResource, WriteOp, WriteOutcome,
 };

@@ -99,7 +99,9 @@ pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
             for dir_entry in std::fs::read_dir(path).map_err(io_err(path))? {
                 let file = dir_entry.map_err(io_err(path))?.path();
                 let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-                if name.ends_with(".ndjson") || name.ends_with(".ndjson.gz") || name.ends_with(".jsonl")
+                if name.ends_with(".ndjson")
+                    || name.ends_with(".ndjson.gz")
+                    || name.ends_with(".jsonl")
                 {
                     in_dir.push(file);
                 }
@@ -131,7 +133,8 @@ pub async fn load_files(
     let (sender, mut receiver) = mpsc::channel::<Result<Batch, LoadError>>(2);
     let reader_files = files.clone();
     let batch_size = options.batch_size.max(1);
-    let reader = tokio::task::spawn_blocking(move || read_batches(&reader_files, batch_size, &sender));
+    let reader =
+        tokio::task::spawn_blocking(move || read_batches(&reader_files, batch_size, &sender));
     let mut report = LoadReport { files: files.len() as u64, ..LoadReport::default() };
     let keep_rejection = |report: &mut LoadReport, rejection: Rejection| {
         report.n_rejected += 1;
@@ -158,9 +161,7 @@ pub async fn load_files(
         progress(LoadProgress { loaded: report.loaded, bytes: report.bytes });
     }
     // The reader ends when the channel closes; a panic there is a bug, reported as such.
-    reader.await.map_err(|e| {
-        LoadError::Store(StoreError::backend("run the NDJSON reader", e))
-    })?;
+    reader.await.map_err(|e| LoadError::Store(StoreError::backend("run the NDJSON reader", e)))?;
     Ok(report)
 }
 

@@ -3,8 +3,10 @@ use std::fmt::Debug;
 use async_trait::async_trait;
 use bulkfhir_model::{ResourceId, ResourceType};
 
+use bulkfhir_model::Instant;
+
 use crate::{
-    Atomicity, HistoryEntry, ScanPage, Snapshot, StoreError, StoredResource, WriteOp,
+    Atomicity, HistoryEntry, ScanOptions, ScanPage, Snapshot, StoreError, StoredResource, WriteOp,
     WriteOutcome,
 };
 
@@ -69,25 +71,37 @@ pub trait ResourceStore: Send + Sync + Debug {
     /// Takes a snapshot: see the trait docs.
     async fn snapshot(&self) -> Result<Snapshot, StoreError>;
 
-    /// Up to `limit` resources of `resource_type` live (not deleted) as of `snapshot`, with
-    /// `seq > after_seq`, in ascending `seq`.
+    /// Up to `options.limit` resources of `resource_type` as of `snapshot` with
+    /// `seq > options.after_seq`, in ascending `seq`: live resources, or with `options.deleted`
+    /// the deletions in force at the snapshot (their `body` is empty).
     async fn scan(
         &self,
         snapshot: Snapshot,
         resource_type: ResourceType,
-        after_seq: u64,
-        limit: usize,
+        options: ScanOptions,
     ) -> Result<ScanPage, StoreError>;
 
     /// Like [`scan`](Self::scan), limited to the Patient compartment of `patient`: the resources
     /// whose version as of `snapshot` references that patient at a compartment path (and the
-    /// Patient itself).
+    /// Patient itself). `options.in_any_compartment` is implied.
     async fn scan_compartment(
         &self,
         snapshot: Snapshot,
         patient: &ResourceId,
         resource_type: ResourceType,
-        after_seq: u64,
-        limit: usize,
+        options: ScanOptions,
     ) -> Result<ScanPage, StoreError>;
+
+    /// The versions of the given resources live as of `snapshot` (missing and deleted ones are
+    /// left out), in no particular order.
+    async fn read_many_at(
+        &self,
+        snapshot: Snapshot,
+        resource_type: ResourceType,
+        ids: &[ResourceId],
+    ) -> Result<Vec<StoredResource>, StoreError>;
+
+    /// The highest `seq` whose `lastUpdated` is at or before `time` (0 when none): the cursor
+    /// from which a scan returns exactly the changes made after `time`.
+    async fn seq_at(&self, time: Instant) -> Result<u64, StoreError>;
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bulkfhir_model::{PreparedResource, ResourceId, ResourceType};
 
-use crate::{Atomicity, ResourceStore, Snapshot, StoreError, WriteOp};
+use crate::{Atomicity, ResourceStore, ScanOptions, Snapshot, StoreError, WriteOp};
 
 /// A named conformance test.
 pub type SuiteTest = (
@@ -67,11 +67,18 @@ async fn delete(store: &dyn ResourceStore, type_name: &str, text_id: &str) -> cr
     results.remove(0).expect("delete succeeds")
 }
 
-async fn scan_all(store: &dyn ResourceStore, snapshot: Snapshot, type_name: &str) -> Vec<(String, u64)> {
+async fn scan_all(
+    store: &dyn ResourceStore,
+    snapshot: Snapshot,
+    type_name: &str,
+) -> Vec<(String, u64)> {
     let mut out = Vec::new();
     let mut after = 0;
     loop {
-        let page = store.scan(snapshot, rt(type_name), after, 7).await.expect("scan succeeds");
+        let page = store
+            .scan(snapshot, rt(type_name), ScanOptions::live(after, 7))
+            .await
+            .expect("scan succeeds");
         out.extend(page.resources.iter().map(|r| (r.id.to_string(), r.version)));
         match page.next {
             Some(next) => after = next,
@@ -99,13 +106,22 @@ pub async fn versions_history_and_deletes(store: Arc<dyn ResourceStore>) {
         store.vread(rt("Patient"), &id("p1"), 9).await,
         Err(StoreError::VersionNotFound { .. })
     ));
-    assert!(matches!(store.read(rt("Patient"), &id("nope")).await, Err(StoreError::NotFound { .. })));
-    assert!(matches!(store.read(rt("Observation"), &id("p1")).await, Err(StoreError::NotFound { .. })));
+    assert!(matches!(
+        store.read(rt("Patient"), &id("nope")).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.read(rt("Observation"), &id("p1")).await,
+        Err(StoreError::NotFound { .. })
+    ));
 
     let deleted = delete(store, "Patient", "p1").await;
     assert_eq!(deleted.version, 3);
     assert!(deleted.seq.expect("seq") > v2.seq.expect("seq"));
-    assert!(matches!(store.read(rt("Patient"), &id("p1")).await, Err(StoreError::Gone { version: 3, .. })));
+    assert!(matches!(
+        store.read(rt("Patient"), &id("p1")).await,
+        Err(StoreError::Gone { version: 3, .. })
+    ));
     assert!(matches!(store.vread(rt("Patient"), &id("p1"), 3).await, Err(StoreError::Gone { .. })));
     let again = delete(store, "Patient", "p1").await;
     assert_eq!((again.version, again.seq), (3, None), "deleting twice writes nothing");
@@ -113,10 +129,14 @@ pub async fn versions_history_and_deletes(store: Arc<dyn ResourceStore>) {
     assert_eq!((missing.version, missing.seq), (0, None));
 
     let history = store.history(rt("Patient"), &id("p1"), 10).await.expect("history");
-    let versions: Vec<(u64, bool)> = history.iter().map(|h| (h.version, h.body.is_some())).collect();
+    let versions: Vec<(u64, bool)> =
+        history.iter().map(|h| (h.version, h.body.is_some())).collect();
     assert_eq!(versions, [(3, false), (2, true), (1, true)]);
     assert_eq!(store.history(rt("Patient"), &id("p1"), 1).await.expect("history").len(), 1);
-    assert!(matches!(store.history(rt("Patient"), &id("never"), 5).await, Err(StoreError::NotFound { .. })));
+    assert!(matches!(
+        store.history(rt("Patient"), &id("never"), 5).await,
+        Err(StoreError::NotFound { .. })
+    ));
 
     let revived = put(store, r#"{"resourceType":"Patient","id":"p1"}"#).await;
     assert_eq!((revived.version, revived.created), (4, true), "an update after delete recreates");
@@ -138,9 +158,12 @@ pub async fn if_match_and_create_conflicts(store: Arc<dyn ResourceStore>) {
     );
     let fresh = store.transact(vec![update(Some(1))], Atomicity::AllOrNothing).await.expect("ok");
     assert_eq!(fresh[0].as_ref().expect("ok").version, 2);
-    let create = WriteOp::Create { resource: resource(r#"{"resourceType":"Patient"}"#), id: id("p1") };
+    let create =
+        WriteOp::Create { resource: resource(r#"{"resourceType":"Patient"}"#), id: id("p1") };
     let conflict = store.transact(vec![create], Atomicity::AllOrNothing).await;
-    assert!(matches!(&conflict, Err(StoreError::OpFailed { source, .. }) if matches!(**source, StoreError::AlreadyExists { .. })));
+    assert!(
+        matches!(&conflict, Err(StoreError::OpFailed { source, .. }) if matches!(**source, StoreError::AlreadyExists { .. }))
+    );
 }
 
 /// A failing op in an all-or-nothing call leaves no version, sequence or compartment row.
@@ -150,7 +173,9 @@ pub async fn all_or_nothing_leaves_no_trace(store: Arc<dyn ResourceStore>) {
     let before = store.snapshot().await.expect("snapshot");
     let ops = vec![
         WriteOp::Update {
-            resource: resource(r#"{"resourceType":"Observation","id":"o1","subject":{"reference":"Patient/p1"}}"#),
+            resource: resource(
+                r#"{"resourceType":"Observation","id":"o1","subject":{"reference":"Patient/p1"}}"#,
+            ),
             id: id("o1"),
             if_match: None,
         },
@@ -163,11 +188,17 @@ pub async fn all_or_nothing_leaves_no_trace(store: Arc<dyn ResourceStore>) {
     ];
     let result = store.transact(ops, Atomicity::AllOrNothing).await;
     assert!(matches!(result, Err(StoreError::OpFailed { index: 2, .. })), "{result:?}");
-    assert!(matches!(store.read(rt("Observation"), &id("o1")).await, Err(StoreError::NotFound { .. })));
+    assert!(matches!(
+        store.read(rt("Observation"), &id("o1")).await,
+        Err(StoreError::NotFound { .. })
+    ));
     assert_eq!(store.read(rt("Patient"), &id("p1")).await.expect("p1 survives").version, 1);
     let after = store.snapshot().await.expect("snapshot");
     assert_eq!(after.seq, before.seq, "a rolled-back transaction uses no sequence numbers");
-    let compartment = store.scan_compartment(after, &id("p1"), rt("Observation"), 0, 10).await.expect("scan");
+    let compartment = store
+        .scan_compartment(after, &id("p1"), rt("Observation"), ScanOptions::live(0, 10))
+        .await
+        .expect("scan");
     assert!(compartment.resources.is_empty());
 }
 
@@ -175,15 +206,28 @@ pub async fn all_or_nothing_leaves_no_trace(store: Arc<dyn ResourceStore>) {
 pub async fn each_on_its_own_reports_per_op(store: Arc<dyn ResourceStore>) {
     let store = store.as_ref();
     let ops = vec![
-        WriteOp::Update { resource: resource(r#"{"resourceType":"Patient","id":"a"}"#), id: id("a"), if_match: None },
-        WriteOp::Update { resource: resource(r#"{"resourceType":"Patient","id":"b"}"#), id: id("b"), if_match: Some(5) },
-        WriteOp::Update { resource: resource(r#"{"resourceType":"Patient","id":"c"}"#), id: id("c"), if_match: None },
+        WriteOp::Update {
+            resource: resource(r#"{"resourceType":"Patient","id":"a"}"#),
+            id: id("a"),
+            if_match: None,
+        },
+        WriteOp::Update {
+            resource: resource(r#"{"resourceType":"Patient","id":"b"}"#),
+            id: id("b"),
+            if_match: Some(5),
+        },
+        WriteOp::Update {
+            resource: resource(r#"{"resourceType":"Patient","id":"c"}"#),
+            id: id("c"),
+            if_match: None,
+        },
     ];
     let results = store.transact(ops, Atomicity::EachOnItsOwn).await.expect("transact");
     assert!(results[0].is_ok() && results[2].is_ok());
     assert!(matches!(results[1], Err(StoreError::PreconditionFailed { .. })));
     let snapshot = store.snapshot().await.expect("snapshot");
-    let ids: Vec<String> = scan_all(store, snapshot, "Patient").await.into_iter().map(|(i, _)| i).collect();
+    let ids: Vec<String> =
+        scan_all(store, snapshot, "Patient").await.into_iter().map(|(i, _)| i).collect();
     assert_eq!(ids, ["a", "c"]);
 }
 
@@ -192,14 +236,17 @@ pub async fn snapshot_ignores_1000_concurrent_updates(store: Arc<dyn ResourceSto
     const N: usize = 1000;
     let ops: Vec<WriteOp> = (0..N)
         .map(|i| WriteOp::Update {
-            resource: resource(&format!(r#"{{"resourceType":"Observation","id":"o{i}","status":"preliminary"}}"#)),
+            resource: resource(&format!(
+                r#"{{"resourceType":"Observation","id":"o{i}","status":"preliminary"}}"#
+            )),
             id: id(&format!("o{i}")),
             if_match: None,
         })
         .collect();
     store.transact(ops, Atomicity::AllOrNothing).await.expect("seed");
     let snapshot = store.snapshot().await.expect("snapshot");
-    let first_page = store.scan(snapshot, rt("Observation"), 0, 100).await.expect("scan");
+    let first_page =
+        store.scan(snapshot, rt("Observation"), ScanOptions::live(0, 100)).await.expect("scan");
 
     let mut writers = Vec::new();
     for i in 0..N {
@@ -211,18 +258,33 @@ pub async fn snapshot_ignores_1000_concurrent_updates(store: Arc<dyn ResourceSto
                 Some(format!(r#"{{"resourceType":"Observation","id":"o{i}","status":"final"}}"#))
             };
             let op = match body {
-                Some(json) => WriteOp::Update { resource: resource(&json), id: id(&format!("o{i}")), if_match: None },
-                None => WriteOp::Delete { resource_type: rt("Observation"), id: id(&format!("o{i}")), if_match: None },
+                Some(json) => WriteOp::Update {
+                    resource: resource(&json),
+                    id: id(&format!("o{i}")),
+                    if_match: None,
+                },
+                None => WriteOp::Delete {
+                    resource_type: rt("Observation"),
+                    id: id(&format!("o{i}")),
+                    if_match: None,
+                },
             };
             store.transact(vec![op], Atomicity::AllOrNothing).await.expect("concurrent update");
         }));
     }
     // New resources appear too; the snapshot must not see them either.
     put(store.as_ref(), r#"{"resourceType":"Observation","id":"late","status":"final"}"#).await;
-    let mut seen = first_page.resources.iter().map(|r| (r.id.to_string(), r.version, r.body.clone())).collect::<Vec<_>>();
+    let mut seen = first_page
+        .resources
+        .iter()
+        .map(|r| (r.id.to_string(), r.version, r.body.clone()))
+        .collect::<Vec<_>>();
     let mut after = first_page.next.expect("more pages");
     loop {
-        let page = store.scan(snapshot, rt("Observation"), after, 100).await.expect("scan");
+        let page = store
+            .scan(snapshot, rt("Observation"), ScanOptions::live(after, 100))
+            .await
+            .expect("scan");
         seen.extend(page.resources.iter().map(|r| (r.id.to_string(), r.version, r.body.clone())));
         match page.next {
             Some(next) => after = next,
@@ -261,13 +323,15 @@ pub async fn scan_pages_return_each_resource_once(store: Arc<dyn ResourceStore>)
         }
     }
     for i in (0..50).step_by(5) {
-        put(store, &format!(r#"{{"resourceType":"Condition","id":"c{i}","onsetString":"x"}}"#)).await;
+        put(store, &format!(r#"{{"resourceType":"Condition","id":"c{i}","onsetString":"x"}}"#))
+            .await;
     }
     let snapshot = store.snapshot().await.expect("snapshot");
     let mut seqs = Vec::new();
     let mut after = 0;
     loop {
-        let page = store.scan(snapshot, rt("Condition"), after, 6).await.expect("scan");
+        let page =
+            store.scan(snapshot, rt("Condition"), ScanOptions::live(after, 6)).await.expect("scan");
         assert!(page.resources.len() <= 6);
         seqs.extend(page.resources.iter().map(|r| r.seq));
         assert!(page.resources.iter().all(|r| r.resource_type == rt("Condition")));
@@ -293,7 +357,9 @@ pub async fn snapshot_time_separates_writes(store: Arc<dyn ResourceStore>) {
     assert!(after.seq.expect("seq") > snapshot.seq);
     assert!(after.last_updated.expect("time") > snapshot.time);
     let later = store.snapshot().await.expect("snapshot");
-    assert!(later.seq >= after.seq.expect("seq") && later.time >= after.last_updated.expect("time"));
+    assert!(
+        later.seq >= after.seq.expect("seq") && later.time >= after.last_updated.expect("time")
+    );
 }
 
 /// Compartment membership is per version: moving a resource to another patient moves it.
@@ -301,17 +367,20 @@ pub async fn compartment_follows_versions(store: Arc<dyn ResourceStore>) {
     let store = store.as_ref();
     put(store, r#"{"resourceType":"Patient","id":"p1"}"#).await;
     put(store, r#"{"resourceType":"Patient","id":"p2"}"#).await;
-    put(store, r#"{"resourceType":"Observation","id":"o1","subject":{"reference":"Patient/p1"}}"#).await;
+    put(store, r#"{"resourceType":"Observation","id":"o1","subject":{"reference":"Patient/p1"}}"#)
+        .await;
     put(store, r#"{"resourceType":"Observation","id":"o2","subject":{"reference":"Patient/p1"},"performer":[{"reference":"Patient/p2"}]}"#).await;
-    put(store, r#"{"resourceType":"Organization","id":"org","partOf":{"reference":"Patient/p1"}}"#).await;
+    put(store, r#"{"resourceType":"Organization","id":"org","partOf":{"reference":"Patient/p1"}}"#)
+        .await;
     let first = store.snapshot().await.expect("snapshot");
-    put(store, r#"{"resourceType":"Observation","id":"o1","subject":{"reference":"Patient/p2"}}"#).await;
+    put(store, r#"{"resourceType":"Observation","id":"o1","subject":{"reference":"Patient/p2"}}"#)
+        .await;
     delete(store, "Observation", "o2").await;
     let second = store.snapshot().await.expect("snapshot");
 
     let members = |snapshot, patient: &'static str, type_name: &'static str| async move {
         let page = store
-            .scan_compartment(snapshot, &id(patient), rt(type_name), 0, 100)
+            .scan_compartment(snapshot, &id(patient), rt(type_name), ScanOptions::live(0, 100))
             .await
             .expect("compartment scan");
         page.resources.iter().map(|r| r.id.to_string()).collect::<Vec<_>>()

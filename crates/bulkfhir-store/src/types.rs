@@ -74,8 +74,11 @@ pub struct StoredResource {
     pub seq: u64,
     /// `meta.lastUpdated` of this version.
     pub last_updated: Instant,
-    /// The exact stored JSON, minified, with `meta` stamped.
+    /// The exact stored JSON, minified, with `meta` stamped (empty for a deletion).
     pub body: Bytes,
+    /// The patients whose compartment holds this version, space-separated, when the scan asked
+    /// for them ([`ScanOptions::with_patients`]) and there are any.
+    pub patients: Option<Box<str>>,
 }
 
 /// One entry of an instance history: a version or a deletion.
@@ -101,6 +104,34 @@ pub struct Snapshot {
     pub seq: u64,
     /// The snapshot's instant (an export's `transactionTime`).
     pub time: Instant,
+}
+
+/// What a scan returns, beyond the snapshot and type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanOptions {
+    /// Only versions with `seq > after_seq` (the cursor; `0` to start, or the `seq` of `_since`).
+    pub after_seq: u64,
+    /// The most resources in one page.
+    pub limit: usize,
+    /// Deletions (tombstones still in force at the snapshot) instead of live resources.
+    pub deleted: bool,
+    /// Only resources in at least one Patient compartment.
+    pub in_any_compartment: bool,
+    /// Fill [`StoredResource::patients`].
+    pub with_patients: bool,
+}
+
+impl ScanOptions {
+    /// Live resources after `after_seq`, `limit` per page.
+    pub fn live(after_seq: u64, limit: usize) -> Self {
+        ScanOptions {
+            after_seq,
+            limit,
+            deleted: false,
+            in_any_compartment: false,
+            with_patients: false,
+        }
+    }
 }
 
 /// One page of a scan in sequence order.

@@ -1,0 +1,109 @@
+//! Wiring: builds the server from its parts (embedded store, local output, export service,
+//! runner, sweeper). The `bulkfhir` binary and the end-to-end tests both start the server
+//! through [`App`], so the tests run exactly what users run.
+
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use anyhow::Context;
+use bulkfhir_export::{ExportConfig, ExportService, Runner, Sweeper};
+use bulkfhir_output::OutputStore;
+use bulkfhir_server::{AppState, ServerConfig};
+use bulkfhir_store_embedded::EmbeddedStore;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The data directory (database, export files, node id, lock).
+    pub data_dir: PathBuf,
+    /// HTTP settings.
+    pub server: ServerConfig,
+    /// Export settings.
+    pub export: ExportConfig,
+}
+
+/// A server ready to run.
+#[derive(Debug)]
+pub struct App {
+    state: AppState,
+    runner: Runner,
+    sweeper: Sweeper,
+    /// Held for the life of the server: one `serve` per data directory, because a restarted
+    /// node takes over its predecessor's export leases at once.
+    _lock: File,
+}
+
+impl App {
+    /// Opens the data directory and builds the server.
+    pub fn open(options: ServeOptions) -> anyhow::Result<App> {
+        let data_dir = &options.data_dir;
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("create {}", data_dir.display()))?;
+        let lock = lock_data_dir(data_dir)?;
+        let node_id = node_id(data_dir)?;
+        let store = Arc::new(EmbeddedStore::open(data_dir).context("open the store")?);
+        let output =
+            OutputStore::local(&data_dir.join("exports")).context("open the export folder")?;
+        let exports = ExportService::new(store.clone(), store.clone(), output, options.export);
+        let runner = exports.runner(&node_id);
+        let sweeper = exports.sweeper();
+        let state = AppState::new(store, exports, options.server);
+        Ok(App { state, runner, sweeper, _lock: lock })
+    }
+
+    /// Serves on `listener` with the export runner and sweeper until `shutdown` is cancelled;
+    /// running exports then pause at a checkpoint and resume on the next start.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let runner = tokio::spawn(self.runner.run(shutdown.clone()));
+        let sweeper = tokio::spawn(self.sweeper.run(shutdown.clone()));
+        let stop = shutdown.clone();
+        let served =
+            bulkfhir_server::serve(listener, self.state, async move { stop.cancelled().await })
+                .await;
+        shutdown.cancel();
+        let _ = runner.await;
+        let _ = sweeper.await;
+        served.context("serve HTTP")
+    }
+}
+
+fn lock_data_dir(data_dir: &Path) -> anyhow::Result<File> {
+    let path = data_dir.join("serve.lock");
+    let file = File::create(&path).with_context(|| format!("create {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another `bulkfhir serve` is using {}; stop it first (one server per data directory)",
+            data_dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(error)) => {
+            Err(error).with_context(|| format!("lock {}", path.display()))
+        }
+    }
+}
+
+/// A stable id for this node, kept in the data directory.
+fn node_id(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => Ok(text.trim().to_owned()),
+        Ok(_) => write_node_id(&path),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => write_node_id(&path),
+        Err(error) => Err(error).with_context(|| format!("read {}", path.display())),
+    }
+}
+
+fn write_node_id(path: &Path) -> anyhow::Result<String> {
+    let id = format!("node-{}", uuid::Uuid::new_v4());
+    std::fs::write(path, &id).with_context(|| format!("write {}", path.display()))?;
+    Ok(id)
+}

@@ -1,0 +1,249 @@
+//! The test server and the shared data sets.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::OnceLock,
+};
+
+use bulkfhir_app::{App, ServeOptions};
+use bulkfhir_export::ExportConfig;
+use bulkfhir_server::ServerConfig;
+use serde_json::Value;
+
+/// A server on an ephemeral loopback port with its own data directory.
+pub(crate) struct TestServer {
+    pub(crate) base: String,
+    pub(crate) client: reqwest::Client,
+    _data_dir: Option<tempfile::TempDir>,
+    shutdown: Option<tokio_util::sync::CancellationToken>,
+    pub(crate) data_path: PathBuf,
+}
+
+impl TestServer {
+    pub(crate) async fn start() -> Self {
+        Self::start_with(ServerConfig::default()).await
+    }
+
+    pub(crate) async fn start_with(config: ServerConfig) -> Self {
+        Self::start_full(config, test_export_config()).await
+    }
+
+    pub(crate) async fn start_full(server: ServerConfig, export: ExportConfig) -> Self {
+        let data_dir = tempfile::tempdir().unwrap();
+        let data_path = data_dir.path().to_owned();
+        let app = App::open(ServeOptions { data_dir: data_path.clone(), server, export }).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(app.serve(listener, shutdown.clone()));
+        TestServer {
+            base: format!("http://{address}/fhir"),
+            client: reqwest::Client::new(),
+            _data_dir: Some(data_dir),
+            shutdown: Some(shutdown),
+            data_path,
+        }
+    }
+
+    /// A handle that talks to a server started elsewhere (the real binary, say).
+    pub(crate) fn client_only(base: &str, client: reqwest::Client) -> Self {
+        TestServer {
+            base: base.to_owned(),
+            client,
+            _data_dir: None,
+            shutdown: None,
+            data_path: PathBuf::new(),
+        }
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}/{}", self.base, path.trim_start_matches('/'))
+    }
+
+    pub(crate) async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self.client.get(self.url(path)).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, body_json(response).await)
+    }
+
+    pub(crate) async fn send_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &str,
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
+        let response = self
+            .client
+            .request(method, self.url(path))
+            .header("content-type", "application/fhir+json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        (status, headers, body_json(response).await)
+    }
+
+    /// Every resource of a type, through the paged listing.
+    pub(crate) async fn list_all(&self, path: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut url = self.url(&format!("{path}?_count=1000"));
+        loop {
+            let response = self.client.get(&url).send().await.unwrap();
+            assert_eq!(response.status().as_u16(), 200, "GET {url}");
+            let page = body_json(response).await;
+            assert_eq!(page["type"], "searchset");
+            for entry in page["entry"].as_array().unwrap() {
+                out.push(entry["resource"].clone());
+            }
+            let next = page["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next");
+            match next {
+                Some(link) => url = link["url"].as_str().unwrap().to_owned(),
+                None => return out,
+            }
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(token) = self.shutdown.take() {
+            token.cancel();
+        }
+    }
+}
+
+/// Export settings for tests: quick polling and short leases, real file sizes.
+pub(crate) fn test_export_config() -> ExportConfig {
+    ExportConfig {
+        poll_interval: std::time::Duration::from_millis(50),
+        retry_after: std::time::Duration::from_secs(1),
+        ..ExportConfig::default()
+    }
+}
+
+pub(crate) async fn body_json(response: reqwest::Response) -> Value {
+    let bytes = response.bytes().await.unwrap();
+    if bytes.is_empty() {
+        return Value::Null;
+    }
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        panic!("response is not JSON ({e}): {}", String::from_utf8_lossy(&bytes))
+    })
+}
+
+/// Asserts an OperationOutcome with an error issue.
+pub(crate) fn assert_outcome(status: u16, expected: u16, body: &Value) {
+    assert_eq!(status, expected, "status; body: {body}");
+    assert_eq!(body["resourceType"], "OperationOutcome", "{body}");
+    assert!(body["issue"][0]["severity"].as_str().is_some(), "{body}");
+    assert!(body["issue"][0]["code"].as_str().is_some(), "{body}");
+}
+
+/// `../shared/data` beside the repository (or `BULKFHIR_SHARED_DATA`). Missing data fails the
+/// test: a skipped check must never pass.
+pub(crate) fn shared_data_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("BULKFHIR_SHARED_DATA") {
+        return PathBuf::from(dir);
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
+    assert!(
+        dir.join("small.tar.xz").is_file(),
+        "the shared Synthea data is missing at {}; set BULKFHIR_SHARED_DATA",
+        dir.display()
+    );
+    dir
+}
+
+/// A data set unpacked once per test process: type → lines.
+pub(crate) struct Dataset {
+    pub(crate) dir: PathBuf,
+    pub(crate) lines: BTreeMap<String, Vec<String>>,
+}
+
+impl Dataset {
+    pub(crate) fn count(&self) -> usize {
+        self.lines.values().map(Vec::len).sum()
+    }
+}
+
+fn unpack(name: &str) -> Dataset {
+    let target =
+        std::env::temp_dir().join(format!("bulkfhir-test-data-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&target).unwrap();
+    let archive = shared_data_dir().join(format!("{name}.tar.xz"));
+    let status = std::process::Command::new("tar")
+        .arg("-xJf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&target)
+        .status()
+        .expect("run tar");
+    assert!(status.success(), "unpack {}", archive.display());
+    let mut lines = BTreeMap::new();
+    for entry in std::fs::read_dir(&target).unwrap() {
+        let path = entry.unwrap().path();
+        let Some(type_name) = path.file_name().unwrap().to_str().unwrap().strip_suffix(".ndjson")
+        else {
+            continue;
+        };
+        let text = std::fs::read_to_string(&path).unwrap();
+        lines.insert(
+            type_name.to_owned(),
+            text.lines().filter(|l| !l.is_empty()).map(str::to_owned).collect(),
+        );
+    }
+    Dataset { dir: target, lines }
+}
+
+pub(crate) fn small() -> &'static Dataset {
+    static DATA: OnceLock<Dataset> = OnceLock::new();
+    DATA.get_or_init(|| unpack("small"))
+}
+
+pub(crate) fn medium() -> &'static Dataset {
+    static DATA: OnceLock<Dataset> = OnceLock::new();
+    DATA.get_or_init(|| unpack("medium"))
+}
+
+/// The real `bulkfhir serve` binary on a loopback port, killed on drop.
+pub(crate) struct BinaryServer {
+    pub(crate) base: String,
+    child: std::process::Child,
+}
+
+impl BinaryServer {
+    pub(crate) async fn start(data_dir: &Path) -> Self {
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap().port()
+        };
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_bulkfhir"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(data_dir)
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .expect("start bulkfhir serve");
+        let server = BinaryServer { base: format!("http://127.0.0.1:{port}/fhir"), child };
+        let client = reqwest::Client::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Ok(response) = client.get(format!("{}/metadata", server.base)).send().await
+                && response.status().is_success()
+            {
+                return server;
+            }
+            assert!(std::time::Instant::now() < deadline, "bulkfhir serve did not come up");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for BinaryServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

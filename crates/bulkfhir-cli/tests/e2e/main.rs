@@ -1,0 +1,10 @@
+//! End-to-end tests: a real server on 127.0.0.1:0 over the embedded store, driven over HTTP.
+
+// Test helpers fail loudly: an unexpected error is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod bad_input;
+mod bundles;
+mod common;
+mod crud;
+mod real_data;

@@ -1,0 +1,49 @@
+use std::time::Duration;
+
+/// Export settings.
+#[derive(Debug, Clone)]
+pub struct ExportConfig {
+    /// A file is closed after this many resources.
+    pub max_resources_per_file: u64,
+    /// A file is closed once it holds this many (uncompressed) bytes.
+    pub max_bytes_per_file: u64,
+    /// Resources read from the store per page.
+    pub page_size: usize,
+    /// Units of one job that run at once.
+    pub unit_concurrency: usize,
+    /// Jobs that run at once on this node.
+    pub max_running_jobs: usize,
+    /// Jobs that may be accepted or running at once; beyond it a kick-off gets 429.
+    pub max_active_jobs: usize,
+    /// How long a claimed job stays leased without a heartbeat.
+    pub lease: Duration,
+    /// How often an idle runner looks for work.
+    pub poll_interval: Duration,
+    /// How long finished files are kept.
+    pub retention: Duration,
+    /// How often the sweeper runs.
+    pub sweep_interval: Duration,
+    /// gzip level for `.ndjson.gz` output (1 is fastest).
+    pub gzip_level: u32,
+    /// The `Retry-After` a client is told while an export runs or the queue is full.
+    pub retry_after: Duration,
+}
+
+impl Default for ExportConfig {
+    fn default() -> Self {
+        ExportConfig {
+            max_resources_per_file: 100_000,
+            max_bytes_per_file: 256 * 1024 * 1024,
+            page_size: 1000,
+            unit_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            max_running_jobs: 2,
+            max_active_jobs: 32,
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(1),
+            retention: Duration::from_secs(24 * 3600),
+            sweep_interval: Duration::from_secs(60),
+            gzip_level: 1,
+            retry_after: Duration::from_secs(2),
+        }
+    }
+}

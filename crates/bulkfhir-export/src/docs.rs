@@ -1,0 +1,147 @@
+//! The JSON documents an export keeps in the job store: the request, the plan, each unit's spec
+//! and checkpoint, and the manifest. The job store never reads them.
+
+use serde::{Deserialize, Serialize};
+
+/// The kick-off, as kept with the job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredRequest {
+    /// `system`, `patient` or `group`.
+    pub level: String,
+    /// The Group's id for a Group export.
+    pub group_id: Option<String>,
+    /// True for `.ndjson.gz` output.
+    pub gzip: bool,
+    /// `_since`, as a FHIR instant.
+    pub since: Option<String>,
+    /// `_type`, when given.
+    pub types: Option<Vec<String>>,
+    /// `patient` ids, when given.
+    pub patients: Vec<String>,
+    /// The kick-off URL exactly as received (the manifest's `request`).
+    pub request_url: String,
+    /// The FHIR base URL the kick-off came to; file and status URLs are built on it.
+    pub base_url: String,
+}
+
+/// What a job does, fixed at kick-off.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct Plan {
+    /// Patients whose compartments a Patient (with `patient`) or Group export covers, sorted.
+    pub(crate) members: Vec<String>,
+    /// Problems found while planning (missing members, ignored parameters): error file lines.
+    pub(crate) notes: Vec<Note>,
+    /// Export resources referenced from compartment resources whose types are outside the
+    /// compartment (Practitioner, Organization, Location…), limited to these types when set.
+    pub(crate) supporting: Option<SupportingTypes>,
+}
+
+/// Which supporting (referenced, non-compartment) types to include.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct SupportingTypes {
+    /// None = every type outside the compartment.
+    pub(crate) only: Option<Vec<String>>,
+}
+
+/// One unit of work.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub(crate) enum UnitSpec {
+    /// Every live resource of a type (system level), or every one in some compartment
+    /// (Patient level without `patient`).
+    Scan { resource_type: String, compartment_only: bool, after_seq: u64 },
+    /// The compartments of the plan's members, for one type.
+    Members { resource_type: String, after_seq: u64 },
+    /// Deletions after `_since` of one type (as `Scan`).
+    Deleted { resource_type: String, compartment_only: bool, after_seq: u64 },
+    /// Deletions after `_since` in the members' compartments.
+    DeletedMembers { resource_type: String, after_seq: u64 },
+    /// Resources outside the compartment referenced by the other units' output; runs last.
+    Supporting,
+}
+
+impl UnitSpec {
+    /// True for units that must wait for all others.
+    pub(crate) fn runs_last(&self) -> bool {
+        matches!(self, UnitSpec::Supporting)
+    }
+}
+
+/// A unit's progress, saved each time it completes a file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct Checkpoint {
+    /// The `seq` of the last resource in the last completed file (scan cursor).
+    pub(crate) cursor: u64,
+    /// For member units: the member being read at `cursor`.
+    pub(crate) member_idx: usize,
+    /// Files completed so far.
+    pub(crate) files: Vec<FileEntry>,
+    /// Supporting resources referenced by what this unit wrote (`Type/id`).
+    pub(crate) references: Vec<String>,
+    /// Problems to report in the error file.
+    pub(crate) issues: Vec<Note>,
+    /// Resources written in completed files.
+    pub(crate) written: u64,
+}
+
+/// One line of the error file: an OperationOutcome issue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Note {
+    /// `error`, `warning` or `information`.
+    pub(crate) severity: String,
+    /// The issue-type code.
+    pub(crate) code: String,
+    /// What happened.
+    pub(crate) diagnostics: String,
+}
+
+impl Note {
+    pub(crate) fn warning(code: &str, diagnostics: impl Into<String>) -> Self {
+        Note { severity: "warning".into(), code: code.into(), diagnostics: diagnostics.into() }
+    }
+
+    pub(crate) fn error(code: &str, diagnostics: impl Into<String>) -> Self {
+        Note { severity: "error".into(), code: code.into(), diagnostics: diagnostics.into() }
+    }
+}
+
+/// Which manifest array a file belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileKind {
+    /// `output`.
+    Output,
+    /// `deleted`.
+    Deleted,
+    /// `error`.
+    Error,
+}
+
+/// One finished file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Its name inside the job's folder (the last URL segment).
+    pub name: String,
+    /// The manifest `type`.
+    #[serde(rename = "type")]
+    pub resource_type: String,
+    /// Lines in the file.
+    pub count: u64,
+    /// Bytes stored.
+    pub bytes: u64,
+    /// Which manifest array lists it.
+    pub kind: FileKind,
+}
+
+/// The finished export, as stored; the HTTP edge renders URLs from `base_url` and file names.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ManifestDoc {
+    /// The snapshot's time.
+    pub transaction_time: String,
+    /// The kick-off URL.
+    pub request: String,
+    /// Whether downloads need the access token.
+    pub requires_access_token: bool,
+    /// Every file, in manifest order.
+    pub files: Vec<FileEntry>,
+}

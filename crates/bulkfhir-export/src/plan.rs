@@ -1,0 +1,226 @@
+//! Kick-off planning: from a parsed request and a snapshot to the job's plan and units.
+//!
+//! Everything that depends on data is decided here, against the snapshot, so that a resumed job
+//! does exactly what the first run would have: Group membership (nested Groups followed,
+//! `inactive` members skipped), which patients exist, and the cursor `_since` maps to.
+
+use std::collections::{BTreeSet, HashSet};
+
+use bulkfhir_model::{
+    ResourceId, ResourceRef, ResourceType, compartment,
+    export::{ExportLevel, ExportRequest},
+};
+use bulkfhir_store::{ResourceStore, Snapshot};
+use serde::Deserialize;
+
+use crate::{
+    ExportError,
+    docs::{Note, Plan, SupportingTypes, UnitSpec},
+};
+
+/// How deep nested Groups are followed.
+const MAX_GROUP_DEPTH: usize = 16;
+
+/// Plans `request` as of `snapshot`.
+pub(crate) async fn plan(
+    store: &dyn ResourceStore,
+    request: &ExportRequest,
+    snapshot: Snapshot,
+) -> Result<(Plan, Vec<UnitSpec>), ExportError> {
+    let since_seq = match request.since {
+        Some(since) => store.seq_at(since).await?,
+        None => 0,
+    };
+    let mut plan = Plan::default();
+    plan.notes
+        .extend(request.lenient_notes.iter().map(|n| Note::warning("not-supported", n.clone())));
+    let requested = |t: ResourceType| request.types.as_ref().is_none_or(|types| types.contains(&t));
+    let mut units = Vec::new();
+    let by_members = match &request.level {
+        ExportLevel::System => {
+            for resource_type in ResourceType::all().filter(|t| requested(*t)) {
+                let name = resource_type.as_str().to_owned();
+                units.push(UnitSpec::Scan {
+                    resource_type: name.clone(),
+                    compartment_only: false,
+                    after_seq: since_seq,
+                });
+                if request.since.is_some() {
+                    units.push(UnitSpec::Deleted {
+                        resource_type: name,
+                        compartment_only: false,
+                        after_seq: since_seq,
+                    });
+                }
+            }
+            return Ok((plan, units));
+        }
+        ExportLevel::Patient if request.patients.is_empty() => false,
+        ExportLevel::Patient => {
+            plan.members =
+                existing_patients(store, snapshot, &request.patients, &mut plan.notes).await?;
+            true
+        }
+        ExportLevel::Group(group_id) => {
+            let members = group_members(store, snapshot, group_id, &mut plan.notes).await?;
+            let members = if request.patients.is_empty() {
+                members
+            } else {
+                let member_set: HashSet<&ResourceId> = members.iter().collect();
+                let outside: Vec<String> = request
+                    .patients
+                    .iter()
+                    .filter(|p| !member_set.contains(p))
+                    .map(|p| format!("Patient/{p}"))
+                    .collect();
+                if !outside.is_empty() {
+                    return Err(ExportError::invalid(
+                        format!("not members of Group/{group_id}: {}", outside.join(", ")),
+                        Some("patient"),
+                    ));
+                }
+                request.patients.clone()
+            };
+            plan.members = existing_patients(store, snapshot, &members, &mut plan.notes).await?;
+            true
+        }
+    };
+    for resource_type in compartment::compartment_types().into_iter().filter(|t| requested(*t)) {
+        let name = resource_type.as_str().to_owned();
+        if by_members {
+            units.push(UnitSpec::Members { resource_type: name.clone(), after_seq: since_seq });
+            if request.since.is_some() {
+                units.push(UnitSpec::DeletedMembers { resource_type: name, after_seq: since_seq });
+            }
+        } else {
+            units.push(UnitSpec::Scan {
+                resource_type: name.clone(),
+                compartment_only: true,
+                after_seq: since_seq,
+            });
+            if request.since.is_some() {
+                units.push(UnitSpec::Deleted {
+                    resource_type: name,
+                    compartment_only: true,
+                    after_seq: since_seq,
+                });
+            }
+        }
+    }
+    plan.supporting = match &request.types {
+        None => Some(SupportingTypes { only: None }),
+        Some(types) => {
+            let outside: Vec<String> = types
+                .iter()
+                .filter(|t| !compartment::is_compartment_type(**t))
+                .map(|t| t.as_str().to_owned())
+                .collect();
+            (!outside.is_empty()).then_some(SupportingTypes { only: Some(outside) })
+        }
+    };
+    if plan.supporting.is_some() {
+        units.push(UnitSpec::Supporting);
+    }
+    Ok((plan, units))
+}
+
+#[derive(Deserialize)]
+struct GroupDoc {
+    #[serde(default)]
+    member: Vec<GroupMember>,
+}
+
+#[derive(Deserialize)]
+struct GroupMember {
+    entity: Option<ReferenceDoc>,
+    #[serde(default)]
+    inactive: bool,
+}
+
+#[derive(Deserialize)]
+struct ReferenceDoc {
+    reference: Option<String>,
+}
+
+/// The Group's patient members as of `snapshot`, nested Groups included, sorted and unique.
+async fn group_members(
+    store: &dyn ResourceStore,
+    snapshot: Snapshot,
+    group_id: &ResourceId,
+    notes: &mut Vec<Note>,
+) -> Result<Vec<ResourceId>, ExportError> {
+    let mut patients = BTreeSet::new();
+    let mut visited = HashSet::new();
+    let mut pending = vec![(group_id.clone(), 0usize)];
+    while let Some((id, depth)) = pending.pop() {
+        if !visited.insert(id.clone()) {
+            continue;
+        }
+        let found =
+            store.read_many_at(snapshot, ResourceType::GROUP, std::slice::from_ref(&id)).await?;
+        let Some(group) = found.into_iter().next() else {
+            if &id == group_id {
+                return Err(ExportError::NotFound(format!("Group/{id} not found")));
+            }
+            notes.push(Note::warning(
+                "not-found",
+                format!("nested Group/{id} not found; its members are not exported"),
+            ));
+            continue;
+        };
+        let doc: GroupDoc = serde_json::from_slice(&group.body).map_err(|e| {
+            ExportError::invalid(format!("Group/{id} cannot be read as a Group: {e}"), None)
+        })?;
+        for member in doc.member {
+            if member.inactive {
+                continue;
+            }
+            let Some(reference) = member.entity.and_then(|e| e.reference) else { continue };
+            match ResourceRef::parse(&reference) {
+                Some(target) if target.resource_type == ResourceType::PATIENT => {
+                    patients.insert(target.id);
+                }
+                Some(target) if target.resource_type == ResourceType::GROUP => {
+                    if depth + 1 > MAX_GROUP_DEPTH {
+                        notes.push(Note::warning(
+                            "too-costly",
+                            format!("Group/{} is nested too deeply; skipped", target.id),
+                        ));
+                    } else {
+                        pending.push((target.id, depth + 1));
+                    }
+                }
+                _ => notes.push(Note::warning(
+                    "not-supported",
+                    format!("Group/{id} member '{reference}' is not a Patient or Group; skipped"),
+                )),
+            }
+        }
+    }
+    Ok(patients.into_iter().collect())
+}
+
+/// Keeps the patients that exist as of the snapshot; each missing one becomes an error note.
+async fn existing_patients(
+    store: &dyn ResourceStore,
+    snapshot: Snapshot,
+    candidates: &[ResourceId],
+    notes: &mut Vec<Note>,
+) -> Result<Vec<String>, ExportError> {
+    let mut wanted: Vec<ResourceId> = candidates.to_vec();
+    wanted.sort();
+    wanted.dedup();
+    let mut existing = BTreeSet::new();
+    for chunk in wanted.chunks(500) {
+        for found in store.read_many_at(snapshot, ResourceType::PATIENT, chunk).await? {
+            existing.insert(found.id.to_string());
+        }
+    }
+    for missing in wanted.iter().filter(|p| !existing.contains(p.as_str())) {
+        notes.push(Note::error(
+            "not-found",
+            format!("Patient/{missing} does not exist; nothing exported for it"),
+        ));
+    }
+    Ok(existing.into_iter().collect())
+}

@@ -1,0 +1,349 @@
+//! The job runner: claims jobs under a lease, keeps the lease alive with a heartbeat, runs the
+//! units (several at once), then writes the error file and the manifest.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use bulkfhir_model::Instant;
+use bulkfhir_store::{JobRecord, JobStatus, StoreError};
+use futures::{StreamExt, stream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::{
+    ExportError,
+    docs::{Checkpoint, FileEntry, FileKind, ManifestDoc, Note, Plan, StoredRequest, UnitSpec},
+    error::corrupt,
+    service::Shared,
+    unit::{JobContext, run_unit},
+};
+
+/// Claims and runs export jobs until shut down.
+#[derive(Debug, Clone)]
+pub struct Runner {
+    shared: Arc<Shared>,
+    owner: String,
+    node_prefix: String,
+}
+
+impl Runner {
+    pub(crate) fn new(shared: Arc<Shared>, node_id: &str) -> Self {
+        let boot = uuid::Uuid::new_v4();
+        Runner { shared, owner: format!("{node_id}/{boot}"), node_prefix: format!("{node_id}/") }
+    }
+
+    /// Runs until `shutdown` is cancelled; running jobs then stop at their next page and give up
+    /// their leases so that the next start resumes them at once.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let config = &self.shared.config;
+        let slots = Arc::new(Semaphore::new(config.max_running_jobs.max(1)));
+        info!(owner = %self.owner, "export runner started");
+        loop {
+            while let Ok(permit) = Arc::clone(&slots).try_acquire_owned() {
+                let claimed = self
+                    .shared
+                    .jobs
+                    .claim(&self.owner, &self.node_prefix, config.lease, Instant::now())
+                    .await;
+                match claimed {
+                    Ok(Some(job)) => self.spawn_job(job, permit, &shutdown),
+                    Ok(None) => break,
+                    Err(error) => {
+                        warn!(error = %error, "failed to claim an export job");
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.shared.wake.notified() => {}
+                () = tokio::time::sleep(config.poll_interval) => {}
+            }
+        }
+        let all = u32::try_from(config.max_running_jobs.max(1)).unwrap_or(u32::MAX);
+        if tokio::time::timeout(Duration::from_secs(30), slots.acquire_many(all)).await.is_err() {
+            warn!("export jobs did not stop within 30 s of shutdown");
+        }
+        info!("export runner stopped");
+    }
+
+    fn spawn_job(
+        &self,
+        job: JobRecord,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        shutdown: &CancellationToken,
+    ) {
+        let cancel = shutdown.child_token();
+        self.shared.register(&job.id, cancel.clone());
+        let span = info_span!("export", job_id = %job.id);
+        let job_id = job.id.clone();
+        let run = JobRun {
+            shared: Arc::clone(&self.shared),
+            owner: self.owner.clone(),
+            job,
+            cancel,
+            shutdown: shutdown.clone(),
+        };
+        let handle = tokio::spawn(run.run().instrument(span));
+        let shared = Arc::clone(&self.shared);
+        let owner = self.owner.clone();
+        tokio::spawn(async move {
+            if let Err(join_error) = handle.await {
+                error!(job_id = %job_id, error = %join_error, "export job panicked");
+                let message = "the export failed with an internal error";
+                if let Err(e) = shared.jobs.fail(&job_id, &owner, message, Instant::now()).await {
+                    warn!(job_id = %job_id, error = %e, "failed to mark the export failed");
+                }
+            }
+            shared.unregister(&job_id);
+            drop(permit);
+        });
+    }
+}
+
+struct JobRun {
+    shared: Arc<Shared>,
+    owner: String,
+    job: JobRecord,
+    cancel: CancellationToken,
+    shutdown: CancellationToken,
+}
+
+impl JobRun {
+    async fn run(self) {
+        let started = std::time::Instant::now();
+        let written = AtomicU64::new(0);
+        let units_done = AtomicUsize::new(0);
+        let units_total = AtomicUsize::new(0);
+        let heartbeat = self.heartbeat(&written, &units_done, &units_total);
+        let result = tokio::select! {
+            result = self.execute(&written, &units_done, &units_total) => result,
+            () = heartbeat => Err(ExportError::Stopped("lease lost")),
+        };
+        let jobs = &self.shared.jobs;
+        match result {
+            Ok(()) => info!(
+                resources = written.load(Ordering::Relaxed),
+                seconds = started.elapsed().as_secs_f64(),
+                "export completed"
+            ),
+            Err(error) => {
+                let status = jobs.get(&self.job.id).await.map(|j| j.status);
+                if matches!(status, Ok(JobStatus::Cancelled)) {
+                    info!("export cancelled; deleting its files");
+                    self.shared.delete_files(&self.job.id).await;
+                } else if self.shutdown.is_cancelled() {
+                    info!(
+                        "export paused for shutdown; it resumes from its checkpoints on the next start"
+                    );
+                    if let Err(e) = jobs.release(&self.job.id, &self.owner).await {
+                        warn!(error = %e, "failed to release the export lease");
+                    }
+                } else if matches!(
+                    error,
+                    ExportError::Store(StoreError::LeaseLost { .. }) | ExportError::Stopped(_)
+                ) {
+                    warn!(error = %error, "export stopped: another runner holds it now");
+                } else {
+                    error!(error = %error_chain(&error), "export failed");
+                    let message = format!("export failed: {error}");
+                    if let Err(e) =
+                        jobs.fail(&self.job.id, &self.owner, &message, Instant::now()).await
+                    {
+                        warn!(error = %e, "failed to mark the export failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Renews the lease and records progress until the lease is lost; returns only then.
+    async fn heartbeat(
+        &self,
+        written: &AtomicU64,
+        units_done: &AtomicUsize,
+        units_total: &AtomicUsize,
+    ) {
+        let config = &self.shared.config;
+        let every = (config.lease / 3).min(Duration::from_secs(2)).max(Duration::from_millis(50));
+        let mut ticker = tokio::time::interval(every);
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            let jobs = &self.shared.jobs;
+            if let Err(error) =
+                jobs.renew(&self.job.id, &self.owner, config.lease, Instant::now()).await
+            {
+                if matches!(error, StoreError::LeaseLost { .. }) {
+                    self.cancel.cancel();
+                    return;
+                }
+                warn!(error = %error, "failed to renew the export lease");
+                continue;
+            }
+            let (done, total) =
+                (units_done.load(Ordering::Relaxed), units_total.load(Ordering::Relaxed).max(1));
+            let percent = u8::try_from((done * 100 / total).min(99)).unwrap_or(99);
+            let text = format!(
+                "{percent}% exporting: {} resources written, {done} of {total} parts done",
+                written.load(Ordering::Relaxed)
+            );
+            if let Err(error) = jobs.set_progress(&self.job.id, &self.owner, percent, &text).await
+                && !matches!(error, StoreError::LeaseLost { .. })
+            {
+                warn!(error = %error, "failed to record export progress");
+            }
+        }
+    }
+
+    async fn execute(
+        &self,
+        written: &AtomicU64,
+        units_done: &AtomicUsize,
+        units_total: &AtomicUsize,
+    ) -> Result<(), ExportError> {
+        let shared = &self.shared;
+        let job = &self.job;
+        let request: StoredRequest = serde_json::from_str(&job.request).map_err(corrupt)?;
+        let plan: Plan = serde_json::from_str(&job.plan).map_err(corrupt)?;
+        let prefix = shared.job_prefix(&job.id)?;
+        shared.output.remove_incomplete(&prefix).await?;
+        let mut units = Vec::new();
+        for unit in shared.jobs.units(&job.id).await? {
+            let spec: UnitSpec = serde_json::from_str(&unit.spec).map_err(corrupt)?;
+            let checkpoint: Checkpoint = match &unit.checkpoint {
+                Some(json) => serde_json::from_str(json).map_err(corrupt)?,
+                None => Checkpoint::default(),
+            };
+            units.push((unit.index, spec, checkpoint, unit.done));
+        }
+        units_total.store(units.len(), Ordering::Relaxed);
+        units_done.store(units.iter().filter(|u| u.3).count(), Ordering::Relaxed);
+        if units.iter().any(|u| u.2.cursor > 0 || u.3) {
+            info!(
+                done = units_done.load(Ordering::Relaxed),
+                total = units.len(),
+                "resuming export from checkpoints"
+            );
+        }
+        let ctx = JobContext {
+            store: shared.store.as_ref(),
+            jobs: shared.jobs.as_ref(),
+            output: &shared.output,
+            config: &shared.config,
+            job_id: &job.id,
+            owner: &self.owner,
+            snapshot: job.snapshot,
+            gzip: request.gzip,
+            plan: &plan,
+            member_set: plan.members.iter().map(String::as_str).collect(),
+            cancel: &self.cancel,
+            written,
+        };
+        let mut finished: HashMap<u32, Checkpoint> = HashMap::new();
+        let no_refs = BTreeSet::new();
+        let first_phase: Vec<(u32, UnitSpec, Checkpoint, bool)> =
+            units.iter().filter(|u| !u.1.runs_last()).cloned().collect();
+        let (ctx_ref, no_refs_ref) = (&ctx, &no_refs);
+        let mut results = stream::iter(first_phase.into_iter().map(
+            move |(index, spec, checkpoint, done)| async move {
+                if done {
+                    return Ok((index, checkpoint));
+                }
+                let result = run_unit(ctx_ref, index, &spec, checkpoint, no_refs_ref).await;
+                units_done.fetch_add(1, Ordering::Relaxed);
+                result.map(|c| (index, c))
+            },
+        ))
+        .buffer_unordered(shared.config.unit_concurrency.max(1));
+        while let Some(result) = results.next().await {
+            let (index, checkpoint) = result?;
+            finished.insert(index, checkpoint);
+        }
+        drop(results);
+        let references: BTreeSet<String> =
+            finished.values().flat_map(|c| c.references.iter().cloned()).collect();
+        for (index, spec, checkpoint, done) in units.iter().filter(|u| u.1.runs_last()) {
+            let checkpoint = if *done {
+                checkpoint.clone()
+            } else {
+                let result = run_unit(&ctx, *index, spec, checkpoint.clone(), &references).await?;
+                units_done.fetch_add(1, Ordering::Relaxed);
+                result
+            };
+            finished.insert(*index, checkpoint);
+        }
+
+        let mut files: Vec<FileEntry> = Vec::new();
+        let mut notes: Vec<Note> = plan.notes.clone();
+        for (index, ..) in &units {
+            if let Some(checkpoint) = finished.get(index) {
+                files.extend(checkpoint.files.iter().cloned());
+                notes.extend(checkpoint.issues.iter().cloned());
+            }
+        }
+        // Manifest order: output, then deleted, then error; types in plan order.
+        files.sort_by_key(|f| match f.kind {
+            FileKind::Output => 0,
+            FileKind::Deleted => 1,
+            FileKind::Error => 2,
+        });
+        if !notes.is_empty() {
+            files.push(write_error_file(&ctx, &notes).await?);
+        }
+        let manifest = ManifestDoc {
+            transaction_time: job.snapshot.time.to_fhir(),
+            request: request.request_url.clone(),
+            requires_access_token: false,
+            files,
+        };
+        let json = serde_json::to_string(&manifest).map_err(corrupt)?;
+        let now = Instant::now();
+        let retention = i64::try_from(shared.config.retention.as_micros()).unwrap_or(i64::MAX);
+        let expires = Instant::from_micros(now.as_micros().saturating_add(retention));
+        shared.jobs.complete(&job.id, &self.owner, &json, now, expires).await?;
+        Ok(())
+    }
+}
+
+/// Writes the OperationOutcome file of the manifest's `error` array.
+async fn write_error_file(ctx: &JobContext<'_>, notes: &[Note]) -> Result<FileEntry, ExportError> {
+    let name = format!("OperationOutcome-1{}", ctx.extension());
+    let mut writer = ctx.output.create(&ctx.key(&name)?, ctx.compression()).await?;
+    let mut buffer = Vec::new();
+    for note in notes {
+        let outcome = serde_json::json!({
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": note.severity, "code": note.code, "diagnostics": note.diagnostics}]
+        });
+        serde_json::to_writer(&mut buffer, &outcome).map_err(corrupt)?;
+        buffer.push(b'\n');
+    }
+    writer.write(&buffer).await?;
+    let finished = writer.finish().await?;
+    Ok(FileEntry {
+        name,
+        resource_type: "OperationOutcome".to_owned(),
+        count: notes.len() as u64,
+        bytes: finished.stored_bytes,
+        kind: FileKind::Error,
+    })
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

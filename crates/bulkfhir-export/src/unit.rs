@@ -1,0 +1,407 @@
+//! Running one unit: read pages from the snapshot, write NDJSON lines, close a file when it is
+//! full, and checkpoint after every closed file.
+//!
+//! Exactly-once across crashes: a file becomes visible only when it is finished; the checkpoint
+//! that records it also records the `seq` of its last resource. A resumed unit starts after that
+//! `seq` and rewrites the unfinished file under the same name from the same snapshot, so it holds
+//! the same lines.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashSet},
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use bulkfhir_model::{ResourceId, ResourceRef, ResourceType, compartment, json::write_json_string};
+use bulkfhir_output::{Compression, FileWriter, OutputKey, OutputStore};
+use bulkfhir_store::{
+    JobId, JobStore, ResourceStore, ScanOptions, ScanPage, Snapshot, StoredResource,
+};
+use memchr::memmem;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    ExportConfig, ExportError,
+    docs::{Checkpoint, FileEntry, FileKind, Note, Plan, UnitSpec},
+    error::corrupt,
+};
+
+/// Flush the line buffer to the file writer past this many bytes.
+const WRITE_CHUNK: usize = 1 << 20;
+
+/// What every unit of one job shares.
+pub(crate) struct JobContext<'a> {
+    pub(crate) store: &'a dyn ResourceStore,
+    pub(crate) jobs: &'a dyn JobStore,
+    pub(crate) output: &'a OutputStore,
+    pub(crate) config: &'a ExportConfig,
+    pub(crate) job_id: &'a JobId,
+    pub(crate) owner: &'a str,
+    pub(crate) snapshot: Snapshot,
+    pub(crate) gzip: bool,
+    pub(crate) plan: &'a Plan,
+    pub(crate) member_set: HashSet<&'a str>,
+    pub(crate) cancel: &'a CancellationToken,
+    /// Resources written by this run of the job, for progress.
+    pub(crate) written: &'a AtomicU64,
+}
+
+impl JobContext<'_> {
+    fn check_cancelled(&self) -> Result<(), ExportError> {
+        if self.cancel.is_cancelled() { Err(ExportError::Stopped("cancelled")) } else { Ok(()) }
+    }
+
+    pub(crate) fn key(&self, name: &str) -> Result<OutputKey, ExportError> {
+        OutputKey::parse(&format!("jobs/{}/{name}", self.job_id)).map_err(ExportError::from)
+    }
+
+    pub(crate) fn extension(&self) -> &'static str {
+        if self.gzip { ".ndjson.gz" } else { ".ndjson" }
+    }
+
+    pub(crate) fn compression(&self) -> Compression {
+        if self.gzip {
+            Compression::Gzip { level: self.config.gzip_level }
+        } else {
+            Compression::None
+        }
+    }
+}
+
+/// Runs one unit from its checkpoint to the end and returns the final checkpoint (saved as done).
+pub(crate) async fn run_unit(
+    ctx: &JobContext<'_>,
+    index: u32,
+    spec: &UnitSpec,
+    checkpoint: Checkpoint,
+    supporting_refs: &BTreeSet<String>,
+) -> Result<Checkpoint, ExportError> {
+    let mut roller = Roller::new(ctx, index, checkpoint);
+    match spec {
+        UnitSpec::Scan { resource_type, compartment_only, after_seq }
+        | UnitSpec::Deleted { resource_type, compartment_only, after_seq } => {
+            let deleted = matches!(spec, UnitSpec::Deleted { .. });
+            let resource_type = parse_type(resource_type)?;
+            roller.set_file(resource_type, deleted);
+            let mut after = (*after_seq).max(roller.checkpoint.cursor);
+            loop {
+                ctx.check_cancelled()?;
+                let options = ScanOptions {
+                    after_seq: after,
+                    limit: ctx.config.page_size,
+                    deleted,
+                    in_any_compartment: *compartment_only,
+                    with_patients: false,
+                };
+                let page = ctx.store.scan(ctx.snapshot, resource_type, options).await?;
+                roller.write_page(&page, 0, |_| true).await?;
+                match page.next {
+                    Some(next) => after = next,
+                    None => break,
+                }
+            }
+        }
+        UnitSpec::Members { resource_type, after_seq }
+        | UnitSpec::DeletedMembers { resource_type, after_seq } => {
+            let deleted = matches!(spec, UnitSpec::DeletedMembers { .. });
+            let resource_type = parse_type(resource_type)?;
+            roller.set_file(resource_type, deleted);
+            let start_member = roller.checkpoint.member_idx;
+            for (member_idx, patient) in ctx.plan.members.iter().enumerate().skip(start_member) {
+                let patient_id =
+                    ResourceId::parse(patient).map_err(|e| ExportError::Corrupt(e.to_string()))?;
+                let mut after = if member_idx == start_member {
+                    (*after_seq).max(roller.checkpoint.cursor)
+                } else {
+                    *after_seq
+                };
+                loop {
+                    ctx.check_cancelled()?;
+                    let options = ScanOptions {
+                        after_seq: after,
+                        limit: ctx.config.page_size,
+                        deleted,
+                        in_any_compartment: true,
+                        with_patients: true,
+                    };
+                    let page = ctx
+                        .store
+                        .scan_compartment(ctx.snapshot, &patient_id, resource_type, options)
+                        .await?;
+                    // A resource in several members' compartments is written once, by the first
+                    // of those members in plan order.
+                    let owned = |r: &StoredResource| {
+                        owner(r, &ctx.member_set).is_none_or(|o| o == patient.as_str())
+                    };
+                    roller.write_page(&page, member_idx, owned).await?;
+                    match page.next {
+                        Some(next) => after = next,
+                        None => break,
+                    }
+                }
+            }
+        }
+        UnitSpec::Supporting => {
+            // Restarting from scratch is exact: the same references give the same files.
+            roller.checkpoint = Checkpoint::default();
+            let mut by_type: BTreeMap<ResourceType, Vec<ResourceId>> = BTreeMap::new();
+            for reference in supporting_refs {
+                if let Some(target) = ResourceRef::parse(reference) {
+                    by_type.entry(target.resource_type).or_default().push(target.id);
+                }
+            }
+            for (resource_type, ids) in by_type {
+                roller.set_file(resource_type, false);
+                for chunk in ids.chunks(ctx.config.page_size.max(1)) {
+                    ctx.check_cancelled()?;
+                    let mut found =
+                        ctx.store.read_many_at(ctx.snapshot, resource_type, chunk).await?;
+                    found.sort_by_key(|r| r.seq);
+                    let found_ids: HashSet<&str> = found.iter().map(|r| r.id.as_str()).collect();
+                    for missing in chunk.iter().filter(|id| !found_ids.contains(id.as_str())) {
+                        roller.note(Note::warning(
+                            "not-found",
+                            format!("referenced {resource_type}/{missing} does not exist at transactionTime"),
+                        ));
+                    }
+                    let page = ScanPage { resources: found, next: None };
+                    roller.write_page(&page, 0, |_| true).await?;
+                }
+                roller.end_file().await?;
+            }
+        }
+    }
+    roller.finish().await
+}
+
+fn parse_type(name: &str) -> Result<ResourceType, ExportError> {
+    ResourceType::parse(name).map_err(|e| ExportError::Corrupt(e.to_string()))
+}
+
+/// The first member (in plan order, which is sorted) whose compartment holds `resource`.
+fn owner<'m>(resource: &StoredResource, members: &HashSet<&'m str>) -> Option<&'m str> {
+    resource.patients.as_deref()?.split(' ').filter_map(|p| members.get(p).copied()).min()
+}
+
+/// Writes lines into numbered files, closing each when full.
+struct Roller<'c, 'a> {
+    ctx: &'c JobContext<'a>,
+    unit_index: u32,
+    checkpoint: Checkpoint,
+    resource_type: Option<ResourceType>,
+    deleted: bool,
+    writer: Option<FileWriter>,
+    file_name: String,
+    lines_in_file: u64,
+    bytes_in_file: u64,
+    buffer: Vec<u8>,
+    /// References found in the current (unfinished) file.
+    pending_refs: BTreeSet<String>,
+    pending_notes: Vec<Note>,
+    last_seq: u64,
+    last_member: usize,
+    reference_finder: memmem::Finder<'static>,
+}
+
+impl<'c, 'a> Roller<'c, 'a> {
+    fn new(ctx: &'c JobContext<'a>, unit_index: u32, checkpoint: Checkpoint) -> Self {
+        Roller {
+            ctx,
+            unit_index,
+            last_seq: checkpoint.cursor,
+            last_member: checkpoint.member_idx,
+            checkpoint,
+            resource_type: None,
+            deleted: false,
+            writer: None,
+            file_name: String::new(),
+            lines_in_file: 0,
+            bytes_in_file: 0,
+            buffer: Vec::with_capacity(WRITE_CHUNK + 64 * 1024),
+            pending_refs: BTreeSet::new(),
+            pending_notes: Vec::new(),
+            reference_finder: memmem::Finder::new(br#""reference":""#),
+        }
+    }
+
+    fn set_file(&mut self, resource_type: ResourceType, deleted: bool) {
+        self.resource_type = Some(resource_type);
+        self.deleted = deleted;
+    }
+
+    fn stem(&self) -> String {
+        let name = self.resource_type.map_or("unknown", ResourceType::as_str);
+        if self.deleted { format!("{name}-deleted") } else { name.to_owned() }
+    }
+
+    fn note(&mut self, note: Note) {
+        if self.checkpoint.issues.len() + self.pending_notes.len() < 1000 {
+            self.pending_notes.push(note);
+        }
+    }
+
+    /// Writes the resources of `page` that `keep` accepts.
+    async fn write_page(
+        &mut self,
+        page: &ScanPage,
+        member_idx: usize,
+        keep: impl Fn(&StoredResource) -> bool,
+    ) -> Result<(), ExportError> {
+        let collect_refs = self.ctx.plan.supporting.is_some() && !self.deleted;
+        let mut n_written = 0u64;
+        for resource in page.resources.iter().filter(|r| keep(r)) {
+            n_written += 1;
+            if self.deleted {
+                write_deletion_line(&mut self.buffer, resource);
+            } else {
+                self.buffer.extend_from_slice(&resource.body);
+                self.buffer.push(b'\n');
+                if collect_refs {
+                    self.collect_references(&resource.body);
+                }
+            }
+            self.lines_in_file += 1;
+            self.bytes_in_file += if self.deleted { 0 } else { resource.body.len() as u64 + 1 };
+            self.last_seq = resource.seq;
+            self.last_member = member_idx;
+            if self.lines_in_file >= self.ctx.config.max_resources_per_file
+                || self.bytes_in_file >= self.ctx.config.max_bytes_per_file
+            {
+                self.end_file().await?;
+            } else if self.buffer.len() >= WRITE_CHUNK {
+                self.flush().await?;
+            }
+        }
+        if !self.buffer.is_empty() {
+            self.flush().await?;
+        }
+        self.ctx.written.fetch_add(n_written, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Records every `"reference":"Type/id"` whose target lies outside the compartment.
+    fn collect_references(&mut self, body: &[u8]) {
+        let Some(supporting) = &self.ctx.plan.supporting else { return };
+        for start in self.reference_finder.find_iter(body) {
+            let value_start = start + br#""reference":""#.len();
+            let Some(len) = memchr::memchr(b'"', &body[value_start..]) else { continue };
+            let Ok(text) = std::str::from_utf8(&body[value_start..value_start + len]) else {
+                continue;
+            };
+            let Some(target) = ResourceRef::parse(text) else { continue };
+            let resource_type = target.resource_type;
+            if compartment::is_compartment_type(resource_type)
+                || resource_type == ResourceType::GROUP
+            {
+                continue;
+            }
+            if supporting
+                .only
+                .as_ref()
+                .is_some_and(|only| !only.iter().any(|t| t == resource_type.as_str()))
+            {
+                continue;
+            }
+            self.pending_refs.insert(format!("{resource_type}/{}", target.id));
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), ExportError> {
+        if self.writer.is_none() {
+            let number = 1 + self
+                .checkpoint
+                .files
+                .iter()
+                .filter(|f| file_stem(&f.name) == self.stem())
+                .count();
+            self.file_name = format!("{}-{number}{}", self.stem(), self.ctx.extension());
+            let key = self.ctx.key(&self.file_name)?;
+            self.writer = Some(self.ctx.output.create(&key, self.ctx.compression()).await?);
+        }
+        if let Some(writer) = self.writer.as_mut() {
+            writer.write(&self.buffer).await?;
+        }
+        self.buffer.clear();
+        Ok(())
+    }
+
+    /// Closes the current file (if it has lines) and checkpoints.
+    async fn end_file(&mut self) -> Result<(), ExportError> {
+        if self.lines_in_file == 0 {
+            return Ok(());
+        }
+        self.flush().await?;
+        let Some(writer) = self.writer.take() else { return Ok(()) };
+        let finished = writer.finish().await?;
+        self.checkpoint.files.push(FileEntry {
+            name: std::mem::take(&mut self.file_name),
+            resource_type: if self.deleted { "Bundle".to_owned() } else { self.stem() },
+            count: self.lines_in_file,
+            bytes: finished.stored_bytes,
+            kind: if self.deleted { FileKind::Deleted } else { FileKind::Output },
+        });
+        self.checkpoint.written += self.lines_in_file;
+        self.checkpoint.cursor = self.last_seq;
+        self.checkpoint.member_idx = self.last_member;
+        let refs = std::mem::take(&mut self.pending_refs);
+        merge_sorted(&mut self.checkpoint.references, refs);
+        self.checkpoint.issues.append(&mut self.pending_notes);
+        self.lines_in_file = 0;
+        self.bytes_in_file = 0;
+        save(self.ctx, self.unit_index, &self.checkpoint, false).await
+    }
+
+    async fn finish(mut self) -> Result<Checkpoint, ExportError> {
+        self.end_file().await?;
+        self.checkpoint.issues.append(&mut self.pending_notes);
+        let refs = std::mem::take(&mut self.pending_refs);
+        merge_sorted(&mut self.checkpoint.references, refs);
+        save(self.ctx, self.unit_index, &self.checkpoint, true).await?;
+        Ok(self.checkpoint)
+    }
+}
+
+/// Saves a checkpoint (fenced by the lease). A free function: the roller holds a file writer
+/// that is `Send` but not `Sync`, so no `&Roller` may live across an await.
+async fn save(
+    ctx: &JobContext<'_>,
+    unit_index: u32,
+    checkpoint: &Checkpoint,
+    done: bool,
+) -> Result<(), ExportError> {
+    let json = serde_json::to_string(checkpoint).map_err(corrupt)?;
+    ctx.jobs.checkpoint(ctx.job_id, ctx.owner, unit_index, &json, done).await?;
+    Ok(())
+}
+
+/// `Observation-deleted-3.ndjson` → `Observation-deleted`.
+fn file_stem(name: &str) -> &str {
+    let base = name.split('.').next().unwrap_or(name);
+    base.rsplit_once('-').map_or(base, |(stem, _)| stem)
+}
+
+fn merge_sorted(into: &mut Vec<String>, more: BTreeSet<String>) {
+    if more.is_empty() {
+        return;
+    }
+    let mut all: BTreeSet<String> = std::mem::take(into).into_iter().collect();
+    all.extend(more);
+    *into = all.into_iter().collect();
+}
+
+/// One line of a `deleted` file: a transaction Bundle with one DELETE entry (spec X4).
+fn write_deletion_line(out: &mut Vec<u8>, resource: &StoredResource) {
+    out.extend_from_slice(br#"{"resourceType":"Bundle","type":"transaction","entry":[{"request":{"method":"DELETE","url":"#);
+    write_json_string(out, &format!("{}/{}", resource.resource_type, resource.id));
+    out.extend_from_slice(b"}}]}\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_stems_strip_the_number_and_extension() {
+        assert_eq!(file_stem("Observation-12.ndjson"), "Observation");
+        assert_eq!(file_stem("Observation-deleted-3.ndjson.gz"), "Observation-deleted");
+    }
+}

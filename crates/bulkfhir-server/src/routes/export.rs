@@ -1,0 +1,321 @@
+//! Bulk Data `$export` on the FHIR Asynchronous Request Pattern: kick-off, status, cancel,
+//! file download.
+
+use axum::{
+    body::Body,
+    extract::{Request, State},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use bulkfhir_export::{FileKind, StatusView};
+use bulkfhir_model::{
+    ErrorKind, Instant,
+    export::{ExportLevel, KickoffInput, parse_kickoff},
+    outcome::{Issue, OperationOutcome},
+};
+use bulkfhir_store::JobId;
+use futures::TryStreamExt;
+use serde_json::{Value, json};
+
+use super::{FhirPath, parse_id};
+use crate::{
+    AppState,
+    extract::{BaseUrl, FhirBody, query_pairs},
+    outcome::{ApiError, outcome_response},
+};
+
+/// The media type of NDJSON files.
+const NDJSON: &str = "application/fhir+ndjson";
+
+pub(super) async fn kickoff_system(
+    state: State<AppState>,
+    base: BaseUrl,
+    request: Request,
+) -> Result<Response, ApiError> {
+    kickoff(state, base, ExportLevel::System, request).await
+}
+
+pub(super) async fn kickoff_patient(
+    state: State<AppState>,
+    base: BaseUrl,
+    request: Request,
+) -> Result<Response, ApiError> {
+    kickoff(state, base, ExportLevel::Patient, request).await
+}
+
+pub(super) async fn kickoff_group(
+    state: State<AppState>,
+    base: BaseUrl,
+    FhirPath(group_id): FhirPath<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let group_id = parse_id(&group_id)?;
+    kickoff(state, base, ExportLevel::Group(group_id), request).await
+}
+
+async fn kickoff(
+    State(state): State<AppState>,
+    BaseUrl(base): BaseUrl,
+    level: ExportLevel,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let headers = request.headers().clone();
+    let accept = header_text(&headers, header::ACCEPT.as_str());
+    if !accept
+        .split(',')
+        .any(|media| media.split(';').next().is_some_and(|m| m.trim() == "application/fhir+json"))
+    {
+        return Err(ApiError::invalid(
+            "a Bulk Data kick-off needs the header Accept: application/fhir+json",
+        ));
+    }
+    let prefer = header_text(&headers, "prefer");
+    let prefer_tokens: Vec<&str> = prefer.split(',').map(str::trim).collect();
+    if !prefer_tokens.contains(&"respond-async") {
+        return Err(ApiError::invalid(
+            "a Bulk Data kick-off needs the header Prefer: respond-async",
+        ));
+    }
+    let lenient = prefer_tokens.contains(&"handling=lenient");
+    let path_and_query = request
+        .uri()
+        .path_and_query()
+        .map_or_else(|| request.uri().path().to_owned(), |pq| pq.as_str().to_owned());
+    let query = query_pairs(request.uri().query());
+    let body = if request.method() == Method::POST {
+        let FhirBody(bytes) =
+            <FhirBody as axum::extract::FromRequest<AppState>>::from_request(request, &state)
+                .await?;
+        Some(bytes)
+    } else {
+        None
+    };
+    let input =
+        KickoffInput { level, query: &query, body: body.as_deref(), lenient, now: Instant::now() };
+    let export_request = parse_kickoff(&input).map_err(|e| {
+        let error = ApiError::invalid(e.message);
+        match e.parameter {
+            Some(parameter) => error.at(parameter),
+            None => error,
+        }
+    })?;
+    let request_url =
+        format!("{base}{}", path_and_query.strip_prefix("/fhir").unwrap_or(&path_and_query));
+    let job_id =
+        state.exports.kickoff(export_request, lenient, request_url, base.clone(), None).await?;
+    let status_url = format!("{base}/$export-status/{job_id}");
+    let mut response = outcome_response(
+        StatusCode::ACCEPTED,
+        OperationOutcome::single(Issue::information(format!("export accepted; poll {status_url}"))),
+    );
+    if let Ok(value) = HeaderValue::from_str(&status_url) {
+        response.headers_mut().insert(header::CONTENT_LOCATION, value);
+    }
+    Ok(response)
+}
+
+fn header_text(headers: &HeaderMap, name: &str) -> String {
+    headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join(",")
+}
+
+fn parse_job_id(text: &str) -> Result<JobId, ApiError> {
+    JobId::parse(text)
+        .ok_or_else(|| ApiError::new(ErrorKind::NotFound, format!("no export job {text}")))
+}
+
+pub(super) async fn status(
+    State(state): State<AppState>,
+    FhirPath(job): FhirPath<String>,
+) -> Result<Response, ApiError> {
+    let job_id = parse_job_id(&job)?;
+    let retry_after = state.exports.config().retry_after;
+    match state.exports.status(&job_id).await? {
+        StatusView::InProgress { percent, text } => {
+            let now = std::time::Instant::now();
+            let too_fast = {
+                let mut polls =
+                    state.polls.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let too_fast = polls
+                    .get(&job_id)
+                    .is_some_and(|last| now.duration_since(*last) < retry_after / 2);
+                if !too_fast {
+                    if polls.len() > 10_000 {
+                        polls.retain(|_, last| {
+                            now.duration_since(*last) < std::time::Duration::from_secs(3600)
+                        });
+                    }
+                    polls.insert(job_id.clone(), now);
+                }
+                too_fast
+            };
+            let retry = retry_after.as_secs().max(1).to_string();
+            if too_fast {
+                let mut response = ApiError::new(
+                    ErrorKind::TooManyRequests,
+                    format!("polled faster than Retry-After ({retry} s); slow down"),
+                )
+                .into_response();
+                set_header(&mut response, header::RETRY_AFTER.as_str(), &retry);
+                return Ok(response);
+            }
+            let mut response = StatusCode::ACCEPTED.into_response();
+            set_header(&mut response, header::RETRY_AFTER.as_str(), &retry);
+            let progress: String = format!("{percent}%: {text}")
+                .chars()
+                .filter(|c| c.is_ascii() && !c.is_ascii_control())
+                .take(99)
+                .collect();
+            set_header(&mut response, "x-progress", &progress);
+            Ok(response)
+        }
+        StatusView::Completed { manifest, request, expires_at } => {
+            forget_polls(&state, &job_id);
+            let url = |name: &str| format!("{}/$export-file/{job_id}/{name}", request.base_url);
+            let items = |kind: FileKind| -> Vec<Value> {
+                manifest
+                    .files
+                    .iter()
+                    .filter(|f| f.kind == kind)
+                    .map(
+                        |f| json!({"type": f.resource_type, "url": url(&f.name), "count": f.count}),
+                    )
+                    .collect()
+            };
+            let body = json!({
+                "transactionTime": manifest.transaction_time,
+                "request": manifest.request,
+                "requiresAccessToken": manifest.requires_access_token,
+                "output": items(FileKind::Output),
+                "deleted": items(FileKind::Deleted),
+                "error": items(FileKind::Error),
+            });
+            let mut response = (StatusCode::OK, body.to_string()).into_response();
+            set_header(&mut response, header::CONTENT_TYPE.as_str(), "application/json");
+            if let Some(expires) = expires_at {
+                set_header(&mut response, header::EXPIRES.as_str(), &expires.to_http_date());
+            }
+            Ok(response)
+        }
+        StatusView::Failed { message } => {
+            forget_polls(&state, &job_id);
+            Ok(outcome_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                OperationOutcome::single(Issue::error(ErrorKind::Internal, message)),
+            ))
+        }
+        StatusView::Expired { at } => {
+            forget_polls(&state, &job_id);
+            let when = at.map_or_else(String::new, |t| format!(" at {t}"));
+            Err(ApiError::new(
+                ErrorKind::Gone,
+                format!("export {job_id} expired{when}; its files were deleted"),
+            ))
+        }
+    }
+}
+
+fn forget_polls(state: &AppState, job_id: &JobId) {
+    state.polls.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(job_id);
+}
+
+fn set_header(response: &mut Response, name: &str, value: &str) {
+    if let (Ok(name), Ok(value)) =
+        (header::HeaderName::try_from(name), HeaderValue::from_str(value))
+    {
+        response.headers_mut().insert(name, value);
+    }
+}
+
+pub(super) async fn cancel(
+    State(state): State<AppState>,
+    FhirPath(job): FhirPath<String>,
+) -> Result<Response, ApiError> {
+    let job_id = parse_job_id(&job)?;
+    state.exports.cancel(&job_id).await?;
+    forget_polls(&state, &job_id);
+    Ok(outcome_response(
+        StatusCode::ACCEPTED,
+        OperationOutcome::single(Issue::information(format!(
+            "export {job_id} cancelled; its files are being deleted"
+        ))),
+    ))
+}
+
+/// A parsed `Range: bytes=...` header (a single range; anything else is served whole).
+enum ByteRange {
+    From(u64),
+    FromTo(u64, u64),
+    Suffix(u64),
+}
+
+fn parse_range(headers: &HeaderMap) -> Option<ByteRange> {
+    let text = headers.get(header::RANGE)?.to_str().ok()?;
+    let spec = text.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None;
+    }
+    let (start, end) = spec.split_once('-')?;
+    match (start.trim(), end.trim()) {
+        ("", suffix) => suffix.parse().ok().map(ByteRange::Suffix),
+        (start, "") => start.parse().ok().map(ByteRange::From),
+        (start, end) => Some(ByteRange::FromTo(start.parse().ok()?, end.parse().ok()?)),
+    }
+}
+
+pub(super) async fn download(
+    State(state): State<AppState>,
+    FhirPath((job, name)): FhirPath<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let job_id = parse_job_id(&job)?;
+    let range = parse_range(&headers);
+    let whole = state.exports.open_file(&job_id, &name, None).await?;
+    let size = whole.total_size;
+    let resolved = match range {
+        None => None,
+        Some(ByteRange::From(start)) => Some(start..size),
+        Some(ByteRange::FromTo(start, end)) => Some(start..end.saturating_add(1).min(size)),
+        Some(ByteRange::Suffix(n)) => Some(size.saturating_sub(n)..size),
+    };
+    let (download, status, content_range) = match resolved {
+        None => (whole, StatusCode::OK, None),
+        Some(r) if r.start >= size || r.start >= r.end => {
+            let mut response = ApiError::new(
+                ErrorKind::Invalid,
+                format!("range not satisfiable for a file of {size} bytes"),
+            )
+            .with_status(StatusCode::RANGE_NOT_SATISFIABLE)
+            .into_response();
+            set_header(&mut response, header::CONTENT_RANGE.as_str(), &format!("bytes */{size}"));
+            return Ok(response);
+        }
+        Some(r) => {
+            drop(whole);
+            let content_range = format!("bytes {}-{}/{size}", r.start, r.end - 1);
+            (
+                state.exports.open_file(&job_id, &name, Some(r)).await?,
+                StatusCode::PARTIAL_CONTENT,
+                Some(content_range),
+            )
+        }
+    };
+    let gzip = download.gzip;
+    let length = match &content_range {
+        Some(_) => None,
+        None => Some(size),
+    };
+    let body = Body::from_stream(download.body.map_err(std::io::Error::other));
+    let mut response = (status, body).into_response();
+    set_header(&mut response, header::CONTENT_TYPE.as_str(), NDJSON);
+    set_header(&mut response, header::ACCEPT_RANGES.as_str(), "bytes");
+    if gzip {
+        set_header(&mut response, header::CONTENT_ENCODING.as_str(), "gzip");
+    }
+    if let Some(length) = length {
+        set_header(&mut response, header::CONTENT_LENGTH.as_str(), &length.to_string());
+    }
+    if let Some(content_range) = content_range {
+        set_header(&mut response, header::CONTENT_RANGE.as_str(), &content_range);
+    }
+    Ok(response)
+}

@@ -1,0 +1,122 @@
+//! Export jobs as resources: `GET [base]/BulkDataExport/[id]` and `GET [base]/BulkDataExport?status=`.
+
+use axum::{
+    extract::{Request, State},
+    http::StatusCode,
+    response::Response,
+};
+use bulkfhir_export::{FileKind, JobView};
+use bulkfhir_model::ErrorKind;
+use bulkfhir_store::{JobId, JobStatus};
+use serde_json::{Value, json};
+
+use super::{FhirPath, json_response};
+use crate::{
+    AppState,
+    extract::{BaseUrl, check_accept, query_pairs},
+    outcome::ApiError,
+};
+
+pub(super) async fn read(
+    State(state): State<AppState>,
+    FhirPath(id): FhirPath<String>,
+) -> Result<Response, ApiError> {
+    let job_id = JobId::parse(&id)
+        .ok_or_else(|| ApiError::new(ErrorKind::NotFound, format!("no export job {id}")))?;
+    let view = state.exports.job(&job_id).await?;
+    Ok(json_response(StatusCode::OK, render(&view).to_string()))
+}
+
+pub(super) async fn search(
+    State(state): State<AppState>,
+    BaseUrl(base): BaseUrl,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let query = query_pairs(request.uri().query());
+    check_accept(request.headers(), &query)?;
+    let (mut status, mut count) = (None, 50usize);
+    for (name, value) in &query {
+        match name.as_str() {
+            "status" => {
+                status = Some(JobStatus::parse(value).ok_or_else(|| {
+                    ApiError::invalid(format!(
+                        "status '{value}' is not one of accepted, in-progress, completed, error, cancelled"
+                    ))
+                    .at("status")
+                })?);
+            }
+            "_count" => {
+                count = value
+                    .parse::<usize>()
+                    .map_err(|_| ApiError::invalid(format!("_count '{value}' is not a number")))?
+                    .clamp(1, state.config.max_page_size);
+            }
+            "_format" => {}
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "BulkDataExport search supports status and _count, not '{other}'"
+                )));
+            }
+        }
+    }
+    let views = state.exports.search(status, None, count).await?;
+    let entries: Vec<Value> = views
+        .iter()
+        .map(|v| json!({"fullUrl": format!("{base}/BulkDataExport/{}", v.record.id), "resource": render(v), "search": {"mode": "match"}}))
+        .collect();
+    let bundle = json!({"resourceType": "Bundle", "type": "searchset", "total": entries.len(), "entry": entries});
+    Ok(json_response(StatusCode::OK, bundle.to_string()))
+}
+
+/// The job as a `BulkDataExport` resource (the shape of the Medplum and Aidbox seeds).
+fn render(view: &JobView) -> Value {
+    let record = &view.record;
+    let request = &view.request;
+    let base = &request.base_url;
+    let files = |kind: FileKind| -> Vec<Value> {
+        view.manifest
+            .iter()
+            .flat_map(|m| m.files.iter())
+            .filter(|f| f.kind == kind)
+            .map(|f| {
+                json!({"type": f.resource_type, "url": format!("{base}/$export-file/{}/{}", record.id, f.name), "count": f.count, "bytes": f.bytes})
+            })
+            .collect()
+    };
+    let mut resource = json!({
+        "resourceType": "BulkDataExport",
+        "id": record.id.to_string(),
+        "status": record.status.as_str(),
+        "requestTime": record.request_time.to_fhir(),
+        "transactionTime": record.snapshot.time.to_fhir(),
+        "request": request.request_url,
+        "requiresAccessToken": false,
+        "parameters": {
+            "level": request.level,
+            "groupId": request.group_id,
+            "patients": request.patients,
+            "types": request.types,
+            "since": request.since,
+            "outputFormat": if request.gzip { "application/fhir+ndjson+gzip" } else { "application/fhir+ndjson" },
+        },
+        "storage": {"type": "local"},
+        "progress": {"percent": record.progress_percent, "text": record.progress_text},
+        "output": files(FileKind::Output),
+        "deleted": files(FileKind::Deleted),
+        "error": files(FileKind::Error),
+        "filesDeleted": record.files_deleted,
+    });
+    if let Some(requester) = &record.requester {
+        resource["requester"] = json!({"display": requester});
+    }
+    if let Some(expires) = record.expires_at {
+        resource["expires"] = json!(expires.to_fhir());
+    }
+    if let Some(finished) = record.finished_at {
+        resource["finishedTime"] = json!(finished.to_fhir());
+    }
+    if let Some(message) = &record.error_message {
+        resource["errorMessage"] = json!(message);
+    }
+    resource
+}

@@ -1,0 +1,135 @@
+//! Routes, grouped by area: `crud` (instance interactions and history), `bundle`
+//! (transaction/batch), `search` (type listing, Patient compartment), `export` (Bulk Data
+//! kick-off, status, cancel, files), `jobs` (export jobs as resources), `metadata`.
+
+mod bundle;
+mod crud;
+mod export;
+mod jobs;
+mod search;
+
+use std::any::Any;
+
+use axum::{
+    Router,
+    extract::{FromRequestParts, Path, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use bulkfhir_model::{
+    ErrorKind, Instant, ResourceId, ResourceType,
+    outcome::{Issue, OperationOutcome},
+};
+use serde::de::DeserializeOwned;
+use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
+
+use crate::{
+    AppState,
+    capability::capability_statement,
+    extract::{BaseUrl, check_accept},
+    outcome::{ApiError, FHIR_JSON, outcome_response},
+};
+
+pub(crate) fn router(state: AppState) -> Router {
+    let started = Instant::now();
+    Router::new()
+        .route(
+            "/fhir/metadata",
+            get(move |base: BaseUrl, headers: HeaderMap| metadata(base, headers, started)),
+        )
+        .route("/fhir", post(bundle::submit))
+        .route("/fhir/", post(bundle::submit))
+        .route("/fhir/$export", get(export::kickoff_system).post(export::kickoff_system))
+        .route("/fhir/Patient/$export", get(export::kickoff_patient).post(export::kickoff_patient))
+        .route("/fhir/Group/{id}/$export", get(export::kickoff_group).post(export::kickoff_group))
+        .route("/fhir/$export-status/{job}", get(export::status).delete(export::cancel))
+        .route("/fhir/$export-file/{job}/{name}", get(export::download))
+        .route("/fhir/BulkDataExport", get(jobs::search))
+        .route("/fhir/BulkDataExport/{id}", get(jobs::read))
+        .route("/fhir/{type}", get(search::list_type).post(crud::create))
+        .route("/fhir/{type}/{id}", get(crud::read).put(crud::update).delete(crud::delete))
+        .route("/fhir/{type}/{id}/{sub}", get(instance_subpath))
+        .route("/fhir/{type}/{id}/_history/{version}", get(crud::vread))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn metadata(
+    BaseUrl(base): BaseUrl,
+    headers: HeaderMap,
+    started: Instant,
+) -> Result<Response, ApiError> {
+    check_accept(&headers, &[])?;
+    Ok(json_response(StatusCode::OK, capability_statement(&base, started).to_string().into_bytes()))
+}
+
+/// `[type]/[id]/_history` or a compartment search `Patient/[id]/[type]`.
+async fn instance_subpath(
+    state: State<AppState>,
+    base: BaseUrl,
+    FhirPath((type_name, id, sub)): FhirPath<(String, String, String)>,
+    request: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    if sub == "_history" {
+        crud::history(state, base, type_name, id, request).await
+    } else if type_name == "Patient" {
+        search::compartment(state, base, id, sub, request).await
+    } else {
+        Err(ApiError::new(ErrorKind::NotFound, format!("no route for {type_name}/{id}/{sub}")))
+    }
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(ErrorKind::NotFound, format!("no FHIR endpoint at {}", uri.path()))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(ErrorKind::Unsupported, format!("{method} is not supported on {}", uri.path()))
+        .with_status(StatusCode::METHOD_NOT_ALLOWED)
+}
+
+fn panic_response(_panic: Box<dyn Any + Send + 'static>) -> Response {
+    let incident = uuid::Uuid::new_v4();
+    tracing::error!(%incident, "a request handler panicked");
+    outcome_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        OperationOutcome::single(Issue::error(
+            ErrorKind::Internal,
+            format!("internal error; incident {incident}"),
+        )),
+    )
+}
+
+/// Path parameters, with bad percent-encoding refused as an OperationOutcome.
+pub(crate) struct FhirPath<T>(pub(crate) T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for FhirPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(value)| FhirPath(value))
+            .map_err(|rejection| ApiError::invalid(format!("bad path: {}", rejection.body_text())))
+    }
+}
+
+pub(crate) fn parse_type(type_name: &str) -> Result<ResourceType, ApiError> {
+    ResourceType::parse(type_name)
+        .map_err(|e| ApiError::new(ErrorKind::NotFound, format!("{e}: no such endpoint")))
+}
+
+pub(crate) fn parse_id(id: &str) -> Result<ResourceId, ApiError> {
+    ResourceId::parse(id).map_err(ApiError::from)
+}
+
+/// A response with a FHIR JSON body.
+pub(crate) fn json_response(status: StatusCode, body: impl Into<axum::body::Body>) -> Response {
+    let mut response = (status, body.into()).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    response
+}

@@ -1,0 +1,274 @@
+//! Durable export jobs: the [`JobStore`] seam.
+//!
+//! A job's request, plan, unit checkpoints and manifest are JSON written and read by the export
+//! engine; the store keeps them durable and arbitrates who runs what through leases. Backends
+//! never interpret the JSON.
+
+use std::{fmt, time::Duration};
+
+use async_trait::async_trait;
+use bulkfhir_model::Instant;
+
+use crate::{Snapshot, StoreError};
+
+/// A job id: a UUID (v7, so ids sort by creation time).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct JobId(String);
+
+impl JobId {
+    /// A fresh id.
+    pub fn new() -> Self {
+        JobId(uuid::Uuid::now_v7().to_string())
+    }
+
+    /// Parses an id taken from a URL; anything but a UUID is refused.
+    pub fn parse(text: &str) -> Option<Self> {
+        uuid::Uuid::try_parse(text).ok().map(|uuid| JobId(uuid.to_string()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for JobId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The job state machine: `accepted → in-progress → completed | error`, and `cancelled` from
+/// any state before the end. The names are the BulkDataExport status codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobStatus {
+    /// Queued, not yet claimed by a runner.
+    Accepted,
+    /// Claimed by a runner at least once.
+    InProgress,
+    /// Finished; the manifest is set.
+    Completed,
+    /// Failed; the error message is set.
+    Error,
+    /// Cancelled by the client.
+    Cancelled,
+}
+
+impl JobStatus {
+    /// The status code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Accepted => "accepted",
+            JobStatus::InProgress => "in-progress",
+            JobStatus::Completed => "completed",
+            JobStatus::Error => "error",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Reads a status code.
+    pub fn parse(code: &str) -> Option<Self> {
+        Some(match code {
+            "accepted" => JobStatus::Accepted,
+            "in-progress" => JobStatus::InProgress,
+            "completed" => JobStatus::Completed,
+            "error" => JobStatus::Error,
+            "cancelled" => JobStatus::Cancelled,
+            _ => return None,
+        })
+    }
+
+    /// True for `accepted` and `in-progress`.
+    pub fn is_active(self) -> bool {
+        matches!(self, JobStatus::Accepted | JobStatus::InProgress)
+    }
+}
+
+/// A job as kicked off.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// Its id.
+    pub id: JobId,
+    /// The authenticated client that asked, if any.
+    pub requester: Option<String>,
+    /// The engine's request JSON (parameters, kick-off URL, base URL).
+    pub request: String,
+    /// The engine's plan JSON (units, members): planned at kick-off.
+    pub plan: String,
+    /// One spec JSON per work unit, in unit order.
+    pub units: Vec<String>,
+    /// When the kick-off arrived.
+    pub request_time: Instant,
+    /// The snapshot the export reads (its time is the manifest's `transactionTime`).
+    pub snapshot: Snapshot,
+}
+
+/// A job as stored.
+#[derive(Debug, Clone)]
+pub struct JobRecord {
+    /// Its id.
+    pub id: JobId,
+    /// Its state.
+    pub status: JobStatus,
+    /// The requesting client.
+    pub requester: Option<String>,
+    /// Request JSON.
+    pub request: String,
+    /// Plan JSON.
+    pub plan: String,
+    /// When the kick-off arrived.
+    pub request_time: Instant,
+    /// The export's snapshot.
+    pub snapshot: Snapshot,
+    /// Progress, 0 to 100.
+    pub progress_percent: u8,
+    /// A short phase text for `X-Progress`.
+    pub progress_text: String,
+    /// Manifest JSON once completed.
+    pub manifest: Option<String>,
+    /// Why it failed, once failed.
+    pub error_message: Option<String>,
+    /// When it completed, failed or was cancelled.
+    pub finished_at: Option<Instant>,
+    /// When its files expire (completed jobs).
+    pub expires_at: Option<Instant>,
+    /// True once its files were removed (expiry or cancellation).
+    pub files_deleted: bool,
+    /// The runner holding the lease, if any.
+    pub lease_owner: Option<String>,
+}
+
+/// One work unit of a job.
+#[derive(Debug, Clone)]
+pub struct UnitRecord {
+    /// Its position in the plan.
+    pub index: u32,
+    /// Spec JSON.
+    pub spec: String,
+    /// Last checkpoint JSON (None before the first).
+    pub checkpoint: Option<String>,
+    /// True once the unit finished.
+    pub done: bool,
+}
+
+/// What to search for among jobs.
+#[derive(Debug, Clone, Default)]
+pub struct JobQuery {
+    /// Only jobs in this state.
+    pub status: Option<JobStatus>,
+    /// Only jobs of this requester.
+    pub requester: Option<String>,
+    /// At most this many (newest first).
+    pub limit: usize,
+}
+
+/// Durable jobs with leases.
+///
+/// # Contract
+/// - **Leases.** [`claim`](Self::claim) hands an active job to one runner until its lease
+///   expires; [`renew`](Self::renew) extends it. Every write a runner makes about a job
+///   (`checkpoint`, `set_progress`, `complete`, `fail`) is *fenced*: it succeeds only while that
+///   runner holds the lease and the job is active, and fails with `StoreError::LeaseLost`
+///   otherwise (another runner took over, or the client cancelled). A runner that sees
+///   `LeaseLost` must stop working on the job at once.
+/// - **Queue limit.** [`create`](Self::create) refuses with `StoreError::TooManyJobs` when
+///   `max_active` jobs are already accepted or in progress; the check and the insert are atomic.
+/// - **Cancel** makes the job `cancelled` at once, whoever holds the lease; `get` still returns
+///   it (the engine answers 404 for cancelled jobs).
+/// - Times are passed in (`now`), so leases can be tested without waiting.
+#[async_trait]
+pub trait JobStore: Send + Sync + fmt::Debug {
+    /// Stores a new `accepted` job with its units.
+    async fn create(&self, job: NewJob, max_active: usize) -> Result<(), StoreError>;
+
+    /// One job (`NotFound` if unknown).
+    async fn get(&self, id: &JobId) -> Result<JobRecord, StoreError>;
+
+    /// Jobs matching `query`, newest first.
+    async fn search(&self, query: &JobQuery) -> Result<Vec<JobRecord>, StoreError>;
+
+    /// Takes the oldest active job whose lease is free or expired (or held by a previous run of
+    /// `owner`'s node, `reclaim_prefix`), marks it `in-progress`, and leases it to `owner`.
+    async fn claim(
+        &self,
+        owner: &str,
+        reclaim_prefix: &str,
+        lease: Duration,
+        now: Instant,
+    ) -> Result<Option<JobRecord>, StoreError>;
+
+    /// Extends `owner`'s lease (fenced).
+    async fn renew(
+        &self,
+        id: &JobId,
+        owner: &str,
+        lease: Duration,
+        now: Instant,
+    ) -> Result<(), StoreError>;
+
+    /// Gives the lease up (shutdown) so another runner can take the job at once.
+    async fn release(&self, id: &JobId, owner: &str) -> Result<(), StoreError>;
+
+    /// The job's units, in order.
+    async fn units(&self, id: &JobId) -> Result<Vec<UnitRecord>, StoreError>;
+
+    /// Records a unit's checkpoint and progress (fenced).
+    async fn checkpoint(
+        &self,
+        id: &JobId,
+        owner: &str,
+        unit: u32,
+        checkpoint: &str,
+        done: bool,
+    ) -> Result<(), StoreError>;
+
+    /// Records progress (fenced).
+    async fn set_progress(
+        &self,
+        id: &JobId,
+        owner: &str,
+        percent: u8,
+        text: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Marks the job completed with its manifest (fenced); it expires at `expires_at`.
+    async fn complete(
+        &self,
+        id: &JobId,
+        owner: &str,
+        manifest: &str,
+        now: Instant,
+        expires_at: Instant,
+    ) -> Result<(), StoreError>;
+
+    /// Marks the job failed (fenced).
+    async fn fail(
+        &self,
+        id: &JobId,
+        owner: &str,
+        message: &str,
+        now: Instant,
+    ) -> Result<(), StoreError>;
+
+    /// Cancels an active or completed job (`NotFound` if unknown or already cancelled).
+    async fn cancel(&self, id: &JobId, now: Instant) -> Result<JobRecord, StoreError>;
+
+    /// Jobs whose files should go: completed and expired before `now`, or cancelled or failed,
+    /// with files not yet deleted.
+    async fn files_to_delete(&self, now: Instant, limit: usize) -> Result<Vec<JobId>, StoreError>;
+
+    /// Records that a job's files are gone.
+    async fn mark_files_deleted(&self, id: &JobId) -> Result<(), StoreError>;
+}
