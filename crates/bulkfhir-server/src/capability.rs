@@ -4,6 +4,25 @@
 use bulkfhir_model::{Instant, ResourceType};
 use serde_json::{Value, json};
 
+/// What the Bulk Data IG asks servers to document (v2 section "Server capability documentation").
+const EXPORT_DOCUMENTATION: &str = "Bulk Data export (IG v2.0.0) on the asynchronous request pattern. \
+Parameters: _outputFormat (application/fhir+ndjson, application/ndjson, ndjson; gzip forms such as application/fhir+ndjson+gzip give .ndjson.gz files), \
+_since, _type, patient (POST, Patient and Group level); others are refused with 400, or ignored and reported under Prefer: handling=lenient. \
+Files hold at most 100,000 resources (configurable) and one type each; they expire 24 hours after completion (configurable). \
+Resources are exported in their version current at transactionTime, which is taken at kick-off; with _since, deletions after _since are listed in 'deleted'. \
+Patient and Group exports use the FHIR R4 Patient compartment (plus Device.patient) and add the resources outside it that exported resources reference (Practitioner, Organization, Location, Medication...). \
+Group membership is read at kick-off, inactive members are skipped and nested Groups followed. With _since, a patient who joined the Group after _since gets only the resources changed after _since (no earlier history).";
+
+/// The operation entries for a resource: the v3/Inferno name `export` and the v2/BDT name,
+/// with the same definition (spec.md 13.5).
+fn export_operations(v2_name: &str) -> Value {
+    let definition = format!("http://hl7.org/fhir/uv/bulkdata/OperationDefinition/{v2_name}");
+    json!([
+        {"name": "export", "definition": definition, "documentation": EXPORT_DOCUMENTATION},
+        {"name": v2_name, "definition": definition}
+    ])
+}
+
 /// Builds the CapabilityStatement for the API at `base`.
 pub(crate) fn capability_statement(base: &str, started: Instant) -> Value {
     let interactions = json!([
@@ -30,6 +49,10 @@ pub(crate) fn capability_statement(base: &str, started: Instant) -> Value {
                 resource["documentation"] = json!(
                     "GET [base]/Patient/[id]/[type] lists the patient's compartment resources of that type (FHIR R4 Patient CompartmentDefinition)."
                 );
+                resource["operation"] = export_operations("patient-export");
+            }
+            if resource_type == ResourceType::GROUP {
+                resource["operation"] = export_operations("group-export");
             }
             resource
         })
@@ -42,6 +65,7 @@ pub(crate) fn capability_statement(base: &str, started: Instant) -> Value {
         "kind": "instance",
         "software": {"name": "bulkfhir", "version": env!("CARGO_PKG_VERSION")},
         "implementation": {"description": "bulkfhir FHIR R4 server", "url": base},
+        "instantiates": ["http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"],
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json"],
         "rest": [{
@@ -49,6 +73,11 @@ pub(crate) fn capability_statement(base: &str, started: Instant) -> Value {
             "documentation": "Resources are stored as sent (minified) with meta.versionId and meta.lastUpdated stamped by the server. Every error is an OperationOutcome.",
             "resource": resources,
             "interaction": [{"code": "transaction"}, {"code": "batch"}],
+            "operation": [{
+                "name": "export",
+                "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
+                "documentation": EXPORT_DOCUMENTATION
+            }],
             "compartment": ["http://hl7.org/fhir/CompartmentDefinition/patient"]
         }]
     })

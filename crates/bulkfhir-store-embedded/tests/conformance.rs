@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use bulkfhir_model::ResourceType;
-use bulkfhir_store::{ResourceStore, testsuite};
+use bulkfhir_store::{JobStore, ResourceStore, ScanOptions, testsuite};
 use bulkfhir_store_embedded::EmbeddedStore;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -12,6 +12,16 @@ async fn embedded_store_passes_the_conformance_suite() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn ResourceStore> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
         eprintln!("conformance: {name}");
+        test(store).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_store_passes_the_job_store_suite() {
+    for (name, test) in testsuite::JOB_TESTS {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn JobStore> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        eprintln!("job conformance: {name}");
         test(store).await;
     }
 }
@@ -27,7 +37,7 @@ async fn a_scan_resumed_from_a_cursor_after_reopening_returns_each_resource_once
                 .await;
         }
         let snapshot = store.snapshot().await.unwrap();
-        let page = store.scan(snapshot, observation, 0, 120).await.unwrap();
+        let page = store.scan(snapshot, observation, ScanOptions::live(0, 120)).await.unwrap();
         // Writes after the snapshot, before the "crash".
         for i in 0..50 {
             testsuite::put(
@@ -43,7 +53,8 @@ async fn a_scan_resumed_from_a_cursor_after_reopening_returns_each_resource_once
     testsuite::put(&reopened, r#"{"resourceType":"Observation","id":"after-restart"}"#).await;
     let mut after = cursor;
     loop {
-        let page = reopened.scan(snapshot, observation, after, 70).await.unwrap();
+        let page =
+            reopened.scan(snapshot, observation, ScanOptions::live(after, 70)).await.unwrap();
         assert!(page.resources.iter().all(|r| r.version == 1));
         seen.extend(page.resources.iter().map(|r| r.id.to_string()));
         match page.next {

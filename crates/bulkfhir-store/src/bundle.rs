@@ -143,8 +143,10 @@ pub async fn process(
     };
     let n_entries = bundle.entry.len();
     let assigned = assign_ids(&bundle.entry);
-    let urn_map: HashMap<&str, &str> =
-        assigned.iter().filter_map(|a| a.urn.as_ref().map(|(k, v)| (k.as_str(), v.as_str()))).collect();
+    let urn_map: HashMap<&str, &str> = assigned
+        .iter()
+        .filter_map(|a| a.urn.as_ref().map(|(k, v)| (k.as_str(), v.as_str())))
+        .collect();
     let mut actions: Vec<Result<Action, StoreError>> = Vec::with_capacity(n_entries);
     for (entry_idx, entry) in bundle.entry.iter().enumerate() {
         let action = check_entry(entry, entry_idx, &assigned, &urn_map, kind);

@@ -4,11 +4,14 @@
 //! the trait's contract. A backend's test file calls every function here on its own store;
 //! [`ALL`] lists them so that none is forgotten.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
-use bulkfhir_model::{PreparedResource, ResourceId, ResourceType};
+use bulkfhir_model::{Instant, PreparedResource, ResourceId, ResourceType};
 
-use crate::{Atomicity, ResourceStore, ScanOptions, Snapshot, StoreError, WriteOp};
+use crate::{
+    Atomicity, JobId, JobQuery, JobStatus, JobStore, NewJob, ResourceStore, ScanOptions, Snapshot,
+    StoreError, WriteOp,
+};
 
 /// A named conformance test.
 pub type SuiteTest = (
@@ -28,6 +31,23 @@ pub const ALL: &[SuiteTest] = &[
     ("scan_pages_return_each_resource_once", |s| Box::pin(scan_pages_return_each_resource_once(s))),
     ("snapshot_time_separates_writes", |s| Box::pin(snapshot_time_separates_writes(s))),
     ("compartment_follows_versions", |s| Box::pin(compartment_follows_versions(s))),
+    ("deletions_times_and_point_reads_as_of_a_snapshot", |s| {
+        Box::pin(deletions_times_and_point_reads_as_of_a_snapshot(s))
+    }),
+];
+
+/// A named job-store conformance test.
+pub type JobSuiteTest = (
+    &'static str,
+    fn(Arc<dyn JobStore>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+);
+
+/// Every job-store conformance test, by name.
+pub const JOB_TESTS: &[JobSuiteTest] = &[
+    ("leases_are_exclusive_and_fence_writes", |s| {
+        Box::pin(leases_are_exclusive_and_fence_writes(s))
+    }),
+    ("queue_limit_cancel_and_cleanup", |s| Box::pin(queue_limit_cancel_and_cleanup(s))),
 ];
 
 fn id(text: &str) -> ResourceId {
@@ -391,4 +411,202 @@ pub async fn compartment_follows_versions(store: Arc<dyn ResourceStore>) {
     assert!(members(first, "p1", "Organization").await.is_empty());
     assert!(members(second, "p1", "Observation").await.is_empty());
     assert_eq!(members(second, "p2", "Observation").await, ["o1"]);
+}
+
+/// Deletion scans, compartment-only scans, point reads as of a snapshot, and `seq_at`.
+pub async fn deletions_times_and_point_reads_as_of_a_snapshot(store: Arc<dyn ResourceStore>) {
+    let store = store.as_ref();
+    put(store, r#"{"resourceType":"Patient","id":"p1"}"#).await;
+    let o1 = put(
+        store,
+        r#"{"resourceType":"Observation","id":"o1","subject":{"reference":"Patient/p1"}}"#,
+    )
+    .await;
+    put(store, r#"{"resourceType":"Observation","id":"o2"}"#).await;
+    let before = store.snapshot().await.expect("snapshot");
+    let since = store.seq_at(before.time).await.expect("seq_at");
+    assert_eq!(since, before.seq, "seq_at(snapshot time) is the snapshot's seq");
+    assert_eq!(store.seq_at(Instant::from_micros(0)).await.expect("seq_at"), 0);
+    assert_eq!(
+        store.seq_at(o1.last_updated.expect("time")).await.expect("seq_at"),
+        o1.seq.expect("seq")
+    );
+
+    delete(store, "Observation", "o1").await;
+    put(store, r#"{"resourceType":"Observation","id":"o2","status":"final"}"#).await;
+    delete(store, "Observation", "o3-never").await;
+    let after = store.snapshot().await.expect("snapshot");
+
+    let deleted = |snapshot, after_seq| async move {
+        let options =
+            ScanOptions { deleted: true, with_patients: true, ..ScanOptions::live(after_seq, 10) };
+        store.scan(snapshot, rt("Observation"), options).await.expect("scan")
+    };
+    let page = deleted(after, since).await;
+    let tombstones: Vec<(String, Option<Box<str>>)> =
+        page.resources.iter().map(|r| (r.id.to_string(), r.patients.clone())).collect();
+    assert_eq!(
+        tombstones,
+        [("o1".to_owned(), Some("p1".into()))],
+        "a tombstone keeps its compartment"
+    );
+    assert!(
+        deleted(before, 0).await.resources.is_empty(),
+        "no deletion as of the earlier snapshot"
+    );
+    let deleted_in_compartment = store
+        .scan_compartment(
+            after,
+            &id("p1"),
+            rt("Observation"),
+            ScanOptions { deleted: true, ..ScanOptions::live(0, 10) },
+        )
+        .await
+        .expect("scan");
+    assert_eq!(deleted_in_compartment.resources.len(), 1);
+
+    let changed =
+        store.scan(after, rt("Observation"), ScanOptions::live(since, 10)).await.expect("scan");
+    assert_eq!(changed.resources.iter().map(|r| r.id.to_string()).collect::<Vec<_>>(), ["o2"]);
+    let in_compartment = store
+        .scan(
+            before,
+            rt("Observation"),
+            ScanOptions { in_any_compartment: true, ..ScanOptions::live(0, 10) },
+        )
+        .await
+        .expect("scan");
+    assert_eq!(
+        in_compartment.resources.iter().map(|r| r.id.to_string()).collect::<Vec<_>>(),
+        ["o1"]
+    );
+
+    let ids = [id("o1"), id("o2"), id("nope")];
+    let mut old = store.read_many_at(before, rt("Observation"), &ids).await.expect("read");
+    old.sort_by_key(|r| r.id.to_string());
+    assert_eq!(
+        old.iter().map(|r| (r.id.to_string(), r.version)).collect::<Vec<_>>(),
+        [("o1".into(), 1), ("o2".into(), 1)]
+    );
+    let now = store.read_many_at(after, rt("Observation"), &ids).await.expect("read");
+    assert_eq!(
+        now.iter().map(|r| (r.id.to_string(), r.version)).collect::<Vec<_>>(),
+        [("o2".into(), 2)]
+    );
+}
+
+fn new_job(units: usize) -> NewJob {
+    NewJob {
+        id: JobId::new(),
+        requester: Some("client-a".into()),
+        request: "{}".into(),
+        plan: "{}".into(),
+        units: (0..units).map(|i| format!("{{\"unit\":{i}}}")).collect(),
+        request_time: Instant::now(),
+        snapshot: Snapshot { seq: 7, time: Instant::now() },
+    }
+}
+
+/// One runner at a time; a lost lease fences every write; an expired lease can be taken over.
+pub async fn leases_are_exclusive_and_fence_writes(jobs: Arc<dyn JobStore>) {
+    let jobs = jobs.as_ref();
+    let job = new_job(2);
+    let job_id = job.id.clone();
+    jobs.create(job, 10).await.expect("create");
+    let lease = Duration::from_secs(30);
+    let t0 = Instant::now();
+    let claimed =
+        jobs.claim("node-a/1", "node-a/", lease, t0).await.expect("claim").expect("a job");
+    assert_eq!((claimed.id.clone(), claimed.status), (job_id.clone(), JobStatus::InProgress));
+    assert!(jobs.claim("node-b/1", "node-b/", lease, t0).await.expect("claim").is_none(), "leased");
+    jobs.checkpoint(&job_id, "node-a/1", 0, "{\"c\":1}", false).await.expect("holder may write");
+    assert!(matches!(
+        jobs.checkpoint(&job_id, "node-b/1", 0, "{}", true).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    assert!(matches!(
+        jobs.renew(&job_id, "node-b/1", lease, t0).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+
+    // The same node restarted (new boot id) takes its job back at once.
+    let reclaimed =
+        jobs.claim("node-a/2", "node-a/", lease, t0).await.expect("claim").expect("reclaimed");
+    assert_eq!(reclaimed.id, job_id);
+    assert!(matches!(
+        jobs.set_progress(&job_id, "node-a/1", 5, "x").await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+
+    // Another node after expiry.
+    let later = Instant::from_micros(t0.as_micros() + 31_000_000);
+    let taken = jobs
+        .claim("node-b/1", "node-b/", lease, later)
+        .await
+        .expect("claim")
+        .expect("expired lease");
+    assert_eq!(taken.id, job_id);
+    assert!(matches!(
+        jobs.checkpoint(&job_id, "node-a/2", 1, "{}", true).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    let units = jobs.units(&job_id).await.expect("units");
+    assert_eq!(units.len(), 2);
+    assert_eq!((units[0].checkpoint.as_deref(), units[0].done), (Some("{\"c\":1}"), false));
+    jobs.set_progress(&job_id, "node-b/1", 50, "half").await.expect("progress");
+    let expires = Instant::from_micros(later.as_micros() + 1_000);
+    jobs.complete(&job_id, "node-b/1", "{\"m\":1}", later, expires).await.expect("complete");
+    let done = jobs.get(&job_id).await.expect("get");
+    assert_eq!(
+        (done.status, done.manifest.as_deref(), done.lease_owner),
+        (JobStatus::Completed, Some("{\"m\":1}"), None)
+    );
+    assert!(matches!(
+        jobs.fail(&job_id, "node-b/1", "x", later).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    assert!(
+        jobs.claim("node-c/1", "node-c/", lease, later).await.expect("claim").is_none(),
+        "finished jobs stay finished"
+    );
+}
+
+/// The queue limit, cancellation, and which files the sweeper deletes.
+pub async fn queue_limit_cancel_and_cleanup(jobs: Arc<dyn JobStore>) {
+    let jobs = jobs.as_ref();
+    let (a, b) = (new_job(1), new_job(1));
+    let (a_id, b_id) = (a.id.clone(), b.id.clone());
+    jobs.create(a, 2).await.expect("create");
+    jobs.create(b, 2).await.expect("create");
+    assert!(matches!(
+        jobs.create(new_job(1), 2).await,
+        Err(StoreError::TooManyJobs { active: 2, limit: 2 })
+    ));
+    let now = Instant::now();
+    let claimed =
+        jobs.claim("n/1", "n/", Duration::from_secs(30), now).await.expect("claim").expect("job");
+    assert_eq!(claimed.id, a_id, "oldest first");
+    let cancelled = jobs.cancel(&a_id, now).await.expect("cancel");
+    assert_eq!(cancelled.status, JobStatus::Cancelled);
+    assert!(matches!(
+        jobs.checkpoint(&a_id, "n/1", 0, "{}", true).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    assert!(matches!(jobs.cancel(&a_id, now).await, Err(StoreError::JobNotFound { .. })), "twice");
+    assert!(matches!(jobs.get(&JobId::new()).await, Err(StoreError::JobNotFound { .. })));
+    jobs.create(new_job(1), 2).await.expect("cancelling freed a place");
+    assert_eq!(jobs.files_to_delete(now, 10).await.expect("list"), std::slice::from_ref(&a_id));
+    jobs.mark_files_deleted(&a_id).await.expect("mark");
+    assert!(jobs.files_to_delete(now, 10).await.expect("list").is_empty());
+    let found = jobs
+        .search(&JobQuery { status: Some(JobStatus::Accepted), requester: None, limit: 10 })
+        .await
+        .expect("search");
+    assert_eq!(found.len(), 2);
+    assert!(found.iter().any(|j| j.id == b_id));
+    let mine = jobs
+        .search(&JobQuery { status: None, requester: Some("nobody".into()), limit: 10 })
+        .await
+        .expect("search");
+    assert!(mine.is_empty());
 }

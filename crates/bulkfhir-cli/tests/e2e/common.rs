@@ -1,7 +1,7 @@
 //! The test server and the shared data sets.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     sync::OnceLock,
 };
@@ -30,7 +30,31 @@ impl TestServer {
     }
 
     pub(crate) async fn start_full(server: ServerConfig, export: ExportConfig) -> Self {
+        Self::start_in(tempfile::tempdir().unwrap(), server, export).await
+    }
+
+    /// A server over `dataset`, loaded straight into the store first (what `bulkfhir load` does).
+    pub(crate) async fn start_loaded(dataset: &Dataset, export: ExportConfig) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
+        {
+            let store = bulkfhir_store_embedded::EmbeddedStore::open(data_dir.path()).unwrap();
+            let files =
+                bulkfhir_store::loader::collect_files(std::slice::from_ref(&dataset.dir)).unwrap();
+            let report =
+                bulkfhir_store::loader::load_files(&store, files, Default::default(), &|_| {})
+                    .await
+                    .unwrap();
+            assert_eq!(report.loaded as usize, dataset.count());
+            assert_eq!(report.n_rejected, 0);
+        }
+        Self::start_in(data_dir, ServerConfig::default(), export).await
+    }
+
+    pub(crate) async fn start_in(
+        data_dir: tempfile::TempDir,
+        server: ServerConfig,
+        export: ExportConfig,
+    ) -> Self {
         let data_path = data_dir.path().to_owned();
         let app = App::open(ServeOptions { data_dir: data_path.clone(), server, export }).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -216,13 +240,19 @@ pub(crate) struct BinaryServer {
 
 impl BinaryServer {
     pub(crate) async fn start(data_dir: &Path) -> Self {
-        let port = {
+        Self::start_with(data_dir, None, &[]).await
+    }
+
+    /// Starts `bulkfhir serve` on `port` (a free one when None) with extra flags.
+    pub(crate) async fn start_with(data_dir: &Path, port: Option<u16>, extra: &[&str]) -> Self {
+        let port = port.unwrap_or_else(|| {
             let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             probe.local_addr().unwrap().port()
-        };
+        });
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_bulkfhir"))
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
             .arg(data_dir)
+            .args(extra)
             .env("RUST_LOG", "warn")
             .spawn()
             .expect("start bulkfhir serve");
@@ -241,9 +271,95 @@ impl BinaryServer {
     }
 }
 
+impl BinaryServer {
+    pub(crate) fn port(&self) -> u16 {
+        self.base.trim_end_matches("/fhir").rsplit(':').next().and_then(|p| p.parse().ok()).unwrap()
+    }
+
+    /// SIGKILL: no shutdown, no flush, no lease release.
+    pub(crate) fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
 impl Drop for BinaryServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The Patient compartment paths of the types in these data sets, written out independently of
+/// the server's generated table (FHIR R4 CompartmentDefinition/patient and the R4
+/// SearchParameter expressions of each named parameter).
+pub(crate) const COMPARTMENT_PATHS: &[(&str, &[&str])] = &[
+    ("AllergyIntolerance", &["patient", "recorder", "asserter"]),
+    ("CarePlan", &["subject", "activity.detail.performer"]),
+    ("CareTeam", &["subject", "participant.member"]),
+    ("Claim", &["patient", "payee.party"]),
+    ("Condition", &["subject", "asserter"]),
+    ("DiagnosticReport", &["subject"]),
+    // bulkfhir extension (g10 expects implantable devices with the patient).
+    ("Device", &["patient"]),
+    ("Encounter", &["subject"]),
+    ("ExplanationOfBenefit", &["patient", "payee.party"]),
+    ("Group", &["member.entity"]),
+    ("ImagingStudy", &["subject"]),
+    ("Immunization", &["patient"]),
+    ("MedicationRequest", &["subject"]),
+    ("Observation", &["subject", "performer"]),
+    ("Patient", &["link.other"]),
+    ("Procedure", &["subject", "performer.actor"]),
+];
+
+pub(crate) fn references_at<'v>(value: &'v Value, path: &[&str], out: &mut Vec<&'v str>) {
+    match value {
+        Value::Array(items) => items.iter().for_each(|item| references_at(item, path, out)),
+        Value::Object(map) => match path.split_first() {
+            Some((first, rest)) => {
+                if let Some(child) = map.get(*first) {
+                    references_at(child, rest, out);
+                }
+            }
+            None => {
+                if let Some(reference) = map.get("reference").and_then(Value::as_str) {
+                    out.push(reference);
+                }
+            }
+        },
+        _ => {}
+    }
+}
+
+/// patient id → type → ids in that patient's compartment.
+pub(crate) fn expected_compartments(
+    dataset: &Dataset,
+) -> BTreeMap<String, BTreeMap<String, BTreeSet<String>>> {
+    let mut expected: BTreeMap<String, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
+    for patient_line in &dataset.lines["Patient"] {
+        let patient: Value = serde_json::from_str(patient_line).unwrap();
+        let id = patient["id"].as_str().unwrap().to_owned();
+        expected.entry(id.clone()).or_default().entry("Patient".into()).or_default().insert(id);
+    }
+    for (type_name, paths) in COMPARTMENT_PATHS {
+        for line in dataset.lines.get(*type_name).into_iter().flatten() {
+            let resource: Value = serde_json::from_str(line).unwrap();
+            let mut references = Vec::new();
+            for path in *paths {
+                references_at(&resource, &path.split('.').collect::<Vec<_>>(), &mut references);
+            }
+            for reference in references {
+                if let Some(patient_id) = reference.strip_prefix("Patient/") {
+                    expected
+                        .entry(patient_id.to_owned())
+                        .or_default()
+                        .entry((*type_name).to_owned())
+                        .or_default()
+                        .insert(resource["id"].as_str().unwrap().to_owned());
+                }
+            }
+        }
+    }
+    expected
 }

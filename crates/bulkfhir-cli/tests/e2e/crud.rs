@@ -24,6 +24,22 @@ async fn metadata_describes_a_fhir_r4_server() {
         .collect();
     assert!(codes.contains(&"vread") && codes.contains(&"history-instance"));
     assert_eq!(body["rest"][0]["interaction"], json!([{"code": "transaction"}, {"code": "batch"}]));
+    assert_eq!(
+        body["rest"][0]["operation"][0]["definition"],
+        "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"
+    );
+    assert_eq!(
+        patient["operation"][0]["definition"],
+        "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"
+    );
+    let group = resources.iter().find(|r| r["type"] == "Group").unwrap();
+    let names: Vec<&str> = group["operation"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["export", "group-export"]);
 }
 
 #[tokio::test]

@@ -6,5 +6,7 @@
 mod bad_input;
 mod bundles;
 mod common;
+mod crash;
 mod crud;
+mod export;
 mod real_data;

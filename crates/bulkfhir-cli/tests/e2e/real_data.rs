@@ -7,81 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::common::{BinaryServer, Dataset, TestServer, medium, small};
-
-/// The Patient compartment paths of the types in these data sets, written out independently of
-/// the server's generated table (FHIR R4 CompartmentDefinition/patient and the R4
-/// SearchParameter expressions of each named parameter).
-const COMPARTMENT_PATHS: &[(&str, &[&str])] = &[
-    ("AllergyIntolerance", &["patient", "recorder", "asserter"]),
-    ("CarePlan", &["subject", "activity.detail.performer"]),
-    ("CareTeam", &["subject", "participant.member"]),
-    ("Claim", &["patient", "payee.party"]),
-    ("Condition", &["subject", "asserter"]),
-    ("DiagnosticReport", &["subject"]),
-    // bulkfhir extension (g10 expects implantable devices with the patient).
-    ("Device", &["patient"]),
-    ("Encounter", &["subject"]),
-    ("ExplanationOfBenefit", &["patient", "payee.party"]),
-    ("Group", &["member.entity"]),
-    ("ImagingStudy", &["subject"]),
-    ("Immunization", &["patient"]),
-    ("MedicationRequest", &["subject"]),
-    ("Observation", &["subject", "performer"]),
-    ("Patient", &["link.other"]),
-    ("Procedure", &["subject", "performer.actor"]),
-];
-
-fn references_at<'v>(value: &'v Value, path: &[&str], out: &mut Vec<&'v str>) {
-    match value {
-        Value::Array(items) => items.iter().for_each(|item| references_at(item, path, out)),
-        Value::Object(map) => match path.split_first() {
-            Some((first, rest)) => {
-                if let Some(child) = map.get(*first) {
-                    references_at(child, rest, out);
-                }
-            }
-            None => {
-                if let Some(reference) = map.get("reference").and_then(Value::as_str) {
-                    out.push(reference);
-                }
-            }
-        },
-        _ => {}
-    }
-}
-
-/// patient id → type → ids in that patient's compartment.
-fn expected_compartments(
-    dataset: &Dataset,
-) -> BTreeMap<String, BTreeMap<String, BTreeSet<String>>> {
-    let mut expected: BTreeMap<String, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
-    for patient_line in &dataset.lines["Patient"] {
-        let patient: Value = serde_json::from_str(patient_line).unwrap();
-        let id = patient["id"].as_str().unwrap().to_owned();
-        expected.entry(id.clone()).or_default().entry("Patient".into()).or_default().insert(id);
-    }
-    for (type_name, paths) in COMPARTMENT_PATHS {
-        for line in dataset.lines.get(*type_name).into_iter().flatten() {
-            let resource: Value = serde_json::from_str(line).unwrap();
-            let mut references = Vec::new();
-            for path in *paths {
-                references_at(&resource, &path.split('.').collect::<Vec<_>>(), &mut references);
-            }
-            for reference in references {
-                if let Some(patient_id) = reference.strip_prefix("Patient/") {
-                    expected
-                        .entry(patient_id.to_owned())
-                        .or_default()
-                        .entry((*type_name).to_owned())
-                        .or_default()
-                        .insert(resource["id"].as_str().unwrap().to_owned());
-                }
-            }
-        }
-    }
-    expected
-}
+use crate::common::{
+    BinaryServer, COMPARTMENT_PATHS, Dataset, TestServer, expected_compartments, medium, small,
+};
 
 /// The stored text without the `meta` the server added: must equal the loaded line.
 fn without_stamped_meta(stored: &str) -> String {

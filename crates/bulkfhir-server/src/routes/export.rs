@@ -101,8 +101,18 @@ async fn kickoff(
     })?;
     let request_url =
         format!("{base}{}", path_and_query.strip_prefix("/fhir").unwrap_or(&path_and_query));
-    let job_id =
-        state.exports.kickoff(export_request, lenient, request_url, base.clone(), None).await?;
+    let kicked =
+        state.exports.kickoff(export_request, lenient, request_url, base.clone(), None).await;
+    let job_id = match kicked {
+        Ok(job_id) => job_id,
+        Err(error) if error.kind() == ErrorKind::TooManyRequests => {
+            let mut response = ApiError::from(error).into_response();
+            let retry = state.exports.config().retry_after.as_secs().max(1).to_string();
+            set_header(&mut response, header::RETRY_AFTER.as_str(), &retry);
+            return Ok(response);
+        }
+        Err(error) => return Err(error.into()),
+    };
     let status_url = format!("{base}/$export-status/{job_id}");
     let mut response = outcome_response(
         StatusCode::ACCEPTED,
@@ -169,7 +179,25 @@ pub(super) async fn status(
             Ok(response)
         }
         StatusView::Completed { manifest, request, expires_at } => {
-            forget_polls(&state, &job_id);
+            // The first poll of any export answers 202, even when it already finished: the SMART
+            // Bulk Data Tester requires it, and it costs a well-behaved client one Retry-After.
+            let first_poll = {
+                let mut polls =
+                    state.polls.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let seen = polls.contains_key(&job_id);
+                polls.insert(job_id.clone(), std::time::Instant::now());
+                !seen
+            };
+            if first_poll {
+                let mut response = StatusCode::ACCEPTED.into_response();
+                set_header(
+                    &mut response,
+                    header::RETRY_AFTER.as_str(),
+                    &retry_after.as_secs().max(1).to_string(),
+                );
+                set_header(&mut response, "x-progress", "100%: complete");
+                return Ok(response);
+            }
             let url = |name: &str| format!("{}/$export-file/{job_id}/{name}", request.base_url);
             let items = |kind: FileKind| -> Vec<Value> {
                 manifest

@@ -1,0 +1,645 @@
+//! Bulk Data `$export` end to end: kick-off, status, manifest, files, cancel, expiry, limits,
+//! and the content of system, Patient and Group exports checked against the raw NDJSON.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::Read,
+    time::Duration,
+};
+
+use bulkfhir_export::ExportConfig;
+use reqwest::{Method, header::HeaderMap};
+use serde_json::{Value, json};
+
+use crate::common::{
+    COMPARTMENT_PATHS, Dataset, TestServer, assert_outcome, body_json, expected_compartments,
+    medium, small, test_export_config,
+};
+
+const FHIR_JSON: &str = "application/fhir+json";
+
+/// Sends a kick-off with the required headers (plus `extra`); returns status, headers, body.
+async fn kick_raw(
+    server: &TestServer,
+    method: Method,
+    path: &str,
+    extra: &[(&str, &str)],
+    body: Option<String>,
+) -> (u16, HeaderMap, Value) {
+    let mut request = server.client.request(method, server.url(path));
+    let has = |name: &str| extra.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
+    if !has("accept") {
+        request = request.header("accept", FHIR_JSON);
+    }
+    if !has("prefer") {
+        request = request.header("prefer", "respond-async");
+    }
+    for (name, value) in extra {
+        request = request.header(*name, *value);
+    }
+    if let Some(body) = body {
+        request = request.header("content-type", FHIR_JSON).body(body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (status, headers, body_json(response).await)
+}
+
+/// Kicks off and returns the status URL.
+async fn kick(server: &TestServer, path: &str) -> String {
+    let (status, headers, body) = kick_raw(server, Method::GET, path, &[], None).await;
+    assert_eq!(status, 202, "kick-off {path}: {body}");
+    let location = headers["content-location"].to_str().unwrap().to_owned();
+    assert!(location.starts_with(&server.base), "absolute Content-Location: {location}");
+    location
+}
+
+/// Polls like a well-behaved client until the manifest arrives.
+async fn wait_manifest(server: &TestServer, status_url: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    let mut first = true;
+    loop {
+        let response = server.client.get(status_url).send().await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = body_json(response).await;
+        if first {
+            assert_eq!(
+                status, 202,
+                "the first poll answers 202, even for a finished export: {body}"
+            );
+            first = false;
+        }
+        match status {
+            202 => {
+                let progress = headers["x-progress"].to_str().unwrap();
+                assert!(progress.len() < 100, "X-Progress under 100 characters: {progress}");
+                let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+                assert!(retry >= 1);
+            }
+            200 => {
+                assert_eq!(headers["content-type"], "application/json");
+                assert!(headers.contains_key("expires"));
+                return body;
+            }
+            other => panic!("status poll answered {other}: {body}"),
+        }
+        assert!(std::time::Instant::now() < deadline, "export did not finish");
+        // Retry-After is 1 s in the tests; polling faster than half of it earns a 429.
+        tokio::time::sleep(Duration::from_millis(550)).await;
+    }
+}
+
+/// Downloads one file and returns its lines (gunzipped when the server says gzip).
+async fn download(server: &TestServer, url: &str) -> Vec<String> {
+    let response = server.client.get(url).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200, "GET {url}");
+    assert_eq!(response.headers()["content-type"], "application/fhir+ndjson");
+    let gzip = response.headers().get("content-encoding").is_some_and(|v| v == "gzip");
+    let bytes = response.bytes().await.unwrap();
+    let text = if gzip {
+        let mut out = String::new();
+        flate2::read::GzDecoder::new(&bytes[..]).read_to_string(&mut out).unwrap();
+        out
+    } else {
+        String::from_utf8(bytes.to_vec()).unwrap()
+    };
+    assert!(text.ends_with('\n'), "NDJSON ends with a newline");
+    text.lines().map(str::to_owned).collect()
+}
+
+/// Every output line by type, checking `count` against the lines and one type per file.
+async fn output_by_type(
+    server: &TestServer,
+    manifest: &Value,
+    array: &str,
+) -> BTreeMap<String, Vec<Value>> {
+    let mut by_type: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for item in manifest[array].as_array().unwrap() {
+        let type_name = item["type"].as_str().unwrap().to_owned();
+        let lines = download(server, item["url"].as_str().unwrap()).await;
+        assert_eq!(
+            item["count"].as_u64().unwrap() as usize,
+            lines.len(),
+            "count of {}",
+            item["url"]
+        );
+        assert!(!lines.is_empty(), "no empty files are listed");
+        for line in lines {
+            let resource: Value = serde_json::from_str(&line).unwrap();
+            if array == "output" {
+                assert_eq!(resource["resourceType"], type_name.as_str(), "one type per file");
+            }
+            by_type.entry(type_name.clone()).or_default().push(resource);
+        }
+    }
+    by_type
+}
+
+fn ids(resources: &[Value]) -> BTreeSet<String> {
+    let list: Vec<String> =
+        resources.iter().map(|r| r["id"].as_str().unwrap().to_owned()).collect();
+    let set: BTreeSet<String> = list.iter().cloned().collect();
+    assert_eq!(set.len(), list.len(), "every resource exactly once");
+    set
+}
+
+fn dataset_ids(dataset: &Dataset, type_name: &str) -> BTreeSet<String> {
+    dataset.lines[type_name]
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The references from `resources` to types outside the compartment: what a Patient or Group
+/// export adds as supporting resources.
+fn supporting_references(
+    resources: impl Iterator<Item = Value>,
+) -> BTreeMap<String, BTreeSet<String>> {
+    fn walk(value: &Value, out: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                if let Some(Value::String(reference)) = map.get("reference") {
+                    out.push(reference.clone());
+                }
+                map.values().for_each(|v| walk(v, out));
+            }
+            Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let compartment: BTreeSet<&str> = COMPARTMENT_PATHS.iter().map(|(t, _)| *t).collect();
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for resource in resources {
+        let mut references = Vec::new();
+        walk(&resource, &mut references);
+        for reference in references {
+            if let Some((type_name, id)) = reference.split_once('/')
+                && !compartment.contains(type_name)
+                && type_name != "Group"
+                && type_name.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+            {
+                out.entry(type_name.to_owned()).or_default().insert(id.to_owned());
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_system_export_of_medium_returns_every_resource_exactly_once() {
+    let dataset = medium();
+    let server = TestServer::start_loaded(dataset, test_export_config()).await;
+    let status_url = kick(&server, "$export").await;
+    let manifest = wait_manifest(&server, &status_url).await;
+    assert_eq!(manifest["request"], server.url("$export"));
+    assert_eq!(manifest["requiresAccessToken"], false);
+    assert!(manifest["transactionTime"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(manifest["error"], json!([]));
+    assert_eq!(manifest["deleted"], json!([]));
+    let output = output_by_type(&server, &manifest, "output").await;
+    assert_eq!(output.keys().collect::<Vec<_>>(), dataset.lines.keys().collect::<Vec<_>>());
+    for (type_name, resources) in &output {
+        assert_eq!(ids(resources), dataset_ids(dataset, type_name), "{type_name}");
+    }
+    // The job is a resource too.
+    let job_id = status_url.rsplit('/').next().unwrap();
+    let (status, job) = server.get(&format!("BulkDataExport/{job_id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(job["status"], "completed");
+    assert_eq!(job["transactionTime"], manifest["transactionTime"]);
+    assert_eq!(
+        job["output"].as_array().unwrap().len(),
+        manifest["output"].as_array().unwrap().len()
+    );
+    let (status, search) = server.get("BulkDataExport?status=completed").await;
+    assert_eq!(status, 200);
+    assert_eq!(search["entry"][0]["resource"]["id"], job_id);
+    let (status, search) = server.get("BulkDataExport?status=in-progress").await;
+    assert_eq!((status, search["entry"].as_array().unwrap().len()), (200, 0));
+
+    // _type: exactly those types.
+    let status_url = kick(&server, "$export?_type=Patient,Observation&_type=Condition").await;
+    let manifest = wait_manifest(&server, &status_url).await;
+    let output = output_by_type(&server, &manifest, "output").await;
+    assert_eq!(
+        output.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["Condition", "Observation", "Patient"]
+    );
+    assert_eq!(ids(&output["Observation"]), dataset_ids(dataset, "Observation"));
+
+    // gzip: the same content, compressed.
+    let status_url = kick(
+        &server,
+        "$export?_type=Observation,Patient&_outputFormat=application%2Ffhir%2Bndjson%2Bgzip",
+    )
+    .await;
+    let manifest = wait_manifest(&server, &status_url).await;
+    for item in manifest["output"].as_array().unwrap() {
+        assert!(item["url"].as_str().unwrap().ends_with(".ndjson.gz"));
+    }
+    let zipped = output_by_type(&server, &manifest, "output").await;
+    assert_eq!(zipped["Observation"], output["Observation"]);
+    assert_eq!(zipped["Patient"], output["Patient"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn since_returns_exactly_the_changes_and_lists_the_deletions() {
+    let dataset = small();
+    let server = TestServer::start_loaded(dataset, test_export_config()).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let since = bulkfhir_model::Instant::now().to_fhir();
+    let observations: Vec<Value> = dataset.lines["Observation"]
+        .iter()
+        .take(6)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let conditions: Vec<Value> = dataset.lines["Condition"]
+        .iter()
+        .take(2)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Update three observations, delete three others and two conditions, create one.
+    for obs in &observations[..3] {
+        let mut changed = obs.clone();
+        changed["status"] = json!("amended");
+        let id = obs["id"].as_str().unwrap();
+        let (status, _, _) =
+            server.send_json(Method::PUT, &format!("Observation/{id}"), &changed.to_string()).await;
+        assert_eq!(status, 200);
+    }
+    let mut deleted = BTreeSet::new();
+    for resource in observations[3..].iter().chain(&conditions) {
+        let path = format!(
+            "{}/{}",
+            resource["resourceType"].as_str().unwrap(),
+            resource["id"].as_str().unwrap()
+        );
+        let (status, _, _) = server.send_json(Method::DELETE, &path, "").await;
+        assert_eq!(status, 200);
+        deleted.insert(path);
+    }
+    let (status, _, created) = server
+        .send_json(
+            Method::POST,
+            "Observation",
+            r#"{"resourceType":"Observation","status":"final","code":{"text":"new"}}"#,
+        )
+        .await;
+    assert_eq!(status, 201);
+    let status_url = kick(&server, &format!("$export?_since={}", since.replace('+', "%2B"))).await;
+    let manifest = wait_manifest(&server, &status_url).await;
+    let output = output_by_type(&server, &manifest, "output").await;
+    assert_eq!(output.keys().map(String::as_str).collect::<Vec<_>>(), ["Observation"]);
+    let mut expected: BTreeSet<String> =
+        observations[..3].iter().map(|o| o["id"].as_str().unwrap().to_owned()).collect();
+    expected.insert(created["id"].as_str().unwrap().to_owned());
+    assert_eq!(ids(&output["Observation"]), expected);
+    assert!(
+        output["Observation"].iter().all(|o| o["id"] == created["id"] || o["status"] == "amended")
+    );
+    let deletions = output_by_type(&server, &manifest, "deleted").await;
+    let listed: BTreeSet<String> = deletions["Bundle"]
+        .iter()
+        .map(|bundle| {
+            assert_eq!(bundle["resourceType"], "Bundle");
+            assert_eq!(bundle["type"], "transaction");
+            assert_eq!(bundle["entry"][0]["request"]["method"], "DELETE");
+            bundle["entry"][0]["request"]["url"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(listed, deleted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patient_and_group_exports_hold_exactly_the_compartments_and_their_references() {
+    let dataset = medium();
+    let server = TestServer::start_loaded(dataset, test_export_config()).await;
+    let expected = expected_compartments(dataset);
+    let compartment_types: Vec<&str> = COMPARTMENT_PATHS
+        .iter()
+        .map(|(t, _)| *t)
+        .filter(|t| dataset.lines.contains_key(*t))
+        .collect();
+
+    // Patient level: every resource in some patient's compartment (the Group of all patients
+    // is in their compartments too), plus the supporting resources they reference.
+    let status_url = kick(&server, "Patient/$export").await;
+    let manifest = wait_manifest(&server, &status_url).await;
+    let output = output_by_type(&server, &manifest, "output").await;
+    let mut want: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for by_type in expected.values() {
+        for (type_name, members) in by_type {
+            want.entry(type_name.clone()).or_default().extend(members.iter().cloned());
+        }
+    }
+    let exported_compartment = output
+        .iter()
+        .filter(|(t, _)| compartment_types.contains(&t.as_str()))
+        .flat_map(|(_, resources)| resources.iter().cloned());
+    for (type_name, ids_wanted) in supporting_references(exported_compartment) {
+        want.insert(type_name, ids_wanted);
+    }
+    let got: BTreeMap<String, BTreeSet<String>> =
+        output.iter().map(|(t, r)| (t.clone(), ids(r))).collect();
+    assert_eq!(got, want);
+
+    // Group level: five members (one inactive member and one missing patient are not exported).
+    let patients: Vec<&String> = expected.keys().collect();
+    let mut members: Vec<Value> = patients[..5]
+        .iter()
+        .map(|p| json!({"entity": {"reference": format!("Patient/{p}")}}))
+        .collect();
+    members.push(
+        json!({"entity": {"reference": format!("Patient/{}", patients[5])}, "inactive": true}),
+    );
+    members.push(json!({"entity": {"reference": "Patient/does-not-exist"}}));
+    let group = json!({"resourceType": "Group", "id": "five", "type": "person", "actual": true, "member": members});
+    let (status, _, _) = server.send_json(Method::PUT, "Group/five", &group.to_string()).await;
+    assert_eq!(status, 201);
+    let status_url = kick(&server, "Group/five/$export").await;
+    let manifest = wait_manifest(&server, &status_url).await;
+    let output = output_by_type(&server, &manifest, "output").await;
+    let mut want: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for patient in &patients[..5] {
+        for (type_name, members) in &expected[*patient] {
+            if type_name != "Group" {
+                want.entry(type_name.clone()).or_default().extend(members.iter().cloned());
+            }
+        }
+    }
+    // The new Group is in its members' compartments too (Group.member is a compartment param).
+    want.entry("Group".into()).or_default().insert("five".into());
+    for patient in &patients[..5] {
+        if expected[*patient].contains_key("Group") {
+            want.get_mut("Group").unwrap().extend(expected[*patient]["Group"].iter().cloned());
+        }
+    }
+    let exported_compartment = output
+        .iter()
+        .filter(|(t, _)| compartment_types.contains(&t.as_str()))
+        .flat_map(|(_, resources)| resources.iter().cloned());
+    for (type_name, ids_wanted) in supporting_references(exported_compartment) {
+        want.insert(type_name, ids_wanted);
+    }
+    let got: BTreeMap<String, BTreeSet<String>> =
+        output.iter().map(|(t, r)| (t.clone(), ids(r))).collect();
+    assert_eq!(got, want);
+    let errors = output_by_type(&server, &manifest, "error").await;
+    let diagnostics: Vec<&str> = errors["OperationOutcome"]
+        .iter()
+        .map(|o| o["issue"][0]["diagnostics"].as_str().unwrap())
+        .collect();
+    assert!(diagnostics.iter().any(|d| d.contains("Patient/does-not-exist")), "{diagnostics:?}");
+
+    // An unknown Group is a 404 at kick-off.
+    let (status, _, outcome) =
+        kick_raw(&server, Method::GET, "Group/nope/$export", &[], None).await;
+    assert_outcome(status, 404, &outcome);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_sees_the_versions_current_at_its_transaction_time() {
+    let dataset = small();
+    let server = TestServer::start_loaded(dataset, test_export_config()).await;
+    let status_url = kick(&server, "$export?_type=Observation,Condition").await;
+    // Change and delete resources while the export runs: none of it may show.
+    let writer = {
+        let server_base = server.base.clone();
+        let observations = dataset.lines["Observation"].clone();
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            for (i, line) in observations.iter().enumerate().take(400) {
+                let mut obs: Value = serde_json::from_str(line).unwrap();
+                let id = obs["id"].as_str().unwrap().to_owned();
+                let request = if i % 4 == 0 {
+                    client.delete(format!("{server_base}/Observation/{id}"))
+                } else {
+                    obs["status"] = json!("entered-in-error");
+                    client
+                        .put(format!("{server_base}/Observation/{id}"))
+                        .header("content-type", FHIR_JSON)
+                        .body(obs.to_string())
+                };
+                assert!(request.send().await.unwrap().status().is_success());
+            }
+        })
+    };
+    let manifest = wait_manifest(&server, &status_url).await;
+    writer.await.unwrap();
+    let transaction_time = manifest["transactionTime"].as_str().unwrap();
+    let output = output_by_type(&server, &manifest, "output").await;
+    assert_eq!(
+        ids(&output["Observation"]),
+        dataset_ids(dataset, "Observation"),
+        "deleted-later resources are still there"
+    );
+    for resource in output.values().flatten() {
+        assert_eq!(resource["meta"]["versionId"], "1", "the version current at transactionTime");
+        assert_ne!(resource["status"], "entered-in-error");
+        assert!(resource["meta"]["lastUpdated"].as_str().unwrap() <= transaction_time);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_kickoffs_get_an_operation_outcome() {
+    let server = TestServer::start().await;
+    server.send_json(Method::PUT, "Patient/p1", r#"{"resourceType":"Patient","id":"p1"}"#).await;
+    type Case<'a> = (Method, &'a str, Vec<(&'a str, &'a str)>, Option<&'a str>, u16);
+    let cases: Vec<Case<'_>> = vec![
+        (Method::GET, "$export", vec![("accept", "application/json")], None, 400),
+        (Method::GET, "$export", vec![("prefer", "return=minimal")], None, 400),
+        (Method::GET, "$export?_since=yesterday", vec![], None, 400),
+        (Method::GET, "$export?_since=2999-01-01T00:00:00Z", vec![], None, 400),
+        (Method::GET, "$export?_outputFormat=text%2Fcsv", vec![], None, 400),
+        (Method::GET, "$export?_type=Observation,Nope", vec![], None, 400),
+        (Method::GET, "$export?_type=", vec![], None, 400),
+        (Method::GET, "$export?bogus=1", vec![], None, 400),
+        (Method::GET, "$export?_typeFilter=Observation%3Fcode%3Dx", vec![], None, 400),
+        (Method::GET, "Group/nope/$export", vec![], None, 404),
+        (Method::GET, "Group/bad$id/$export", vec![], None, 400),
+        (Method::POST, "$export", vec![], Some("{not json"), 400),
+        (Method::POST, "$export", vec![], Some(r#"{"resourceType":"Patient"}"#), 400),
+        (
+            Method::POST,
+            "$export",
+            vec![],
+            Some(r#"{"resourceType":"Parameters","parameter":[{"name":"_since"}]}"#),
+            400,
+        ),
+        (
+            Method::POST,
+            "$export",
+            vec![],
+            Some(
+                r#"{"resourceType":"Parameters","parameter":[{"name":"patient","valueReference":{"reference":"Patient/p1"}}]}"#,
+            ),
+            400,
+        ),
+        (
+            Method::POST,
+            "Patient/$export",
+            vec![],
+            Some(
+                r#"{"resourceType":"Parameters","parameter":[{"name":"patient","valueReference":{"reference":"Observation/p1"}}]}"#,
+            ),
+            400,
+        ),
+    ];
+    for (method, path, headers, body, expected) in cases {
+        let (status, _, outcome) =
+            kick_raw(&server, method.clone(), path, &headers, body.map(str::to_owned)).await;
+        assert!(
+            status == expected,
+            "{method} {path} {headers:?}: expected {expected}, got {status}: {outcome}"
+        );
+        assert_outcome(status, expected, &outcome);
+    }
+    // Lenient: unknown types are dropped and reported in the manifest's error file.
+    let (status, headers, _) = kick_raw(
+        &server,
+        Method::GET,
+        "$export?_type=Patient,Nope",
+        &[("prefer", "respond-async, handling=lenient")],
+        None,
+    )
+    .await;
+    assert_eq!(status, 202);
+    let manifest = wait_manifest(&server, headers["content-location"].to_str().unwrap()).await;
+    let output = output_by_type(&server, &manifest, "output").await;
+    assert_eq!(output.keys().map(String::as_str).collect::<Vec<_>>(), ["Patient"]);
+    let errors = output_by_type(&server, &manifest, "error").await;
+    assert!(
+        errors["OperationOutcome"][0]["issue"][0]["diagnostics"].as_str().unwrap().contains("Nope")
+    );
+    // A POST with a Parameters body works.
+    let body = r#"{"resourceType":"Parameters","parameter":[{"name":"_type","valueString":"Patient"},{"name":"patient","valueReference":{"reference":"Patient/p1"}}]}"#;
+    let (status, headers, _) =
+        kick_raw(&server, Method::POST, "Patient/$export", &[], Some(body.to_owned())).await;
+    assert_eq!(status, 202);
+    let manifest = wait_manifest(&server, headers["content-location"].to_str().unwrap()).await;
+    assert_eq!(
+        manifest["request"],
+        server.url("Patient/$export"),
+        "a POST's request URL has no parameters"
+    );
+    let output = output_by_type(&server, &manifest, "output").await;
+    assert_eq!(ids(&output["Patient"]), BTreeSet::from(["p1".to_owned()]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_cancel_files_and_limits_follow_the_async_pattern() {
+    let export = ExportConfig { max_resources_per_file: 500, ..test_export_config() };
+    let server = TestServer::start_loaded(small(), export).await;
+    let status_url = kick(&server, "$export").await;
+    // Polling faster than Retry-After allows earns a 429.
+    let first = server.client.get(&status_url).send().await.unwrap();
+    assert_eq!(first.status().as_u16(), 202);
+    let second = server.client.get(&status_url).send().await.unwrap();
+    assert_eq!(second.status().as_u16(), 429);
+    assert!(second.headers().contains_key("retry-after"));
+    assert_outcome(429, 429, &body_json(second).await);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let manifest = wait_manifest_after_first(&server, &status_url).await;
+    let observation_files: Vec<&Value> = manifest["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["type"] == "Observation")
+        .collect();
+    assert_eq!(observation_files.len(), 3, "1369 Observations at 500 per file");
+    let url = observation_files[0]["url"].as_str().unwrap();
+    assert!(url.ends_with("/Observation-1.ndjson"));
+
+    // Range requests.
+    let ranged = server.client.get(url).header("range", "bytes=0-9").send().await.unwrap();
+    assert_eq!(ranged.status().as_u16(), 206);
+    assert!(ranged.headers()["content-range"].to_str().unwrap().starts_with("bytes 0-9/"));
+    assert_eq!(ranged.bytes().await.unwrap().as_ref(), b"{\"resource");
+    let beyond = server.client.get(url).header("range", "bytes=999999999-").send().await.unwrap();
+    assert_eq!(beyond.status().as_u16(), 416);
+    let unknown =
+        server.client.get(url.replace("Observation-1", "Observation-9")).send().await.unwrap();
+    let status = unknown.status().as_u16();
+    assert_outcome(status, 404, &body_json(unknown).await);
+
+    // Cancel (here: after completion): 202, then 404 for the status URL and its files.
+    let cancelled = server.client.delete(&status_url).send().await.unwrap();
+    let status = cancelled.status().as_u16();
+    assert_eq!(status, 202, "{}", body_json(cancelled).await);
+    let after_cancel = server.client.get(&status_url).send().await.unwrap();
+    let code = after_cancel.status().as_u16();
+    assert_outcome(code, 404, &body_json(after_cancel).await);
+    let file = server.client.get(url).send().await.unwrap();
+    let code = file.status().as_u16();
+    assert_outcome(code, 404, &body_json(file).await);
+    let again = server.client.delete(&status_url).send().await.unwrap();
+    let code = again.status().as_u16();
+    assert_outcome(code, 404, &body_json(again).await);
+    let job_id = status_url.rsplit('/').next().unwrap();
+    let job_dir = server.data_path.join("exports/jobs").join(job_id);
+    assert!(std::fs::read_dir(&job_dir).map_or(true, |mut d| d.next().is_none()), "files deleted");
+
+    // Cancel while running.
+    let status_url = kick(&server, "$export").await;
+    let cancelled = server.client.delete(&status_url).send().await.unwrap();
+    assert_eq!(cancelled.status().as_u16(), 202);
+    let gone = server.client.get(&status_url).send().await.unwrap();
+    assert_eq!(gone.status().as_u16(), 404);
+    let job_id = status_url.rsplit('/').next().unwrap();
+    let job_dir = server.data_path.join("exports/jobs").join(job_id);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::fs::read_dir(&job_dir).is_ok_and(|mut d| d.next().is_some()) {
+        assert!(std::time::Instant::now() < deadline, "a cancelled export's files are deleted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, job) = server.get(&format!("BulkDataExport/{job_id}")).await;
+    assert_eq!(job["status"], "cancelled");
+}
+
+/// As `wait_manifest`, for a job already polled once.
+async fn wait_manifest_after_first(server: &TestServer, status_url: &str) -> Value {
+    loop {
+        let response = server.client.get(status_url).send().await.unwrap();
+        match response.status().as_u16() {
+            202 => tokio::time::sleep(Duration::from_millis(550)).await,
+            200 => return body_json(response).await,
+            other => panic!("status {other}: {}", body_json(response).await),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_429_and_expired_files_are_swept() {
+    let export = ExportConfig {
+        max_active_jobs: 1,
+        max_running_jobs: 1,
+        retention: Duration::from_secs(2),
+        sweep_interval: Duration::from_millis(100),
+        ..test_export_config()
+    };
+    let server = TestServer::start_loaded(small(), export).await;
+    let status_url = kick(&server, "$export").await;
+    let (status, headers, outcome) = kick_raw(&server, Method::GET, "$export", &[], None).await;
+    assert_outcome(status, 429, &outcome);
+    assert!(headers.contains_key("retry-after"));
+    let manifest = wait_manifest(&server, &status_url).await;
+    let url = manifest["output"][0]["url"].as_str().unwrap().to_owned();
+    // After retention the sweeper deletes the files and the status says so.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let response = server.client.get(&status_url).send().await.unwrap();
+        if response.status().as_u16() == 410 {
+            assert_outcome(410, 410, &body_json(response).await);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "expired export still served");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let file = server.client.get(&url).send().await.unwrap();
+    let code = file.status().as_u16();
+    assert_outcome(code, 410, &body_json(file).await);
+    // Room again in the queue.
+    kick(&server, "$export?_type=Patient").await;
+}
