@@ -22,6 +22,13 @@ pub struct StoredRequest {
     pub request_url: String,
     /// The FHIR base URL the kick-off came to; file and status URLs are built on it.
     pub base_url: String,
+    /// `_until`, as a FHIR instant (v3).
+    #[serde(default)]
+    pub until: Option<String>,
+    /// The client asked for `Prefer: separate-export-status` (v3): status answers are 200 with
+    /// the job's state in `X-Export-Status`.
+    #[serde(default)]
+    pub separate_status: bool,
 }
 
 /// What a job does, fixed at kick-off.

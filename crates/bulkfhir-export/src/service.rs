@@ -12,7 +12,7 @@ use bulkfhir_model::{
 };
 use bulkfhir_output::{OutputError, OutputKey, OutputStore};
 use bulkfhir_store::{
-    JobId, JobQuery, JobRecord, JobStatus, JobStore, NewJob, ResourceStore, StoreError,
+    JobId, JobQuery, JobRecord, JobStatus, JobStore, NewJob, ResourceStore, Snapshot, StoreError,
 };
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -141,6 +141,30 @@ impl std::fmt::Debug for FileDownload {
     }
 }
 
+/// How a kick-off arrived, beside its parameters.
+#[derive(Debug, Clone, Default)]
+pub struct KickoffContext {
+    /// `Prefer: handling=lenient`.
+    pub lenient: bool,
+    /// `Prefer: separate-export-status` (v3).
+    pub separate_status: bool,
+    /// The kick-off URL exactly as received.
+    pub request_url: String,
+    /// The FHIR base URL.
+    pub base_url: String,
+    /// The authenticated client, if any.
+    pub requester: Option<String>,
+}
+
+/// A status answer: the job's state and how the client asked to receive it.
+#[derive(Debug)]
+pub struct StatusReport {
+    /// The state.
+    pub view: StatusView,
+    /// Answer with 200 and `X-Export-Status` (v3 `separate-export-status`).
+    pub separate_status: bool,
+}
+
 /// The export service.
 #[derive(Debug, Clone)]
 pub struct ExportService {
@@ -184,18 +208,23 @@ impl ExportService {
     }
 
     /// Accepts an export: takes the snapshot (its time is `transactionTime`), plans the work, and
-    /// queues the job. `request_url` is the kick-off URL as received; `base_url` the FHIR base.
+    /// queues the job.
+    ///
+    /// With `_until` in the past, the export reads the store as of `_until` instead: every
+    /// resource in the version current at that instant, and `transactionTime` is `_until`.
     pub async fn kickoff(
         &self,
         mut request: ExportRequest,
-        lenient: bool,
-        request_url: String,
-        base_url: String,
-        requester: Option<String>,
+        context: KickoffContext,
     ) -> Result<JobId, ExportError> {
-        refuse_unsupported(&mut request, lenient)?;
+        refuse_unsupported(&mut request, context.lenient)?;
         let shared = &self.shared;
-        let snapshot = shared.store.snapshot().await?;
+        let mut snapshot = shared.store.snapshot().await?;
+        if let Some(until) = request.until
+            && until < snapshot.time
+        {
+            snapshot = Snapshot { seq: shared.store.seq_at(until).await?, time: until };
+        }
         let (plan, units) = plan(shared.store.as_ref(), &request, snapshot).await?;
         let (level, group_id) = match &request.level {
             ExportLevel::System => ("system", None),
@@ -212,13 +241,15 @@ impl ExportService {
                 .as_ref()
                 .map(|t| t.iter().map(|t| t.as_str().to_owned()).collect()),
             patients: request.patients.iter().map(|p| p.to_string()).collect(),
-            request_url,
-            base_url,
+            request_url: context.request_url,
+            base_url: context.base_url,
+            until: request.until.map(Instant::to_fhir),
+            separate_status: context.separate_status,
         };
         let id = JobId::new();
         let job = NewJob {
             id: id.clone(),
-            requester,
+            requester: context.requester,
             request: serde_json::to_string(&stored).map_err(corrupt)?,
             plan: serde_json::to_string(&plan).map_err(corrupt)?,
             units: units
@@ -237,9 +268,10 @@ impl ExportService {
     }
 
     /// What a status poll answers.
-    pub async fn status(&self, id: &JobId) -> Result<StatusView, ExportError> {
+    pub async fn status(&self, id: &JobId) -> Result<StatusReport, ExportError> {
         let record = self.record(id).await?;
-        Ok(match record.status {
+        let request: StoredRequest = serde_json::from_str(&record.request).map_err(corrupt)?;
+        let view = match record.status {
             JobStatus::Cancelled => return Err(not_found(id)),
             JobStatus::Accepted => StatusView::InProgress { percent: 0, text: "queued".to_owned() },
             JobStatus::InProgress => StatusView::InProgress {
@@ -263,7 +295,8 @@ impl ExportService {
                     expires_at: view.record.expires_at,
                 }
             }
-        })
+        };
+        Ok(StatusReport { view, separate_status: request.separate_status })
     }
 
     /// Cancels an export and deletes its files (`NotFound` when unknown or already cancelled).
@@ -350,9 +383,6 @@ fn not_found(id: &JobId) -> ExportError {
 /// Parameters the engine does not implement yet: an error, or a note under lenient handling.
 fn refuse_unsupported(request: &mut ExportRequest, lenient: bool) -> Result<(), ExportError> {
     let mut unsupported: Vec<&'static str> = Vec::new();
-    if request.until.is_some() {
-        unsupported.push("_until");
-    }
     if !request.type_filters.is_empty() {
         unsupported.push("_typeFilter");
     }
@@ -382,7 +412,6 @@ fn refuse_unsupported(request: &mut ExportRequest, lenient: bool) -> Result<(), 
             .lenient_notes
             .push(format!("{name} is not supported by this server yet and was ignored"));
     }
-    request.until = None;
     request.type_filters.clear();
     request.elements.clear();
     request.include_associated_data.clear();

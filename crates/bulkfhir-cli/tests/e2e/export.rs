@@ -643,3 +643,91 @@ async fn a_full_queue_answers_429_and_expired_files_are_swept() {
     // Room again in the queue.
     kick(&server, "$export?_type=Patient").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn until_returns_the_versions_current_at_that_instant() {
+    let server = TestServer::start().await;
+    let put = |id: &'static str, status: &'static str| {
+        let body = json!({"resourceType": "Observation", "id": id, "status": status, "code": {"text": "x"}}).to_string();
+        let server = &server;
+        async move {
+            let (code, _, _) =
+                server.send_json(Method::PUT, &format!("Observation/{id}"), &body).await;
+            assert!(code == 200 || code == 201);
+        }
+    };
+    put("u1", "preliminary").await;
+    put("u2", "preliminary").await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let until = bulkfhir_model::Instant::now();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    put("u1", "final").await;
+    let (code, _, _) = server.send_json(Method::DELETE, "Observation/u2", "").await;
+    assert_eq!(code, 200);
+    put("u3", "final").await;
+
+    let query = format!("$export?_type=Observation&_until={}", until.to_fhir());
+    let manifest = wait_manifest(&server, &kick(&server, &query).await).await;
+    let transaction_time =
+        bulkfhir_model::Instant::parse_fhir(manifest["transactionTime"].as_str().unwrap()).unwrap();
+    assert_eq!(transaction_time, until, "transactionTime is _until");
+    let output = output_by_type(&server, &manifest, "output").await;
+    let got: BTreeMap<String, (String, String)> = output["Observation"]
+        .iter()
+        .map(|o| {
+            let id = o["id"].as_str().unwrap().to_owned();
+            (
+                id,
+                (
+                    o["meta"]["versionId"].as_str().unwrap().to_owned(),
+                    o["status"].as_str().unwrap().to_owned(),
+                ),
+            )
+        })
+        .collect();
+    let want: BTreeMap<String, (String, String)> = [
+        ("u1".to_owned(), ("1".to_owned(), "preliminary".to_owned())),
+        ("u2".to_owned(), ("1".to_owned(), "preliminary".to_owned())),
+    ]
+    .into();
+    assert_eq!(got, want, "the versions current at _until; nothing created later");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn separate_export_status_moves_the_job_state_into_a_header() {
+    let server = TestServer::start().await;
+    server.send_json(Method::PUT, "Patient/p1", r#"{"resourceType":"Patient","id":"p1"}"#).await;
+    let (status, headers, _) = kick_raw(
+        &server,
+        Method::GET,
+        "$export",
+        &[("prefer", "respond-async, separate-export-status")],
+        None,
+    )
+    .await;
+    assert_eq!(status, 202);
+    assert_eq!(headers["preference-applied"], "respond-async, separate-export-status");
+    let status_url = headers["content-location"].to_str().unwrap().to_owned();
+    let mut seen = Vec::new();
+    let manifest = loop {
+        let response = server.client.get(&status_url).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 200, "the status request itself succeeded");
+        let job_status = response.headers()["x-export-status"].to_str().unwrap().to_owned();
+        let body = body_json(response).await;
+        seen.push(job_status.clone());
+        if job_status == "200 OK" {
+            break body;
+        }
+        assert_eq!(job_status, "202 Accepted");
+        tokio::time::sleep(Duration::from_millis(550)).await;
+    };
+    assert_eq!(seen[0], "202 Accepted");
+    assert_eq!(manifest["output"][0]["type"], "Patient");
+    let unknown = server
+        .client
+        .get(server.url("$export-status/01a20c6d-8f96-7550-8e2c-7faeda410dda"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status().as_u16(), 404, "an unknown job is a failed status request");
+}

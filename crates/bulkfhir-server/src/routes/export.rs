@@ -7,7 +7,7 @@ use axum::{
     http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use bulkfhir_export::{FileKind, StatusView};
+use bulkfhir_export::{FileKind, KickoffContext, StatusView};
 use bulkfhir_model::{
     ErrorKind, Instant,
     export::{ExportLevel, KickoffInput, parse_kickoff},
@@ -77,6 +77,7 @@ async fn kickoff(
         ));
     }
     let lenient = prefer_tokens.contains(&"handling=lenient");
+    let separate_status = prefer_tokens.contains(&"separate-export-status");
     let path_and_query = request
         .uri()
         .path_and_query()
@@ -101,8 +102,14 @@ async fn kickoff(
     })?;
     let request_url =
         format!("{base}{}", path_and_query.strip_prefix("/fhir").unwrap_or(&path_and_query));
-    let kicked =
-        state.exports.kickoff(export_request, lenient, request_url, base.clone(), None).await;
+    let context = KickoffContext {
+        lenient,
+        separate_status,
+        request_url,
+        base_url: base.clone(),
+        requester: None,
+    };
+    let kicked = state.exports.kickoff(export_request, context).await;
     let job_id = match kicked {
         Ok(job_id) => job_id,
         Err(error) if error.kind() == ErrorKind::TooManyRequests => {
@@ -121,6 +128,9 @@ async fn kickoff(
     if let Ok(value) = HeaderValue::from_str(&status_url) {
         response.headers_mut().insert(header::CONTENT_LOCATION, value);
     }
+    if separate_status {
+        set_header(&mut response, "preference-applied", "respond-async, separate-export-status");
+    }
     Ok(response)
 }
 
@@ -138,8 +148,36 @@ pub(super) async fn status(
     FhirPath(job): FhirPath<String>,
 ) -> Result<Response, ApiError> {
     let job_id = parse_job_id(&job)?;
+    let report = state.exports.status(&job_id).await?;
+    let response = match job_status(&state, &job_id, report.view).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    };
+    if report.separate_status && response.status() != StatusCode::TOO_MANY_REQUESTS {
+        return Ok(separate(response));
+    }
+    Ok(response)
+}
+
+/// v3 `separate-export-status`: the HTTP status describes the status request itself (200), and
+/// the job's state moves to `X-Export-Status`.
+fn separate(mut response: Response) -> Response {
+    let job_status = response.status();
+    let line = format!("{} {}", job_status.as_u16(), job_status.canonical_reason().unwrap_or(""));
+    *response.status_mut() = StatusCode::OK;
+    set_header(&mut response, "x-export-status", line.trim_end());
+    response
+}
+
+/// The status answer for a job's state, in the plain async-pattern form.
+async fn job_status(
+    state: &AppState,
+    job_id: &JobId,
+    view: StatusView,
+) -> Result<Response, ApiError> {
+    let job_id = job_id.clone();
     let retry_after = state.exports.config().retry_after;
-    match state.exports.status(&job_id).await? {
+    match view {
         StatusView::InProgress { percent, text } => {
             let now = std::time::Instant::now();
             let too_fast = {
@@ -225,14 +263,14 @@ pub(super) async fn status(
             Ok(response)
         }
         StatusView::Failed { message } => {
-            forget_polls(&state, &job_id);
+            forget_polls(state, &job_id);
             Ok(outcome_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 OperationOutcome::single(Issue::error(ErrorKind::Internal, message)),
             ))
         }
         StatusView::Expired { at } => {
-            forget_polls(&state, &job_id);
+            forget_polls(state, &job_id);
             let when = at.map_or_else(String::new, |t| format!(" at {t}"));
             Err(ApiError::new(
                 ErrorKind::Gone,
