@@ -27,6 +27,8 @@ pub struct ExportConfig {
     pub gzip_level: u32,
     /// The `Retry-After` a client is told while an export runs or the queue is full.
     pub retry_after: Duration,
+    /// Files listed per partial-manifest page (`allowPartialManifests`).
+    pub files_per_manifest_page: usize,
 }
 
 impl Default for ExportConfig {
@@ -44,6 +46,7 @@ impl Default for ExportConfig {
             sweep_interval: Duration::from_secs(60),
             gzip_level: 1,
             retry_after: Duration::from_secs(2),
+            files_per_manifest_page: 500,
         }
     }
 }

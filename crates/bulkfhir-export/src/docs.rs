@@ -29,6 +29,9 @@ pub struct StoredRequest {
     /// the job's state in `X-Export-Status`.
     #[serde(default)]
     pub separate_status: bool,
+    /// `allowPartialManifests=true` (v3): files are listed as they finish, in chained pages.
+    #[serde(default)]
+    pub partial_manifests: bool,
 }
 
 /// What a job does, fixed at kick-off.

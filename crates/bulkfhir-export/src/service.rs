@@ -22,7 +22,7 @@ use tracing::{info, warn};
 
 use crate::{
     ExportConfig, ExportError, Runner, Sweeper,
-    docs::{ManifestDoc, StoredRequest},
+    docs::{FileEntry, ManifestDoc, StoredRequest},
     error::corrupt,
     plan::plan,
 };
@@ -103,6 +103,25 @@ pub enum StatusView {
     Failed {
         /// Why.
         message: String,
+    },
+    /// One page of a partial manifest (`allowPartialManifests`): files finished so far that no
+    /// earlier page lists. A page never changes, except that `next` appears once the following
+    /// page exists.
+    Partial {
+        /// The page (its `files` are this page's).
+        page: Box<ManifestDoc>,
+        /// The kick-off's request document.
+        request: Box<StoredRequest>,
+        /// The next page's number, when there is one.
+        next: Option<u32>,
+        /// True once the export is complete (no more pages will appear after the last).
+        complete: bool,
+        /// Progress, while running.
+        percent: u8,
+        /// Phase text, while running.
+        text: String,
+        /// When the files expire (completed jobs).
+        expires_at: Option<Instant>,
     },
     /// Finished, and the files have expired.
     Expired {
@@ -245,6 +264,7 @@ impl ExportService {
             base_url: context.base_url,
             until: request.until.map(Instant::to_fhir),
             separate_status: context.separate_status,
+            partial_manifests: request.allow_partial_manifests,
         };
         let id = JobId::new();
         let job = NewJob {
@@ -267,10 +287,20 @@ impl ExportService {
         Ok(id)
     }
 
-    /// What a status poll answers.
-    pub async fn status(&self, id: &JobId) -> Result<StatusReport, ExportError> {
+    /// What a status poll answers; `page` is a partial-manifest page number (from 1).
+    pub async fn status(&self, id: &JobId, page: Option<u32>) -> Result<StatusReport, ExportError> {
         let record = self.record(id).await?;
         let request: StoredRequest = serde_json::from_str(&record.request).map_err(corrupt)?;
+        let separate_status = request.separate_status;
+        if page.is_some() && !request.partial_manifests {
+            return Err(ExportError::NotFound(format!("export {id} has no manifest pages")));
+        }
+        let partial_state = matches!(record.status, JobStatus::Accepted | JobStatus::InProgress)
+            || (record.status == JobStatus::Completed && !record.files_deleted);
+        if request.partial_manifests && partial_state {
+            let view = self.partial(record, request, page.unwrap_or(1)).await?;
+            return Ok(StatusReport { view, separate_status });
+        }
         let view = match record.status {
             JobStatus::Cancelled => return Err(not_found(id)),
             JobStatus::Accepted => StatusView::InProgress { percent: 0, text: "queued".to_owned() },
@@ -296,7 +326,87 @@ impl ExportService {
                 }
             }
         };
-        Ok(StatusReport { view, separate_status: request.separate_status })
+        Ok(StatusReport { view, separate_status })
+    }
+
+    /// Page `page_no` of a partial manifest, freezing new pages as files become available.
+    async fn partial(
+        &self,
+        record: JobRecord,
+        request: StoredRequest,
+        page_no: u32,
+    ) -> Result<StatusView, ExportError> {
+        let jobs = &self.shared.jobs;
+        let complete = record.status == JobStatus::Completed;
+        let available: Vec<FileEntry> = if complete {
+            let view = self.view(record.clone())?;
+            view.manifest.map(|m| m.files).unwrap_or_default()
+        } else {
+            let mut files = Vec::new();
+            for unit in jobs.units(&record.id).await? {
+                if let Some(json) = unit.checkpoint {
+                    let checkpoint: crate::docs::Checkpoint =
+                        serde_json::from_str(&json).map_err(corrupt)?;
+                    files.extend(checkpoint.files);
+                }
+            }
+            files
+        };
+        let parse = |pages: Vec<String>| -> Result<Vec<Vec<FileEntry>>, ExportError> {
+            pages.iter().map(|p| serde_json::from_str(p).map_err(corrupt)).collect()
+        };
+        let mut pages = parse(jobs.manifest_pages(&record.id).await?)?;
+        let fresh = |pages: &[Vec<FileEntry>]| -> Vec<FileEntry> {
+            let listed: std::collections::HashSet<&str> =
+                pages.iter().flatten().map(|f| f.name.as_str()).collect();
+            available
+                .iter()
+                .filter(|f| !listed.contains(f.name.as_str()))
+                .take(self.shared.config.files_per_manifest_page.max(1))
+                .cloned()
+                .collect()
+        };
+        let index = usize::try_from(page_no).unwrap_or(usize::MAX).saturating_sub(1);
+        // Freeze pages up to the one asked for, and the one after it, when files allow.
+        while pages.len() <= index + 1 {
+            let next_files = fresh(&pages);
+            let first_page_of_empty_export = pages.is_empty() && complete;
+            if next_files.is_empty() && !first_page_of_empty_export {
+                break;
+            }
+            let number = u32::try_from(pages.len() + 1).unwrap_or(u32::MAX);
+            let json = serde_json::to_string(&next_files).map_err(corrupt)?;
+            pages = parse(jobs.freeze_manifest_page(&record.id, number, &json).await?)?;
+        }
+        let Some(files) = pages.get(index).cloned() else {
+            if index == 0 && !complete {
+                // Nothing finished yet: a plain progress answer.
+                return Ok(StatusView::InProgress {
+                    percent: record.progress_percent,
+                    text: record.progress_text,
+                });
+            }
+            return Err(ExportError::NotFound(format!(
+                "export {} has no manifest page {page_no}",
+                record.id
+            )));
+        };
+        let next = (pages.len() > index + 1).then(|| page_no.saturating_add(1));
+        let page = ManifestDoc {
+            transaction_time: record.snapshot.time.to_fhir(),
+            request: request.request_url.clone(),
+            requires_access_token: false,
+            files,
+        };
+        Ok(StatusView::Partial {
+            page: Box::new(page),
+            request: Box::new(request),
+            next,
+            complete,
+            percent: record.progress_percent,
+            text: record.progress_text,
+            expires_at: record.expires_at,
+        })
     }
 
     /// Cancels an export and deletes its files (`NotFound` when unknown or already cancelled).
@@ -395,9 +505,6 @@ fn refuse_unsupported(request: &mut ExportRequest, lenient: bool) -> Result<(), 
     if request.organize_output_by.is_some() {
         unsupported.push("organizeOutputBy");
     }
-    if request.allow_partial_manifests {
-        unsupported.push("allowPartialManifests");
-    }
     let Some(first) = unsupported.first() else { return Ok(()) };
     if !lenient {
         return Err(ExportError::invalid(
@@ -416,6 +523,5 @@ fn refuse_unsupported(request: &mut ExportRequest, lenient: bool) -> Result<(), 
     request.elements.clear();
     request.include_associated_data.clear();
     request.organize_output_by = None;
-    request.allow_partial_manifests = false;
     Ok(())
 }

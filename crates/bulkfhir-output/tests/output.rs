@@ -264,6 +264,8 @@ fn staged_name(path: &Path, n: u32) -> PathBuf {
     name.into()
 }
 
+const PATIENT: &[u8] = b"{\"resourceType\":\"Patient\"}\n";
+
 #[tokio::test]
 async fn crash_leftovers_are_removed_on_the_local_filesystem() {
     let dir = tempfile::tempdir().expect("create temp dir");
@@ -273,7 +275,7 @@ async fn crash_leftovers_are_removed_on_the_local_filesystem() {
 
     let complete = prefix.join("Patient-1.ndjson").expect("key");
     let mut writer = store.create(&complete, Compression::None).await.expect("create");
-    writer.write(b"{\"resourceType\":\"Patient\"}\n").await.expect("write");
+    writer.write(PATIENT).await.expect("write");
     writer.finish().await.expect("finish");
 
     // A crash: the writer never finishes, aborts or drops, so its staged file stays.
@@ -291,14 +293,14 @@ async fn crash_leftovers_are_removed_on_the_local_filesystem() {
     std::fs::write(staged_name(&root.join("jobs/j1/part/Condition-2.ndjson"), 3), b"{")
         .expect("write staged file");
 
-    assert_eq!(store.list(&prefix).await.expect("list"), vec![(complete.clone(), 28)]);
+    assert_eq!(
+        store.list(&prefix).await.expect("list"),
+        vec![(complete.clone(), PATIENT.len() as u64)]
+    );
 
     store.remove_incomplete(&prefix).await.expect("remove incomplete");
     assert_eq!(files_below(&root), vec![root.join("jobs/j1/Patient-1.ndjson")]);
-    assert_eq!(
-        read_all(&store, &complete).await.expect("read"),
-        b"{\"resourceType\":\"Patient\"}\n"
-    );
+    assert_eq!(read_all(&store, &complete).await.expect("read"), PATIENT);
 
     let mut writer = store.create(&crashed, Compression::None).await.expect("create");
     writer.write(b"{}\n").await.expect("write");

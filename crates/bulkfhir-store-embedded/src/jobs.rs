@@ -43,6 +43,16 @@ fn get_job(conn: &Connection, id: &JobId) -> Result<JobRecord, StoreError> {
         .ok_or_else(|| StoreError::JobNotFound { job: id.to_string() })
 }
 
+fn read_pages(conn: &Connection, id: &JobId) -> Result<Vec<String>, StoreError> {
+    let sql = |e| sql_error("read manifest pages", e);
+    conn.prepare_cached("SELECT page FROM export_manifest_page WHERE job_id = ?1 ORDER BY page_no")
+        .map_err(sql)?
+        .query_map(params![id.as_str()], |row| row.get(0))
+        .map_err(sql)?
+        .collect::<rusqlite::Result<Vec<String>>>()
+        .map_err(sql)
+}
+
 /// Runs a fenced update: it must touch exactly one row of an active job leased to `owner`.
 fn fenced(id: &JobId, changed: rusqlite::Result<usize>) -> Result<(), StoreError> {
     match changed.map_err(|e| sql_error("update an export job", e))? {
@@ -353,6 +363,29 @@ impl JobStore for EmbeddedStore {
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(sql)?;
             Ok(ids.iter().filter_map(|id| JobId::parse(id)).collect())
+        })
+        .await
+    }
+
+    async fn manifest_pages(&self, id: &JobId) -> Result<Vec<String>, StoreError> {
+        let id = id.clone();
+        self.with_reader("read manifest pages", move |conn| read_pages(conn, &id)).await
+    }
+
+    async fn freeze_manifest_page(
+        &self,
+        id: &JobId,
+        page: u32,
+        page_json: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let (id, page_json) = (id.clone(), page_json.to_owned());
+        self.with_writer("freeze a manifest page", move |conn| {
+            conn.execute(
+                "INSERT OR IGNORE INTO export_manifest_page (job_id, page_no, page) VALUES (?1, ?2, ?3)",
+                params![id.as_str(), i64::from(page), page_json],
+            )
+            .map_err(|e| sql_error("freeze a manifest page", e))?;
+            read_pages(conn, &id)
         })
         .await
     }

@@ -60,6 +60,14 @@ CREATE TABLE export_unit (
     PRIMARY KEY (job_id, idx)
 ) WITHOUT ROWID;
 "#,
+    r#"
+CREATE TABLE export_manifest_page (
+    job_id  TEXT    NOT NULL,
+    page_no INTEGER NOT NULL,              -- from 1
+    page    TEXT    NOT NULL,              -- engine JSON; never changes once written
+    PRIMARY KEY (job_id, page_no)
+) WITHOUT ROWID;
+"#,
 ];
 
 /// Applies the migrations this database has not seen yet.

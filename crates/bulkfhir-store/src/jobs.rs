@@ -271,4 +271,17 @@ pub trait JobStore: Send + Sync + fmt::Debug {
 
     /// Records that a job's files are gone.
     async fn mark_files_deleted(&self, id: &JobId) -> Result<(), StoreError>;
+
+    /// The frozen partial-manifest pages of a job, in order (page 1 first).
+    async fn manifest_pages(&self, id: &JobId) -> Result<Vec<String>, StoreError>;
+
+    /// Freezes page `page` (from 1) of a job's partial manifests unless it exists already;
+    /// returns the pages after the call. Pages never change once written, so concurrent
+    /// pollers agree on them.
+    async fn freeze_manifest_page(
+        &self,
+        id: &JobId,
+        page: u32,
+        page_json: &str,
+    ) -> Result<Vec<String>, StoreError>;
 }

@@ -609,4 +609,13 @@ pub async fn queue_limit_cancel_and_cleanup(jobs: Arc<dyn JobStore>) {
         .await
         .expect("search");
     assert!(mine.is_empty());
+
+    // Manifest pages freeze once.
+    assert!(jobs.manifest_pages(&b_id).await.expect("pages").is_empty());
+    let pages = jobs.freeze_manifest_page(&b_id, 1, "first").await.expect("freeze");
+    assert_eq!(pages, ["first"]);
+    let pages = jobs.freeze_manifest_page(&b_id, 1, "again").await.expect("freeze");
+    assert_eq!(pages, ["first"], "a frozen page never changes");
+    let pages = jobs.freeze_manifest_page(&b_id, 2, "second").await.expect("freeze");
+    assert_eq!(pages, ["first", "second"]);
 }

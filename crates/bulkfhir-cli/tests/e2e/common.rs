@@ -55,6 +55,10 @@ impl TestServer {
         server: ServerConfig,
         export: ExportConfig,
     ) -> Self {
+        // Quiet unless TEST_LOG=1.
+        if std::env::var_os("TEST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("info").try_init();
+        }
         let data_path = data_dir.path().to_owned();
         let app = App::open(ServeOptions { data_dir: data_path.clone(), server, export }).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

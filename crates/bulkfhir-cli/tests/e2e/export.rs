@@ -731,3 +731,98 @@ async fn separate_export_status_moves_the_job_state_into_a_header() {
         .unwrap();
     assert_eq!(unknown.status().as_u16(), 404, "an unknown job is a failed status request");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_manifests_chain_every_file_once_and_never_change() {
+    let export = ExportConfig {
+        max_resources_per_file: 150,
+        files_per_manifest_page: 20,
+        ..test_export_config()
+    };
+    let dataset = medium();
+    let server = TestServer::start_loaded(dataset, export).await;
+    let status_url = kick(&server, "$export?allowPartialManifests=true").await;
+    // Page URLs are not throttled: watch page 1 closely until the first files are listed.
+    let first_page = loop {
+        let response = server.client.get(format!("{status_url}?page=1")).send().await.unwrap();
+        let status = response.status().as_u16();
+        let is_json =
+            response.headers().get("content-type").is_some_and(|v| v == "application/json");
+        let body = body_json(response).await;
+        if is_json {
+            break (status, body);
+        }
+        assert_eq!(status, 202, "before any file is finished: plain 202");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(first_page.0, 202, "a partial manifest arrives while the export still runs");
+    // page URL → the first body seen for it (without `link`).
+    let mut frozen: BTreeMap<String, Value> = BTreeMap::new();
+    let mut saw_partial_202 = true;
+    let check_page =
+        |url: &str, mut body: Value, frozen: &mut BTreeMap<String, Value>| -> Option<String> {
+            let next = body["link"][0]["url"].as_str().map(str::to_owned);
+            if let Some(link) = body.get("link") {
+                assert_eq!(link[0]["relation"], "next");
+            }
+            body.as_object_mut().unwrap().remove("link");
+            let first = frozen.entry(url.to_owned()).or_insert_with(|| body.clone());
+            assert_eq!(*first, body, "a returned manifest page never changes: {url}");
+            next
+        };
+    // The page seen mid-run is the same page 1 the status URL serves from now on.
+    check_page(&status_url, first_page.1.clone(), &mut frozen);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let response = server.client.get(&status_url).send().await.unwrap();
+        let status = response.status().as_u16();
+        let is_json =
+            response.headers().get("content-type").is_some_and(|v| v == "application/json");
+        let body = body_json(response).await;
+        if is_json {
+            saw_partial_202 |= status == 202;
+            // Follow the chain as far as it goes now, re-checking every page.
+            let mut url = status_url.clone();
+            let mut page = body.clone();
+            while let Some(next) = check_page(&url, page, &mut frozen) {
+                let response = server.client.get(&next).send().await.unwrap();
+                assert!(matches!(response.status().as_u16(), 200 | 202));
+                page = body_json(response).await;
+                url = next;
+            }
+        }
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 202, "{body}");
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(550)).await;
+    }
+    // Together the pages list every file once, and the files hold every resource once.
+    let mut names = BTreeSet::new();
+    let mut per_type: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for page in frozen.values() {
+        for item in page["output"].as_array().unwrap() {
+            let url = item["url"].as_str().unwrap();
+            assert!(names.insert(url.to_owned()), "{url} listed twice");
+            let lines = download(&server, url).await;
+            assert_eq!(item["count"].as_u64().unwrap() as usize, lines.len());
+            for line in lines {
+                let resource: Value = serde_json::from_str(&line).unwrap();
+                let ids = per_type.entry(item["type"].as_str().unwrap().to_owned()).or_default();
+                assert!(ids.insert(resource["id"].as_str().unwrap().to_owned()));
+            }
+        }
+    }
+    for (type_name, ids) in &per_type {
+        assert_eq!(*ids, dataset_ids(dataset, type_name), "{type_name}");
+    }
+    assert_eq!(per_type.len(), dataset.lines.len());
+    assert!(saw_partial_202);
+    assert!(frozen.len() >= 10, "{} pages of at most 20 files", frozen.len());
+    assert!(frozen.values().all(|p| p["output"].as_array().unwrap().len() <= 20));
+    // A page of an export without partial manifests does not exist.
+    let plain = kick(&server, "$export?_type=Patient").await;
+    let response = server.client.get(format!("{plain}?page=1")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 404);
+}

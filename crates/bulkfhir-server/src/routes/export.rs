@@ -7,7 +7,7 @@ use axum::{
     http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use bulkfhir_export::{FileKind, KickoffContext, StatusView};
+use bulkfhir_export::{FileKind, KickoffContext, ManifestDoc, StatusView};
 use bulkfhir_model::{
     ErrorKind, Instant,
     export::{ExportLevel, KickoffInput, parse_kickoff},
@@ -146,10 +146,27 @@ fn parse_job_id(text: &str) -> Result<JobId, ApiError> {
 pub(super) async fn status(
     State(state): State<AppState>,
     FhirPath(job): FhirPath<String>,
+    uri: axum::http::Uri,
 ) -> Result<Response, ApiError> {
     let job_id = parse_job_id(&job)?;
-    let report = state.exports.status(&job_id).await?;
-    let response = match job_status(&state, &job_id, report.view).await {
+    let mut page = None;
+    for (name, value) in query_pairs(uri.query()) {
+        match name.as_str() {
+            "page" => {
+                let number = value.parse::<u32>().ok().filter(|n| *n >= 1);
+                page = Some(number.ok_or_else(|| {
+                    ApiError::invalid(format!("page '{value}' is not a page number"))
+                })?);
+            }
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "the status URL takes no parameter '{other}'"
+                )));
+            }
+        }
+    }
+    let report = state.exports.status(&job_id, page).await?;
+    let response = match job_status(&state, &job_id, report.view, page.is_some()).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     };
@@ -157,6 +174,36 @@ pub(super) async fn status(
         return Ok(separate(response));
     }
     Ok(response)
+}
+
+/// The manifest JSON for a manifest (or partial-manifest page), with absolute URLs.
+fn manifest_json(manifest: &ManifestDoc, base_url: &str, job_id: &JobId) -> Value {
+    let url = |name: &str| format!("{base_url}/$export-file/{job_id}/{name}");
+    let items = |kind: FileKind| -> Vec<Value> {
+        manifest
+            .files
+            .iter()
+            .filter(|f| f.kind == kind)
+            .map(|f| json!({"type": f.resource_type, "url": url(&f.name), "count": f.count}))
+            .collect()
+    };
+    json!({
+        "transactionTime": manifest.transaction_time,
+        "request": manifest.request,
+        "requiresAccessToken": manifest.requires_access_token,
+        "output": items(FileKind::Output),
+        "deleted": items(FileKind::Deleted),
+        "error": items(FileKind::Error),
+    })
+}
+
+/// `X-Progress`: visible ASCII, under 100 characters.
+fn progress_text(percent: u8, text: &str) -> String {
+    format!("{percent}%: {text}")
+        .chars()
+        .filter(|c| c.is_ascii() && !c.is_ascii_control())
+        .take(99)
+        .collect()
 }
 
 /// v3 `separate-export-status`: the HTTP status describes the status request itself (200), and
@@ -174,10 +221,36 @@ async fn job_status(
     state: &AppState,
     job_id: &JobId,
     view: StatusView,
+    is_page: bool,
 ) -> Result<Response, ApiError> {
     let job_id = job_id.clone();
     let retry_after = state.exports.config().retry_after;
     match view {
+        StatusView::Partial { page, request, next, complete, percent, text, expires_at } => {
+            let mut body = manifest_json(&page, &request.base_url, &job_id);
+            if let Some(next) = next {
+                let url = format!("{}/$export-status/{job_id}?page={next}", request.base_url);
+                body["link"] = json!([{"relation": "next", "url": url}]);
+            }
+            if !is_page {
+                let mut polls =
+                    state.polls.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                polls.insert(job_id.clone(), std::time::Instant::now());
+            }
+            let status = if complete { StatusCode::OK } else { StatusCode::ACCEPTED };
+            let mut response = (status, body.to_string()).into_response();
+            set_header(&mut response, header::CONTENT_TYPE.as_str(), "application/json");
+            if complete {
+                if let Some(expires) = expires_at {
+                    set_header(&mut response, header::EXPIRES.as_str(), &expires.to_http_date());
+                }
+            } else {
+                let retry = retry_after.as_secs().max(1).to_string();
+                set_header(&mut response, header::RETRY_AFTER.as_str(), &retry);
+                set_header(&mut response, "x-progress", &progress_text(percent, &text));
+            }
+            Ok(response)
+        }
         StatusView::InProgress { percent, text } => {
             let now = std::time::Instant::now();
             let too_fast = {
@@ -208,12 +281,7 @@ async fn job_status(
             }
             let mut response = StatusCode::ACCEPTED.into_response();
             set_header(&mut response, header::RETRY_AFTER.as_str(), &retry);
-            let progress: String = format!("{percent}%: {text}")
-                .chars()
-                .filter(|c| c.is_ascii() && !c.is_ascii_control())
-                .take(99)
-                .collect();
-            set_header(&mut response, "x-progress", &progress);
+            set_header(&mut response, "x-progress", &progress_text(percent, &text));
             Ok(response)
         }
         StatusView::Completed { manifest, request, expires_at } => {
@@ -236,25 +304,7 @@ async fn job_status(
                 set_header(&mut response, "x-progress", "100%: complete");
                 return Ok(response);
             }
-            let url = |name: &str| format!("{}/$export-file/{job_id}/{name}", request.base_url);
-            let items = |kind: FileKind| -> Vec<Value> {
-                manifest
-                    .files
-                    .iter()
-                    .filter(|f| f.kind == kind)
-                    .map(
-                        |f| json!({"type": f.resource_type, "url": url(&f.name), "count": f.count}),
-                    )
-                    .collect()
-            };
-            let body = json!({
-                "transactionTime": manifest.transaction_time,
-                "request": manifest.request,
-                "requiresAccessToken": manifest.requires_access_token,
-                "output": items(FileKind::Output),
-                "deleted": items(FileKind::Deleted),
-                "error": items(FileKind::Error),
-            });
+            let body = manifest_json(&manifest, &request.base_url, &job_id);
             let mut response = (StatusCode::OK, body.to_string()).into_response();
             set_header(&mut response, header::CONTENT_TYPE.as_str(), "application/json");
             if let Some(expires) = expires_at {
