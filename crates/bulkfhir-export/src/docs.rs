@@ -32,6 +32,9 @@ pub struct StoredRequest {
     /// `allowPartialManifests=true` (v3): files are listed as they finish, in chained pages.
     #[serde(default)]
     pub partial_manifests: bool,
+    /// `_elements` items (checked at kick-off).
+    #[serde(default)]
+    pub elements: Vec<String>,
 }
 
 /// What a job does, fixed at kick-off.
@@ -68,12 +71,40 @@ pub(crate) enum UnitSpec {
     DeletedMembers { resource_type: String, after_seq: u64 },
     /// Resources outside the compartment referenced by the other units' output; runs last.
     Supporting,
+    /// Provenance for the returned resources (K17 and `includeAssociatedData`); runs last.
+    Provenance {
+        /// Only the newest Provenance per returned resource (`LatestProvenanceResources`).
+        latest: bool,
+        /// Which targets count as returned.
+        scope: ProvenanceScope,
+    },
+}
+
+/// Which resources a Provenance unit treats as returned by the export.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ProvenanceScope {
+    /// Only resources of these types (None: every type), as `_type` asked.
+    pub(crate) only: Option<Vec<String>>,
+    /// Which compartments count.
+    pub(crate) compartment: CompartmentScope,
+}
+
+/// The compartment condition of a [`ProvenanceScope`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum CompartmentScope {
+    /// Any live resource (system export).
+    None,
+    /// Resources in any patient's compartment (Patient export).
+    Any,
+    /// Resources in the compartment of one of the plan's members (Group, or `patient`).
+    Members,
 }
 
 impl UnitSpec {
     /// True for units that must wait for all others.
     pub(crate) fn runs_last(&self) -> bool {
-        matches!(self, UnitSpec::Supporting)
+        matches!(self, UnitSpec::Supporting | UnitSpec::Provenance { .. })
     }
 }
 

@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use crate::{
     ExportError,
-    docs::{Note, Plan, SupportingTypes, UnitSpec},
+    docs::{CompartmentScope, Note, Plan, ProvenanceScope, SupportingTypes, UnitSpec},
 };
 
 /// How deep nested Groups are followed.
@@ -35,16 +35,26 @@ pub(crate) async fn plan(
     plan.notes
         .extend(request.lenient_notes.iter().map(|n| Note::warning("not-supported", n.clone())));
     let requested = |t: ResourceType| request.types.as_ref().is_none_or(|types| types.contains(&t));
+    let provenance = ResourceType::parse("Provenance").ok();
+    let provenance_requested = provenance.is_some_and(requested);
+    // includeAssociatedData: the least restrictive value wins (Relevant over Latest).
+    let associated = &request.include_associated_data;
+    let latest_only = associated.iter().any(|v| v == "LatestProvenanceResources")
+        && !associated.iter().any(|v| v == "RelevantProvenanceResources");
+    let explicit_provenance = !associated.is_empty();
     let mut units = Vec::new();
     let by_members = match &request.level {
         ExportLevel::System => {
             for resource_type in ResourceType::all().filter(|t| requested(*t)) {
                 let name = resource_type.as_str().to_owned();
-                units.push(UnitSpec::Scan {
-                    resource_type: name.clone(),
-                    compartment_only: false,
-                    after_seq: since_seq,
-                });
+                // With includeAssociatedData, the Provenance unit chooses the Provenance.
+                if !(explicit_provenance && Some(resource_type) == provenance) {
+                    units.push(UnitSpec::Scan {
+                        resource_type: name.clone(),
+                        compartment_only: false,
+                        after_seq: since_seq,
+                    });
+                }
                 if request.since.is_some() {
                     units.push(UnitSpec::Deleted {
                         resource_type: name,
@@ -52,6 +62,13 @@ pub(crate) async fn plan(
                         after_seq: since_seq,
                     });
                 }
+            }
+            if explicit_provenance {
+                let scope = ProvenanceScope {
+                    only: type_names(request),
+                    compartment: CompartmentScope::None,
+                };
+                units.push(UnitSpec::Provenance { latest: latest_only, scope });
             }
             return Ok((plan, units));
         }
@@ -85,8 +102,24 @@ pub(crate) async fn plan(
             true
         }
     };
+    // K17: Provenance targeting anything in the compartment, not only the Patient itself.
+    let provenance_unit = explicit_provenance || provenance_requested;
     for resource_type in compartment::compartment_types().into_iter().filter(|t| requested(*t)) {
         let name = resource_type.as_str().to_owned();
+        if provenance_unit && Some(resource_type) == provenance {
+            if request.since.is_some() {
+                units.push(if by_members {
+                    UnitSpec::DeletedMembers { resource_type: name, after_seq: since_seq }
+                } else {
+                    UnitSpec::Deleted {
+                        resource_type: name,
+                        compartment_only: true,
+                        after_seq: since_seq,
+                    }
+                });
+            }
+            continue;
+        }
         if by_members {
             units.push(UnitSpec::Members { resource_type: name.clone(), after_seq: since_seq });
             if request.since.is_some() {
@@ -121,7 +154,18 @@ pub(crate) async fn plan(
     if plan.supporting.is_some() {
         units.push(UnitSpec::Supporting);
     }
+    if provenance_unit {
+        let compartment =
+            if by_members { CompartmentScope::Members } else { CompartmentScope::Any };
+        let scope = ProvenanceScope { only: type_names(request), compartment };
+        units.push(UnitSpec::Provenance { latest: latest_only, scope });
+    }
     Ok((plan, units))
+}
+
+/// `_type` as names, when given.
+fn type_names(request: &ExportRequest) -> Option<Vec<String>> {
+    request.types.as_ref().map(|types| types.iter().map(|t| t.as_str().to_owned()).collect())
 }
 
 #[derive(Deserialize)]

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use bulkfhir_model::Instant;
+use bulkfhir_model::{Instant, elements::ElementSelection};
 use bulkfhir_store::{JobRecord, JobStatus, StoreError};
 use futures::{StreamExt, stream};
 use tokio::sync::Semaphore;
@@ -233,6 +233,14 @@ impl JobRun {
                 "resuming export from checkpoints"
             );
         }
+        let elements = if request.elements.is_empty() {
+            None
+        } else {
+            Some(
+                ElementSelection::parse(&request.elements)
+                    .map_err(|e| ExportError::Corrupt(e.to_string()))?,
+            )
+        };
         let ctx = JobContext {
             store: shared.store.as_ref(),
             jobs: shared.jobs.as_ref(),
@@ -246,6 +254,7 @@ impl JobRun {
             member_set: plan.members.iter().map(String::as_str).collect(),
             cancel: &self.cancel,
             written,
+            elements: elements.as_ref(),
         };
         let mut finished: HashMap<u32, Checkpoint> = HashMap::new();
         let no_refs = BTreeSet::new();

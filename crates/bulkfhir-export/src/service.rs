@@ -8,6 +8,7 @@ use std::{
 
 use bulkfhir_model::{
     Instant,
+    elements::ElementSelection,
     export::{ExportLevel, ExportRequest, OutputFormat},
 };
 use bulkfhir_output::{OutputError, OutputKey, OutputStore};
@@ -265,6 +266,7 @@ impl ExportService {
             until: request.until.map(Instant::to_fhir),
             separate_status: context.separate_status,
             partial_manifests: request.allow_partial_manifests,
+            elements: request.elements.clone(),
         };
         let id = JobId::new();
         let job = NewJob {
@@ -496,11 +498,48 @@ fn refuse_unsupported(request: &mut ExportRequest, lenient: bool) -> Result<(), 
     if !request.type_filters.is_empty() {
         unsupported.push("_typeFilter");
     }
-    if !request.elements.is_empty() {
-        unsupported.push("_elements");
+    if !request.elements.is_empty() && ElementSelection::parse(&request.elements).is_err() {
+        if !lenient {
+            let error = ElementSelection::parse(&request.elements)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            return Err(ExportError::invalid(error, Some("_elements")));
+        }
+        let items = std::mem::take(&mut request.elements);
+        for item in items {
+            match ElementSelection::parse(std::slice::from_ref(&item)) {
+                Ok(_) => request.elements.push(item),
+                Err(error) => request.lenient_notes.push(format!("{error}; ignored")),
+            }
+        }
     }
-    if !request.include_associated_data.is_empty() {
-        unsupported.push("includeAssociatedData");
+    // includeAssociatedData: the two Provenance sets of the IG; other values are unsupported.
+    const KNOWN_ASSOCIATED: [&str; 2] =
+        ["LatestProvenanceResources", "RelevantProvenanceResources"];
+    if let Some(unknown) =
+        request.include_associated_data.iter().find(|v| !KNOWN_ASSOCIATED.contains(&v.as_str()))
+    {
+        if !lenient {
+            return Err(ExportError::invalid(
+                format!(
+                    "includeAssociatedData '{unknown}' is not supported; this server supports LatestProvenanceResources and RelevantProvenanceResources"
+                ),
+                Some("includeAssociatedData"),
+            ));
+        }
+        let ignored: Vec<String> = request
+            .include_associated_data
+            .iter()
+            .filter(|v| !KNOWN_ASSOCIATED.contains(&v.as_str()))
+            .cloned()
+            .collect();
+        for value in ignored {
+            request
+                .lenient_notes
+                .push(format!("includeAssociatedData '{value}' is not supported and was ignored"));
+        }
+        request.include_associated_data.retain(|v| KNOWN_ASSOCIATED.contains(&v.as_str()));
     }
     if request.organize_output_by.is_some() {
         unsupported.push("organizeOutputBy");
@@ -520,8 +559,6 @@ fn refuse_unsupported(request: &mut ExportRequest, lenient: bool) -> Result<(), 
             .push(format!("{name} is not supported by this server yet and was ignored"));
     }
     request.type_filters.clear();
-    request.elements.clear();
-    request.include_associated_data.clear();
     request.organize_output_by = None;
     Ok(())
 }

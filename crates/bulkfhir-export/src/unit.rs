@@ -7,11 +7,14 @@
 //! the same lines.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use bulkfhir_model::{ResourceId, ResourceRef, ResourceType, compartment, json::write_json_string};
+use bulkfhir_model::{
+    Instant, ResourceId, ResourceRef, ResourceType, compartment, elements::ElementSelection,
+    json::write_json_string,
+};
 use bulkfhir_output::{Compression, FileWriter, OutputKey, OutputStore};
 use bulkfhir_store::{
     JobId, JobStore, ResourceStore, ScanOptions, ScanPage, Snapshot, StoredResource,
@@ -21,7 +24,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     ExportConfig, ExportError,
-    docs::{Checkpoint, FileEntry, FileKind, Note, Plan, UnitSpec},
+    docs::{
+        Checkpoint, CompartmentScope, FileEntry, FileKind, Note, Plan, ProvenanceScope, UnitSpec,
+    },
     error::corrupt,
 };
 
@@ -43,6 +48,8 @@ pub(crate) struct JobContext<'a> {
     pub(crate) cancel: &'a CancellationToken,
     /// Resources written by this run of the job, for progress.
     pub(crate) written: &'a AtomicU64,
+    /// `_elements`, when asked for.
+    pub(crate) elements: Option<&'a ElementSelection>,
 }
 
 impl JobContext<'_> {
@@ -140,6 +147,55 @@ pub(crate) async fn run_unit(
                 }
             }
         }
+        UnitSpec::Provenance { latest, scope } => {
+            // Restarting from scratch is exact: the snapshot gives the same Provenance again.
+            roller.checkpoint = Checkpoint::default();
+            let provenance = parse_type("Provenance")?;
+            roller.set_file(provenance, false);
+            // Latest: a first pass finds the newest Provenance of each returned resource, a
+            // second pass writes the winners in storage order.
+            let mut newest: HashMap<String, (Instant, u64)> = HashMap::new();
+            let passes = if *latest { 2 } else { 1 };
+            for pass in 0..passes {
+                let winners: HashSet<u64> = newest.values().map(|(_, seq)| *seq).collect();
+                let mut after = 0;
+                loop {
+                    ctx.check_cancelled()?;
+                    let options = ScanOptions::live(after, ctx.config.page_size);
+                    let page = ctx.store.scan(ctx.snapshot, provenance, options).await?;
+                    if *latest && pass == 1 {
+                        roller.write_page(&page, 0, |r| winners.contains(&r.seq)).await?;
+                    } else {
+                        let docs: Vec<ProvenanceDoc> =
+                            page.resources.iter().map(|r| ProvenanceDoc::read(r)).collect();
+                        let returned = returned_targets(ctx, scope, &docs).await?;
+                        if *latest {
+                            for doc in &docs {
+                                for target in doc.targets.iter().filter(|t| returned.contains(*t)) {
+                                    let entry = newest
+                                        .entry(target.clone())
+                                        .or_insert((doc.recorded, doc.seq));
+                                    if (doc.recorded, doc.seq) > *entry {
+                                        *entry = (doc.recorded, doc.seq);
+                                    }
+                                }
+                            }
+                        } else {
+                            let keep: HashSet<u64> = docs
+                                .iter()
+                                .filter(|d| d.targets.iter().any(|t| returned.contains(t)))
+                                .map(|d| d.seq)
+                                .collect();
+                            roller.write_page(&page, 0, |r| keep.contains(&r.seq)).await?;
+                        }
+                    }
+                    match page.next {
+                        Some(next) => after = next,
+                        None => break,
+                    }
+                }
+            }
+        }
         UnitSpec::Supporting => {
             // Restarting from scratch is exact: the same references give the same files.
             roller.checkpoint = Checkpoint::default();
@@ -171,6 +227,81 @@ pub(crate) async fn run_unit(
         }
     }
     roller.finish().await
+}
+
+/// What the Provenance unit needs of a Provenance: its targets and when it was recorded.
+struct ProvenanceDoc {
+    seq: u64,
+    /// `Type/id` of each literal target.
+    targets: Vec<String>,
+    /// `recorded`, or `meta.lastUpdated` when that is missing or unreadable.
+    recorded: Instant,
+}
+
+impl ProvenanceDoc {
+    fn read(resource: &StoredResource) -> Self {
+        #[derive(serde::Deserialize)]
+        struct Doc {
+            #[serde(default)]
+            target: Vec<Target>,
+            recorded: Option<String>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Target {
+            reference: Option<String>,
+        }
+        let doc: Option<Doc> = serde_json::from_slice(&resource.body).ok();
+        let recorded = doc
+            .as_ref()
+            .and_then(|d| d.recorded.as_deref())
+            .and_then(|r| Instant::parse_fhir(r).ok())
+            .unwrap_or(resource.last_updated);
+        let targets = doc
+            .map(|d| d.target)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|t| ResourceRef::parse(t.reference.as_deref()?))
+            .map(|r| format!("{}/{}", r.resource_type, r.id))
+            .collect();
+        ProvenanceDoc { seq: resource.seq, targets, recorded }
+    }
+}
+
+/// Which of the targets of `docs` the export returns (as `Type/id`).
+async fn returned_targets(
+    ctx: &JobContext<'_>,
+    scope: &ProvenanceScope,
+    docs: &[ProvenanceDoc],
+) -> Result<HashSet<String>, ExportError> {
+    let mut by_type: BTreeMap<ResourceType, BTreeSet<ResourceId>> = BTreeMap::new();
+    for target in docs.iter().flat_map(|d| d.targets.iter()) {
+        if let Some(r) = ResourceRef::parse(target) {
+            let allowed = scope
+                .only
+                .as_ref()
+                .is_none_or(|only| only.iter().any(|t| t == r.resource_type.as_str()));
+            if allowed {
+                by_type.entry(r.resource_type).or_default().insert(r.id);
+            }
+        }
+    }
+    let mut returned = HashSet::new();
+    for (resource_type, ids) in by_type {
+        let ids: Vec<ResourceId> = ids.into_iter().collect();
+        for chunk in ids.chunks(ctx.config.page_size.max(1)) {
+            for found in ctx.store.read_many_at(ctx.snapshot, resource_type, chunk).await? {
+                let in_scope = match scope.compartment {
+                    CompartmentScope::None => true,
+                    CompartmentScope::Any => found.patients.is_some(),
+                    CompartmentScope::Members => owner(&found, &ctx.member_set).is_some(),
+                };
+                if in_scope {
+                    returned.insert(format!("{resource_type}/{}", found.id));
+                }
+            }
+        }
+    }
+    Ok(returned)
 }
 
 fn parse_type(name: &str) -> Result<ResourceType, ExportError> {
@@ -247,13 +378,38 @@ impl<'c, 'a> Roller<'c, 'a> {
         keep: impl Fn(&StoredResource) -> bool,
     ) -> Result<(), ExportError> {
         let collect_refs = self.ctx.plan.supporting.is_some() && !self.deleted;
+        let project = self
+            .ctx
+            .elements
+            .filter(|e| self.resource_type.is_some_and(|t| e.applies_to(t)) && !self.deleted);
         let mut n_written = 0u64;
         for resource in page.resources.iter().filter(|r| keep(r)) {
             n_written += 1;
             if self.deleted {
                 write_deletion_line(&mut self.buffer, resource);
             } else {
-                self.buffer.extend_from_slice(&resource.body);
+                let line_start = self.buffer.len();
+                match project {
+                    Some(elements) => {
+                        if let Err(error) = elements.project_into(
+                            resource.resource_type,
+                            &resource.body,
+                            &mut self.buffer,
+                        ) {
+                            // Never lose a resource: export it whole and say why.
+                            self.buffer.truncate(line_start);
+                            self.buffer.extend_from_slice(&resource.body);
+                            self.note(Note::warning(
+                                "processing",
+                                format!(
+                                    "{}/{} exported whole: {error}",
+                                    resource.resource_type, resource.id
+                                ),
+                            ));
+                        }
+                    }
+                    None => self.buffer.extend_from_slice(&resource.body),
+                }
                 self.buffer.push(b'\n');
                 if collect_refs {
                     self.collect_references(&resource.body);

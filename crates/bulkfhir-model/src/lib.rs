@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod compartment;
+pub mod elements;
 mod error;
 pub mod export;
 mod generated;

@@ -668,7 +668,7 @@ impl ResourceStore for EmbeddedStore {
             let sql = |e| sql_error("read resources as of a snapshot", e);
             let mut statement = conn
                 .prepare_cached(
-                    "SELECT seq, id, version, last_updated, body FROM resource_version
+                    "SELECT seq, id, version, last_updated, body, patients FROM resource_version
                      WHERE rtype = ?1 AND id = ?2 AND seq <= ?3 AND next_seq > ?3 AND deleted = 0",
                 )
                 .map_err(sql)?;
@@ -677,7 +677,7 @@ impl ResourceStore for EmbeddedStore {
                 let found = statement
                     .query_row(
                         params![resource_type.as_str(), id.as_str(), to_i64(snapshot.seq)],
-                        |row| row_to_stored(resource_type, row),
+                        |row| row_to_stored_opts(resource_type, row, true),
                     )
                     .optional()
                     .map_err(sql)?;

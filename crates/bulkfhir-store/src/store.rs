@@ -93,7 +93,7 @@ pub trait ResourceStore: Send + Sync + Debug {
     ) -> Result<ScanPage, StoreError>;
 
     /// The versions of the given resources live as of `snapshot` (missing and deleted ones are
-    /// left out), in no particular order.
+    /// left out), in no particular order, with [`StoredResource::patients`] filled.
     async fn read_many_at(
         &self,
         snapshot: Snapshot,

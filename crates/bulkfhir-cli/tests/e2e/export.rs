@@ -826,3 +826,184 @@ async fn partial_manifests_chain_every_file_once_and_never_change() {
     let response = server.client.get(format!("{plain}?page=1")).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 404);
 }
+
+/// The first resource of `type_name` in the data set whose `field.reference` is `Patient/{patient}`.
+fn first_of(dataset: &Dataset, type_name: &str, field: &str, patient: &str) -> String {
+    dataset.lines[type_name]
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|r| r[field]["reference"] == format!("Patient/{patient}"))
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provenance_follows_k17_and_include_associated_data() {
+    let dataset = small();
+    let server = TestServer::start_loaded(dataset, test_export_config()).await;
+    let patients: Vec<String> = dataset_ids(dataset, "Patient").into_iter().collect();
+    let (p1, p2) = (&patients[0], &patients[1]);
+    let obs1 = first_of(dataset, "Observation", "subject", p1);
+    let enc1 = first_of(dataset, "Encounter", "subject", p1);
+    let cond2 = first_of(dataset, "Condition", "subject", p2);
+    let org = dataset_ids(dataset, "Organization").into_iter().next().unwrap();
+    let provenance = [
+        ("prov-a", format!("Observation/{obs1}"), "2020-01-01T00:00:00Z"),
+        ("prov-b", format!("Organization/{org}"), "2020-01-01T00:00:00Z"),
+        ("prov-c", format!("Encounter/{enc1}"), "2020-01-01T00:00:00Z"),
+        ("prov-d", format!("Encounter/{enc1}"), "2021-01-01T00:00:00Z"),
+        ("prov-e", format!("Condition/{cond2}"), "2020-01-01T00:00:00Z"),
+    ];
+    for (id, target, recorded) in &provenance {
+        let body = json!({"resourceType": "Provenance", "id": id, "target": [{"reference": target}], "recorded": recorded,
+            "agent": [{"who": {"display": "test"}}]});
+        let (status, _, _) =
+            server.send_json(Method::PUT, &format!("Provenance/{id}"), &body.to_string()).await;
+        assert_eq!(status, 201);
+    }
+    let group = json!({"resourceType": "Group", "id": "g2", "type": "person", "actual": true,
+        "member": [{"entity": {"reference": format!("Patient/{p2}")}}]});
+    server.send_json(Method::PUT, "Group/g2", &group.to_string()).await;
+    let provenance_of = |path: String| {
+        let server = &server;
+        async move {
+            let manifest = wait_manifest(server, &kick(server, &path).await).await;
+            let output = output_by_type(server, &manifest, "output").await;
+            output.get("Provenance").map(|p| ids(p)).unwrap_or_default()
+        }
+    };
+    let set = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect::<BTreeSet<String>>();
+    // K17 at Patient level: Provenance whose target is in a patient's compartment.
+    assert_eq!(
+        provenance_of("Patient/$export?_type=Observation,Encounter,Condition,Provenance".into())
+            .await,
+        set(&["prov-a", "prov-c", "prov-d", "prov-e"])
+    );
+    // ...and only targets among the returned types.
+    assert_eq!(
+        provenance_of("Patient/$export?_type=Encounter,Provenance".into()).await,
+        set(&["prov-c", "prov-d"])
+    );
+    // Group: only the members' compartments.
+    assert_eq!(provenance_of("Group/g2/$export".into()).await, set(&["prov-e"]));
+    // System level without the parameter: every Provenance.
+    assert_eq!(
+        provenance_of("$export?_type=Provenance".into()).await,
+        set(&["prov-a", "prov-b", "prov-c", "prov-d", "prov-e"])
+    );
+    // includeAssociatedData: the Provenance of the returned resources, all or the newest.
+    assert_eq!(
+        provenance_of(
+            "$export?_type=Encounter&includeAssociatedData=RelevantProvenanceResources".into()
+        )
+        .await,
+        set(&["prov-c", "prov-d"])
+    );
+    assert_eq!(
+        provenance_of(
+            "$export?_type=Encounter&includeAssociatedData=LatestProvenanceResources".into()
+        )
+        .await,
+        set(&["prov-d"])
+    );
+    assert_eq!(
+        provenance_of("$export?_type=Encounter&includeAssociatedData=LatestProvenanceResources,RelevantProvenanceResources".into()).await,
+        set(&["prov-c", "prov-d"]),
+        "conflicting values: the least restrictive wins"
+    );
+    let (status, _, outcome) =
+        kick_raw(&server, Method::GET, "$export?includeAssociatedData=_custom", &[], None).await;
+    assert_outcome(status, 400, &outcome);
+    let (status, headers, _) = kick_raw(
+        &server,
+        Method::GET,
+        "$export?_type=Patient&includeAssociatedData=_custom",
+        &[("prefer", "respond-async, handling=lenient")],
+        None,
+    )
+    .await;
+    assert_eq!(status, 202);
+    let manifest = wait_manifest(&server, headers["content-location"].to_str().unwrap()).await;
+    let errors = output_by_type(&server, &manifest, "error").await;
+    assert!(
+        errors["OperationOutcome"][0]["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("_custom")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elements_trim_to_the_listed_and_mandatory_elements_byte_exact() {
+    let dataset = small();
+    let server = TestServer::start_loaded(dataset, test_export_config()).await;
+    let query = "$export?_type=Patient,Observation,Condition,Encounter&_elements=Patient.birthDate,Observation.value,Condition.code";
+    let manifest = wait_manifest(&server, &kick(&server, query).await).await;
+    let output = output_by_type(&server, &manifest, "output").await;
+    // Written out here from the R4 definitions: what each type keeps besides resourceType/id/meta.
+    let keep: BTreeMap<&str, Vec<&str>> = [
+        ("Patient", vec!["birthDate", "_birthDate"]),
+        ("Observation", vec!["status", "_status", "code"]),
+        ("Condition", vec!["subject", "code"]),
+    ]
+    .into();
+    for (type_name, lines) in &dataset.lines {
+        let Some(exported) = output.get(type_name) else { continue };
+        let by_id: BTreeMap<&str, &Value> =
+            exported.iter().map(|r| (r["id"].as_str().unwrap(), r)).collect();
+        for line in lines {
+            let original: Value = serde_json::from_str(line).unwrap();
+            let got = by_id[original["id"].as_str().unwrap()];
+            let Some(kept) = keep.get(type_name.as_str()) else {
+                // Encounter: no item applies, so it is exported whole and untagged.
+                let mut whole = got.clone();
+                whole.as_object_mut().unwrap().remove("meta");
+                assert_eq!(whole, original);
+                continue;
+            };
+            let mut want = serde_json::Map::new();
+            for (key, value) in original.as_object().unwrap() {
+                let is_value =
+                    type_name == "Observation" && key.starts_with("value") && key.len() > 5;
+                if key == "resourceType"
+                    || key == "id"
+                    || key == "implicitRules"
+                    || key == "modifierExtension"
+                    || kept.contains(&key.as_str())
+                    || is_value
+                {
+                    want.insert(key.clone(), value.clone());
+                }
+            }
+            let mut trimmed = got.as_object().unwrap().clone();
+            let meta = trimmed.remove("meta").unwrap();
+            let subsetted: Vec<&Value> = meta["tag"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|t| t["code"] == "SUBSETTED")
+                .collect();
+            assert_eq!(subsetted.len(), 1, "one SUBSETTED tag");
+            assert_eq!(
+                subsetted[0]["system"],
+                "http://terminology.hl7.org/CodeSystem/v3-ObservationValue"
+            );
+            assert_eq!(
+                Value::Object(trimmed),
+                Value::Object(want),
+                "{type_name}/{}",
+                original["id"]
+            );
+        }
+    }
+    // A typed choice name or an unknown element is a 400.
+    for bad in [
+        "_elements=Observation.valueQuantity",
+        "_elements=Patient.nope",
+        "_elements=Observation.code.text",
+    ] {
+        let (status, _, outcome) =
+            kick_raw(&server, Method::GET, &format!("$export?{bad}"), &[], None).await;
+        assert_outcome(status, 400, &outcome);
+    }
+}
