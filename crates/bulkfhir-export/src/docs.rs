@@ -35,6 +35,9 @@ pub struct StoredRequest {
     /// `_elements` items (checked at kick-off).
     #[serde(default)]
     pub elements: Vec<String>,
+    /// `organizeOutputBy` (v3), when honoured: `Patient`.
+    #[serde(default)]
+    pub organize_output_by: Option<String>,
 }
 
 /// What a job does, fixed at kick-off.
@@ -47,6 +50,12 @@ pub(crate) struct Plan {
     /// Export resources referenced from compartment resources whose types are outside the
     /// compartment (Practitioner, Organization, Location…), limited to these types when set.
     pub(crate) supporting: Option<SupportingTypes>,
+    /// `organizeOutputBy=Patient`: the compartment types each block holds after the Patient.
+    #[serde(default)]
+    pub(crate) block_types: Vec<String>,
+    /// `organizeOutputBy=Patient`: whether blocks hold the Patient resource itself.
+    #[serde(default)]
+    pub(crate) block_patient: bool,
 }
 
 /// Which supporting (referenced, non-compartment) types to include.
@@ -71,6 +80,8 @@ pub(crate) enum UnitSpec {
     DeletedMembers { resource_type: String, after_seq: u64 },
     /// Resources outside the compartment referenced by the other units' output; runs last.
     Supporting,
+    /// `organizeOutputBy=Patient`: blocks for members `first..end` (one file series per unit).
+    Blocks { first: usize, end: usize, part: u32, after_seq: u64 },
     /// Provenance for the returned resources (K17 and `includeAssociatedData`); runs last.
     Provenance {
         /// Only the newest Provenance per returned resource (`LatestProvenanceResources`).
@@ -172,6 +183,9 @@ pub struct FileEntry {
     pub bytes: u64,
     /// Which manifest array lists it.
     pub kind: FileKind,
+    /// `organizeOutputBy`: the file that continues this file's last block.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continues_in: Option<String>,
 }
 
 /// The finished export, as stored; the HTTP edge renders URLs from `base_url` and file names.
@@ -185,4 +199,7 @@ pub struct ManifestDoc {
     pub requires_access_token: bool,
     /// Every file, in manifest order.
     pub files: Vec<FileEntry>,
+    /// `organizeOutputBy`, when honoured (`outputOrganizedBy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organized_by: Option<String>,
 }

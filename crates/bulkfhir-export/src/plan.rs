@@ -102,6 +102,9 @@ pub(crate) async fn plan(
             true
         }
     };
+    if request.organize_output_by.is_some() {
+        return Ok(plan_blocks(store, request, snapshot, since_seq, by_members, plan).await?);
+    }
     // K17: Provenance targeting anything in the compartment, not only the Patient itself.
     let provenance_unit = explicit_provenance || provenance_requested;
     for resource_type in compartment::compartment_types().into_iter().filter(|t| requested(*t)) {
@@ -161,6 +164,81 @@ pub(crate) async fn plan(
         units.push(UnitSpec::Provenance { latest: latest_only, scope });
     }
     Ok((plan, units))
+}
+
+/// Members per `Blocks` unit.
+const MEMBERS_PER_BLOCK_UNIT: usize = 1000;
+
+/// `organizeOutputBy=Patient`: one block per patient (its compartment, then the supporting
+/// resources it references, repeated in each block that references them), in units of
+/// consecutive members; deletions stay in their own `deleted` files.
+async fn plan_blocks(
+    store: &dyn ResourceStore,
+    request: &ExportRequest,
+    snapshot: Snapshot,
+    since_seq: u64,
+    by_members: bool,
+    mut plan: Plan,
+) -> Result<(Plan, Vec<UnitSpec>), ExportError> {
+    let requested = |t: ResourceType| request.types.as_ref().is_none_or(|types| types.contains(&t));
+    if !by_members {
+        plan.members = all_patients(store, snapshot).await?;
+    }
+    plan.block_patient = requested(ResourceType::PATIENT);
+    plan.block_types = compartment::compartment_types()
+        .into_iter()
+        .filter(|t| *t != ResourceType::PATIENT && requested(*t))
+        .map(|t| t.as_str().to_owned())
+        .collect();
+    plan.supporting = match &request.types {
+        None => Some(SupportingTypes { only: None }),
+        Some(types) => {
+            let outside: Vec<String> = types
+                .iter()
+                .filter(|t| !compartment::is_compartment_type(**t))
+                .map(|t| t.as_str().to_owned())
+                .collect();
+            (!outside.is_empty()).then_some(SupportingTypes { only: Some(outside) })
+        }
+    };
+    let mut units = Vec::new();
+    let n_members = plan.members.len();
+    for (part, first) in (0..n_members).step_by(MEMBERS_PER_BLOCK_UNIT).enumerate() {
+        let end = (first + MEMBERS_PER_BLOCK_UNIT).min(n_members);
+        let part = u32::try_from(part + 1).unwrap_or(u32::MAX);
+        units.push(UnitSpec::Blocks { first, end, part, after_seq: since_seq });
+    }
+    if request.since.is_some() {
+        for resource_type in compartment::compartment_types().into_iter().filter(|t| requested(*t))
+        {
+            units.push(UnitSpec::DeletedMembers {
+                resource_type: resource_type.as_str().to_owned(),
+                after_seq: since_seq,
+            });
+        }
+    }
+    Ok((plan, units))
+}
+
+/// Every live Patient id as of the snapshot, sorted.
+async fn all_patients(
+    store: &dyn ResourceStore,
+    snapshot: Snapshot,
+) -> Result<Vec<String>, ExportError> {
+    let mut ids = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store
+            .scan(snapshot, ResourceType::PATIENT, bulkfhir_store::ScanOptions::live(after, 5000))
+            .await?;
+        ids.extend(page.resources.iter().map(|r| r.id.to_string()));
+        match page.next {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    ids.sort();
+    Ok(ids)
 }
 
 /// `_type` as names, when given.

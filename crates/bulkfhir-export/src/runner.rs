@@ -312,6 +312,7 @@ impl JobRun {
             request: request.request_url.clone(),
             requires_access_token: false,
             files,
+            organized_by: request.organize_output_by.clone(),
         };
         let json = serde_json::to_string(&manifest).map_err(corrupt)?;
         let now = Instant::now();
@@ -343,6 +344,7 @@ async fn write_error_file(ctx: &JobContext<'_>, notes: &[Note]) -> Result<FileEn
         count: notes.len() as u64,
         bytes: finished.stored_bytes,
         kind: FileKind::Error,
+        continues_in: None,
     })
 }
 

@@ -267,6 +267,7 @@ impl ExportService {
             separate_status: context.separate_status,
             partial_manifests: request.allow_partial_manifests,
             elements: request.elements.clone(),
+            organize_output_by: request.organize_output_by.clone(),
         };
         let id = JobId::new();
         let job = NewJob {
@@ -399,6 +400,7 @@ impl ExportService {
             request: request.request_url.clone(),
             requires_access_token: false,
             files,
+            organized_by: request.organize_output_by.clone(),
         };
         Ok(StatusView::Partial {
             page: Box::new(page),
@@ -541,8 +543,26 @@ fn refuse_unsupported(request: &mut ExportRequest, lenient: bool) -> Result<(), 
         }
         request.include_associated_data.retain(|v| KNOWN_ASSOCIATED.contains(&v.as_str()));
     }
-    if request.organize_output_by.is_some() {
-        unsupported.push("organizeOutputBy");
+    if let Some(organize) = request.organize_output_by.clone() {
+        let problem = if organize != "Patient" {
+            Some(format!(
+                "organizeOutputBy={organize} is not supported; this server organizes by Patient"
+            ))
+        } else if request.level == ExportLevel::System {
+            Some(
+                "organizeOutputBy is supported for Patient and Group exports, not system exports"
+                    .to_owned(),
+            )
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            if !lenient {
+                return Err(ExportError::invalid(problem, Some("organizeOutputBy")));
+            }
+            request.lenient_notes.push(format!("{problem}; ignored"));
+            request.organize_output_by = None;
+        }
     }
     let Some(first) = unsupported.first() else { return Ok(()) };
     if !lenient {
@@ -559,6 +579,5 @@ fn refuse_unsupported(request: &mut ExportRequest, lenient: bool) -> Result<(), 
             .push(format!("{name} is not supported by this server yet and was ignored"));
     }
     request.type_filters.clear();
-    request.organize_output_by = None;
     Ok(())
 }

@@ -1007,3 +1007,108 @@ async fn elements_trim_to_the_listed_and_mandatory_elements_byte_exact() {
         assert_outcome(status, 400, &outcome);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn organize_output_by_patient_puts_each_compartment_resource_in_its_patients_block_once() {
+    let export = ExportConfig { max_resources_per_file: 300, ..test_export_config() };
+    let dataset = small();
+    let server = TestServer::start_loaded(dataset, export).await;
+    let expected = expected_compartments(dataset);
+    let manifest =
+        wait_manifest(&server, &kick(&server, "Patient/$export?organizeOutputBy=Patient").await)
+            .await;
+    assert_eq!(manifest["outputOrganizedBy"], "Patient");
+    let items = manifest["output"].as_array().unwrap().clone();
+    assert!(items.iter().all(|i| i.get("type").is_none()), "organized output items carry no type");
+
+    let header_of = |line: &str| -> Option<String> {
+        let value: Value = serde_json::from_str(line).unwrap();
+        (value["resourceType"] == "Parameters").then(|| {
+            assert_eq!(value["parameter"][0]["name"], "header");
+            value["parameter"][0]["valueReference"]["reference"].as_str().unwrap().to_owned()
+        })
+    };
+    // (type, id) → the patients whose blocks hold it.
+    let mut placed: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    let mut blocks_seen = BTreeSet::new();
+    let mut continued = 0;
+    for (idx, item) in items.iter().enumerate() {
+        let lines = download(&server, item["url"].as_str().unwrap()).await;
+        assert_eq!(
+            item["count"].as_u64().unwrap() as usize,
+            lines.iter().filter(|l| header_of(l).is_none()).count()
+        );
+        let first_header = header_of(&lines[0]).expect("every file starts with a block header");
+        if let Some(next_url) = item.get("continuesInFile") {
+            continued += 1;
+            let next = items
+                .iter()
+                .find(|i| i["url"] == *next_url)
+                .expect("continuesInFile names a listed file");
+            let next_lines = download(&server, next["url"].as_str().unwrap()).await;
+            let last_header = lines.iter().rev().find_map(|l| header_of(l)).unwrap();
+            assert_eq!(
+                header_of(&next_lines[0]).unwrap(),
+                last_header,
+                "the continuation repeats the header"
+            );
+        }
+        let mut current = first_header;
+        // True right after the header of a block seen for the first time.
+        let mut block_start = false;
+        for (line_idx, line) in lines.iter().enumerate() {
+            if let Some(header) = header_of(line) {
+                let fresh_block = blocks_seen.insert(header.clone());
+                let continuation =
+                    line_idx == 0 && idx > 0 && items[idx - 1].get("continuesInFile").is_some();
+                assert!(
+                    fresh_block || continuation,
+                    "a block appears once, or continues in the next file"
+                );
+                current = header;
+                block_start = fresh_block;
+                continue;
+            }
+            let resource: Value = serde_json::from_str(line).unwrap();
+            let key = (
+                resource["resourceType"].as_str().unwrap().to_owned(),
+                resource["id"].as_str().unwrap().to_owned(),
+            );
+            if block_start {
+                assert_eq!(format!("{}/{}", key.0, key.1), current, "the Patient leads its block");
+                block_start = false;
+            }
+            placed.entry(key).or_default().push(current.clone());
+        }
+    }
+    assert!(continued > 0, "some block was too big for one file and continued");
+    let compartment_types: BTreeSet<&str> = COMPARTMENT_PATHS.iter().map(|(t, _)| *t).collect();
+    let mut n_compartment = 0;
+    for by_type in expected.values() {
+        for (type_name, ids) in by_type {
+            for id in ids {
+                let blocks = &placed[&(type_name.clone(), id.clone())];
+                assert_eq!(blocks.len(), 1, "{type_name}/{id} exactly once: {blocks:?}");
+                let owner_is_member = expected.iter().any(|(p, t)| {
+                    format!("Patient/{p}") == blocks[0]
+                        && t.get(type_name).is_some_and(|set| set.contains(id))
+                });
+                assert!(
+                    owner_is_member,
+                    "{type_name}/{id} sits in the block of a patient whose compartment holds it"
+                );
+                n_compartment += 1;
+            }
+        }
+    }
+    assert!(n_compartment > 0);
+    for ((type_name, id), blocks) in &placed {
+        if compartment_types.contains(type_name.as_str()) {
+            assert_eq!(blocks.len(), 1, "{type_name}/{id}");
+        }
+    }
+    for bad in ["$export?organizeOutputBy=Patient", "Patient/$export?organizeOutputBy=Encounter"] {
+        let (status, _, outcome) = kick_raw(&server, Method::GET, bad, &[], None).await;
+        assert_outcome(status, 400, &outcome);
+    }
+}

@@ -179,22 +179,38 @@ pub(super) async fn status(
 /// The manifest JSON for a manifest (or partial-manifest page), with absolute URLs.
 fn manifest_json(manifest: &ManifestDoc, base_url: &str, job_id: &JobId) -> Value {
     let url = |name: &str| format!("{base_url}/$export-file/{job_id}/{name}");
+    let organized = manifest.organized_by.is_some();
     let items = |kind: FileKind| -> Vec<Value> {
         manifest
             .files
             .iter()
             .filter(|f| f.kind == kind)
-            .map(|f| json!({"type": f.resource_type, "url": url(&f.name), "count": f.count}))
+            .map(|f| {
+                // With organizeOutputBy, output items carry no type (files mix types).
+                let mut item = if organized && kind == FileKind::Output {
+                    json!({"url": url(&f.name), "count": f.count})
+                } else {
+                    json!({"type": f.resource_type, "url": url(&f.name), "count": f.count})
+                };
+                if let Some(next) = &f.continues_in {
+                    item["continuesInFile"] = json!(url(next));
+                }
+                item
+            })
             .collect()
     };
-    json!({
+    let mut body = json!({
         "transactionTime": manifest.transaction_time,
         "request": manifest.request,
         "requiresAccessToken": manifest.requires_access_token,
         "output": items(FileKind::Output),
         "deleted": items(FileKind::Deleted),
         "error": items(FileKind::Error),
-    })
+    });
+    if let Some(organized_by) = &manifest.organized_by {
+        body["outputOrganizedBy"] = json!(organized_by);
+    }
+    body
 }
 
 /// `X-Progress`: visible ASCII, under 100 characters.
