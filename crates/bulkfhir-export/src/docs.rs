@@ -35,6 +35,9 @@ pub struct StoredRequest {
     /// `_elements` items (checked at kick-off).
     #[serde(default)]
     pub elements: Vec<String>,
+    /// `_typeFilter` queries (checked at kick-off), as `Type?params`.
+    #[serde(default)]
+    pub type_filters: Vec<String>,
     /// `organizeOutputBy` (v3), when honoured: `Patient`.
     #[serde(default)]
     pub organize_output_by: Option<String>,

@@ -103,7 +103,7 @@ pub(crate) async fn plan(
         }
     };
     if request.organize_output_by.is_some() {
-        return Ok(plan_blocks(store, request, snapshot, since_seq, by_members, plan).await?);
+        return plan_blocks(store, request, snapshot, since_seq, by_members, plan).await;
     }
     // K17: Provenance targeting anything in the compartment, not only the Patient itself.
     let provenance_unit = explicit_provenance || provenance_requested;

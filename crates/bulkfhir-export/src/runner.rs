@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use bulkfhir_model::{Instant, elements::ElementSelection};
+use bulkfhir_model::{Instant, elements::ElementSelection, search::SearchQuery};
 use bulkfhir_store::{JobRecord, JobStatus, StoreError};
 use futures::{StreamExt, stream};
 use tokio::sync::Semaphore;
@@ -241,6 +241,12 @@ impl JobRun {
                     .map_err(|e| ExportError::Corrupt(e.to_string()))?,
             )
         };
+        let mut filters: HashMap<bulkfhir_model::ResourceType, Vec<SearchQuery>> = HashMap::new();
+        for text in &request.type_filters {
+            let query = SearchQuery::parse_type_filter(text, job.request_time)
+                .map_err(|e| ExportError::Corrupt(format!("_typeFilter '{text}': {e}")))?;
+            filters.entry(query.resource_type()).or_default().push(query);
+        }
         let ctx = JobContext {
             store: shared.store.as_ref(),
             jobs: shared.jobs.as_ref(),
@@ -255,6 +261,7 @@ impl JobRun {
             cancel: &self.cancel,
             written,
             elements: elements.as_ref(),
+            filters: &filters,
         };
         let mut finished: HashMap<u32, Checkpoint> = HashMap::new();
         let no_refs = BTreeSet::new();

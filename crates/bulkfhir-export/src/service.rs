@@ -10,6 +10,7 @@ use bulkfhir_model::{
     Instant,
     elements::ElementSelection,
     export::{ExportLevel, ExportRequest, OutputFormat},
+    search::SearchQuery,
 };
 use bulkfhir_output::{OutputError, OutputKey, OutputStore};
 use bulkfhir_store::{
@@ -237,7 +238,7 @@ impl ExportService {
         mut request: ExportRequest,
         context: KickoffContext,
     ) -> Result<JobId, ExportError> {
-        refuse_unsupported(&mut request, context.lenient)?;
+        check_parameters(&mut request, context.lenient)?;
         let shared = &self.shared;
         let mut snapshot = shared.store.snapshot().await?;
         if let Some(until) = request.until
@@ -267,6 +268,7 @@ impl ExportService {
             separate_status: context.separate_status,
             partial_manifests: request.allow_partial_manifests,
             elements: request.elements.clone(),
+            type_filters: request.type_filters.clone(),
             organize_output_by: request.organize_output_by.clone(),
         };
         let id = JobId::new();
@@ -494,11 +496,25 @@ fn not_found(id: &JobId) -> ExportError {
     ExportError::NotFound(format!("no export job {id}"))
 }
 
-/// Parameters the engine does not implement yet: an error, or a note under lenient handling.
-fn refuse_unsupported(request: &mut ExportRequest, lenient: bool) -> Result<(), ExportError> {
-    let mut unsupported: Vec<&'static str> = Vec::new();
-    if !request.type_filters.is_empty() {
-        unsupported.push("_typeFilter");
+/// Checks the parameters the model parser cannot check alone (`_typeFilter` queries, `_elements`
+/// names, `includeAssociatedData` codes, `organizeOutputBy`): an error, or under lenient handling
+/// the offending part dropped with a note for the manifest's error file.
+fn check_parameters(request: &mut ExportRequest, lenient: bool) -> Result<(), ExportError> {
+    let now = Instant::now();
+    let filters = std::mem::take(&mut request.type_filters);
+    for filter in filters {
+        match SearchQuery::parse_type_filter(&filter, now) {
+            Ok(_) => request.type_filters.push(filter),
+            Err(error) if lenient => {
+                request.lenient_notes.push(format!("_typeFilter '{filter}' was ignored: {error}"));
+            }
+            Err(error) => {
+                return Err(ExportError::invalid(
+                    format!("_typeFilter '{filter}': {error}"),
+                    Some("_typeFilter"),
+                ));
+            }
+        }
     }
     if !request.elements.is_empty() && ElementSelection::parse(&request.elements).is_err() {
         if !lenient {
@@ -564,20 +580,5 @@ fn refuse_unsupported(request: &mut ExportRequest, lenient: bool) -> Result<(), 
             request.organize_output_by = None;
         }
     }
-    let Some(first) = unsupported.first() else { return Ok(()) };
-    if !lenient {
-        return Err(ExportError::invalid(
-            format!(
-                "{first} is not supported by this server yet (send Prefer: handling=lenient to have it ignored)"
-            ),
-            Some(first),
-        ));
-    }
-    for name in unsupported {
-        request
-            .lenient_notes
-            .push(format!("{name} is not supported by this server yet and was ignored"));
-    }
-    request.type_filters.clear();
     Ok(())
 }

@@ -13,7 +13,7 @@ use std::{
 
 use bulkfhir_model::{
     Instant, ResourceId, ResourceRef, ResourceType, compartment, elements::ElementSelection,
-    json::write_json_string,
+    json::write_json_string, search::SearchQuery,
 };
 use bulkfhir_output::{Compression, FileWriter, OutputKey, OutputStore};
 use bulkfhir_store::{
@@ -50,9 +50,18 @@ pub(crate) struct JobContext<'a> {
     pub(crate) written: &'a AtomicU64,
     /// `_elements`, when asked for.
     pub(crate) elements: Option<&'a ElementSelection>,
+    /// `_typeFilter` queries by type; a resource of a listed type is exported only if one of its
+    /// type's queries matches.
+    pub(crate) filters: &'a HashMap<ResourceType, Vec<SearchQuery>>,
 }
 
 impl JobContext<'_> {
+    /// Whether `resource` passes `_typeFilter` (resources of types without a filter always do).
+    fn passes_filters(&self, resource: &StoredResource) -> bool {
+        let Some(queries) = self.filters.get(&resource.resource_type) else { return true };
+        queries.iter().any(|query| query.matches(&resource.body).unwrap_or(false))
+    }
+
     fn check_cancelled(&self) -> Result<(), ExportError> {
         if self.cancel.is_cancelled() { Err(ExportError::Stopped("cancelled")) } else { Ok(()) }
     }
@@ -171,7 +180,7 @@ pub(crate) async fn run_unit(
                         roller.write_page(&page, 0, |r| winners.contains(&r.seq)).await?;
                     } else {
                         let docs: Vec<ProvenanceDoc> =
-                            page.resources.iter().map(|r| ProvenanceDoc::read(r)).collect();
+                            page.resources.iter().map(ProvenanceDoc::read).collect();
                         let returned = returned_targets(ctx, scope, &docs).await?;
                         if *latest {
                             for doc in &docs {
@@ -203,6 +212,7 @@ pub(crate) async fn run_unit(
         UnitSpec::Supporting => {
             // Restarting from scratch is exact: the same references give the same files.
             roller.checkpoint = Checkpoint::default();
+            roller.apply_filters = false;
             let mut by_type: BTreeMap<ResourceType, Vec<ResourceId>> = BTreeMap::new();
             for reference in supporting_refs {
                 if let Some(target) = ResourceRef::parse(reference) {
@@ -392,7 +402,7 @@ async fn build_block(
             .store
             .read_many_at(ctx.snapshot, ResourceType::PATIENT, std::slice::from_ref(&patient_id))
             .await?;
-        for resource in found.iter().filter(|r| r.seq > after_seq) {
+        for resource in found.iter().filter(|r| r.seq > after_seq && ctx.passes_filters(r)) {
             push(&mut block, &mut offsets, resource, &mut references);
         }
     }
@@ -415,6 +425,7 @@ async fn build_block(
                 .resources
                 .iter()
                 .filter(|r| owner(r, &ctx.member_set).is_none_or(|o| o == patient.as_str()))
+                .filter(|r| ctx.passes_filters(r))
             {
                 push(&mut block, &mut offsets, resource, &mut references);
             }
@@ -601,6 +612,8 @@ struct Roller<'c, 'a> {
     last_seq: u64,
     last_member: usize,
     reference_finder: memmem::Finder<'static>,
+    /// `_typeFilter` applies (not to supporting resources, which are there for context).
+    apply_filters: bool,
 }
 
 impl<'c, 'a> Roller<'c, 'a> {
@@ -621,6 +634,7 @@ impl<'c, 'a> Roller<'c, 'a> {
             pending_refs: BTreeSet::new(),
             pending_notes: Vec::new(),
             reference_finder: memmem::Finder::new(br#""reference":""#),
+            apply_filters: true,
         }
     }
 
@@ -653,7 +667,10 @@ impl<'c, 'a> Roller<'c, 'a> {
             .elements
             .filter(|e| self.resource_type.is_some_and(|t| e.applies_to(t)) && !self.deleted);
         let mut n_written = 0u64;
-        for resource in page.resources.iter().filter(|r| keep(r)) {
+        let filtering = self.apply_filters && !self.deleted;
+        for resource in
+            page.resources.iter().filter(|r| keep(r) && (!filtering || self.ctx.passes_filters(r)))
+        {
             n_written += 1;
             if self.deleted {
                 write_deletion_line(&mut self.buffer, resource);

@@ -20,6 +20,7 @@ pub mod json;
 pub mod outcome;
 mod prepare;
 mod resource_type;
+pub mod search;
 
 pub use error::{ErrorKind, ModelError};
 pub use id::ResourceId;

@@ -1,13 +1,14 @@
 //! The CapabilityStatement served at `GET [base]/metadata`: it states what this server really
 //! does, no more.
 
-use bulkfhir_model::{Instant, ResourceType};
+use bulkfhir_model::{Instant, ResourceType, search};
 use serde_json::{Value, json};
 
 /// What the Bulk Data IG asks servers to document (v2 section "Server capability documentation").
 const EXPORT_DOCUMENTATION: &str = "Bulk Data export (IG v2.0.0) on the asynchronous request pattern. \
 Parameters: _outputFormat (application/fhir+ndjson, application/ndjson, ndjson; gzip forms such as application/fhir+ndjson+gzip give .ndjson.gz files), \
-_since, _type, patient (POST, Patient and Group level); others are refused with 400, or ignored and reported under Prefer: handling=lenient. \
+_since, _until, _type, patient (POST, Patient and Group level), _typeFilter (the search parameters listed per resource type), _elements, includeAssociatedData (LatestProvenanceResources, RelevantProvenanceResources), organizeOutputBy=Patient, allowPartialManifests; others are refused with 400, or ignored and reported under Prefer: handling=lenient. \
+Every resource type listed here is exportable. \
 Files hold at most 100,000 resources (configurable) and one type each; they expire 24 hours after completion (configurable). \
 Resources are exported in their version current at transactionTime, which is taken at kick-off; with _since, deletions after _since are listed in 'deleted'. \
 Patient and Group exports use the FHIR R4 Patient compartment (plus Device.patient) and add the resources outside it that exported resources reference (Practitioner, Organization, Location, Medication...). \
@@ -21,6 +22,18 @@ fn export_operations(v2_name: &str) -> Value {
         {"name": "export", "definition": definition, "documentation": EXPORT_DOCUMENTATION},
         {"name": v2_name, "definition": definition}
     ])
+}
+
+/// The search parameters of a type: `_count` for paging, then every parameter the search
+/// evaluator supports, which are also the ones usable in `_typeFilter`.
+fn search_params(resource_type: ResourceType) -> Value {
+    let mut params = vec![
+        json!({"name": "_count", "type": "number", "documentation": "Page size (paging runs over one snapshot)."}),
+    ];
+    params.extend(search::supported_params(resource_type).map(|(name, kind, documentation)| {
+        json!({"name": name, "type": kind, "documentation": format!("Usable in search and in $export _typeFilter. {documentation}")})
+    }));
+    Value::Array(params)
 }
 
 /// Builds the CapabilityStatement for the API at `base`.
@@ -40,10 +53,7 @@ pub(crate) fn capability_statement(base: &str, started: Instant) -> Value {
                 "conditionalCreate": false,
                 "conditionalUpdate": false,
                 "conditionalDelete": "not-supported",
-                "searchParam": [
-                    {"name": "_count", "type": "number",
-                     "documentation": "Page size. Search is a paged listing of the type in storage order; other search parameters are not supported yet."}
-                ]
+                "searchParam": search_params(resource_type),
             });
             if resource_type == ResourceType::PATIENT {
                 resource["documentation"] = json!(

@@ -86,7 +86,11 @@ async fn an_export_killed_half_way_completes_after_restart_with_every_resource_o
             .json()
             .await
             .unwrap();
-        assert_eq!(job["status"], "in-progress", "the export must still run when it is killed");
+        let status = job["status"].as_str().unwrap();
+        assert!(
+            status == "accepted" || status == "in-progress",
+            "the export must still run when it is killed: {status}"
+        );
         if finished >= 3 {
             break;
         }

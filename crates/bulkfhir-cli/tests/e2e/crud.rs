@@ -32,6 +32,14 @@ async fn metadata_describes_a_fhir_r4_server() {
         patient["operation"][0]["definition"],
         "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"
     );
+    let observation = resources.iter().find(|r| r["type"] == "Observation").unwrap();
+    let code = observation["searchParam"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "code")
+        .unwrap();
+    assert_eq!(code["type"], "token", "the _typeFilter-usable search parameters are listed");
     let group = resources.iter().find(|r| r["type"] == "Group").unwrap();
     let names: Vec<&str> = group["operation"]
         .as_array()

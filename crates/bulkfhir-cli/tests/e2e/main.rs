@@ -10,3 +10,4 @@ mod crash;
 mod crud;
 mod export;
 mod real_data;
+mod typefilter;

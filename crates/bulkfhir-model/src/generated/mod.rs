@@ -2,6 +2,7 @@
 //! See docs/definitions.md; do not edit `r4.rs` by hand.
 
 pub(crate) mod r4;
+pub(crate) mod search_params;
 
 #[cfg(test)]
 mod tests {

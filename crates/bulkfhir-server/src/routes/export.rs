@@ -272,9 +272,10 @@ async fn job_status(
             let too_fast = {
                 let mut polls =
                     state.polls.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                let too_fast = polls
-                    .get(&job_id)
-                    .is_some_and(|last| now.duration_since(*last) < retry_after / 2);
+                let too_fast = !is_page
+                    && polls
+                        .get(&job_id)
+                        .is_some_and(|last| now.duration_since(*last) < retry_after / 2);
                 if !too_fast {
                     if polls.len() > 10_000 {
                         polls.retain(|_, last| {

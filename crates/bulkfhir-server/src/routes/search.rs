@@ -6,7 +6,7 @@ use axum::{
     http::StatusCode,
     response::Response,
 };
-use bulkfhir_model::{ErrorKind, Instant, ResourceType, compartment};
+use bulkfhir_model::{ErrorKind, Instant, ResourceType, compartment, search::SearchQuery};
 use bulkfhir_store::{ScanOptions, ScanPage, Snapshot};
 
 use super::{FhirPath, json_response, parse_id, parse_type};
@@ -18,17 +18,24 @@ use crate::{
 
 const DEFAULT_COUNT: usize = 50;
 
-/// `_count` and the `_page` continuation token.
+/// `_count`, the `_page` continuation token, and the search parameters.
 struct Paging {
     count: usize,
     snapshot: Option<Snapshot>,
     after_seq: u64,
+    /// Search parameters in request order (only where search is allowed).
+    search: Vec<(String, String)>,
 }
 
-fn parse_paging(state: &AppState, request: &Request) -> Result<Paging, ApiError> {
+fn parse_paging(
+    state: &AppState,
+    request: &Request,
+    allow_search: bool,
+) -> Result<Paging, ApiError> {
     let query = query_pairs(request.uri().query());
     check_accept(request.headers(), &query)?;
-    let mut paging = Paging { count: DEFAULT_COUNT, snapshot: None, after_seq: 0 };
+    let mut paging =
+        Paging { count: DEFAULT_COUNT, snapshot: None, after_seq: 0, search: Vec::new() };
     for (name, value) in &query {
         match name.as_str() {
             "_count" => {
@@ -52,6 +59,7 @@ fn parse_paging(state: &AppState, request: &Request) -> Result<Paging, ApiError>
                 paging.after_seq = after;
             }
             "_format" => {}
+            _ if allow_search => paging.search.push((name.clone(), value.clone())),
             other => {
                 return Err(ApiError::new(
                     ErrorKind::Unsupported,
@@ -73,16 +81,41 @@ pub(super) async fn list_type(
     request: Request,
 ) -> Result<Response, ApiError> {
     let resource_type = parse_type(&type_name)?;
-    let paging = parse_paging(&state, &request)?;
+    let paging = parse_paging(&state, &request, true)?;
+    let query = if paging.search.is_empty() {
+        None
+    } else {
+        let parsed = SearchQuery::parse(resource_type, &paging.search, Instant::now());
+        Some(parsed.map_err(|e| {
+            let error = ApiError::invalid(e.message);
+            match e.parameter {
+                Some(parameter) => error.at(parameter),
+                None => error,
+            }
+        })?)
+    };
     let snapshot = match paging.snapshot {
         Some(snapshot) => snapshot,
         None => state.store.snapshot().await?,
     };
-    let page = state
-        .store
-        .scan(snapshot, resource_type, ScanOptions::live(paging.after_seq, paging.count))
-        .await?;
-    let path = format!("{base}/{type_name}");
+    let page = match &query {
+        None => {
+            let options = ScanOptions::live(paging.after_seq, paging.count);
+            state.store.scan(snapshot, resource_type, options).await?
+        }
+        Some(query) => {
+            search_page(&state, snapshot, resource_type, query, paging.after_seq, paging.count)
+                .await?
+        }
+    };
+    // Links repeat the search parameters; `searchset` appends _count and _page.
+    let search_params: String =
+        form_urlencoded::Serializer::new(String::new()).extend_pairs(&paging.search).finish();
+    let path = if search_params.is_empty() {
+        format!("{base}/{type_name}?")
+    } else {
+        format!("{base}/{type_name}?{search_params}&")
+    };
     Ok(searchset(&base, &path, paging.count, snapshot, &page))
 }
 
@@ -100,7 +133,7 @@ pub(super) async fn compartment(
             "{resource_type} is not in the Patient compartment"
         )));
     }
-    let paging = parse_paging(&state, &request)?;
+    let paging = parse_paging(&state, &request, false)?;
     let snapshot = match paging.snapshot {
         Some(snapshot) => snapshot,
         None => state.store.snapshot().await?,
@@ -120,8 +153,46 @@ pub(super) async fn compartment(
             ScanOptions::live(paging.after_seq, paging.count),
         )
         .await?;
-    let path = format!("{base}/Patient/{patient}/{type_name}");
+    let path = format!("{base}/Patient/{patient}/{type_name}?");
     Ok(searchset(&base, &path, paging.count, snapshot, &page))
+}
+
+/// Scans from `after_seq` until `count` resources match, the scan budget is spent, or the type
+/// ends. A page may hold fewer than `count` entries; `next` then continues the scan.
+async fn search_page(
+    state: &AppState,
+    snapshot: Snapshot,
+    resource_type: ResourceType,
+    query: &SearchQuery,
+    after_seq: u64,
+    count: usize,
+) -> Result<ScanPage, ApiError> {
+    const SCAN_BUDGET: usize = 50_000;
+    let mut out = ScanPage::default();
+    let (mut after, mut scanned) = (after_seq, 0usize);
+    loop {
+        let page =
+            state.store.scan(snapshot, resource_type, ScanOptions::live(after, 1000)).await?;
+        scanned += page.resources.len();
+        for resource in page.resources {
+            after = resource.seq;
+            if query.matches(&resource.body).unwrap_or(false) {
+                out.resources.push(resource);
+                if out.resources.len() >= count {
+                    out.next = Some(after);
+                    return Ok(out);
+                }
+            }
+        }
+        match page.next {
+            Some(next) if scanned < SCAN_BUDGET => after = next,
+            Some(next) => {
+                out.next = Some(next);
+                return Ok(out);
+            }
+            None => return Ok(out),
+        }
+    }
 }
 
 fn searchset(
@@ -135,12 +206,12 @@ fn searchset(
         Vec::with_capacity(page.resources.iter().map(|r| r.body.len() + 128).sum::<usize>() + 512);
     out.extend_from_slice(br#"{"resourceType":"Bundle","type":"searchset","link":["#);
     out.extend_from_slice(
-        format!(r#"{{"relation":"self","url":"{path}?_count={count}"}}"#).as_bytes(),
+        format!(r#"{{"relation":"self","url":"{path}_count={count}"}}"#).as_bytes(),
     );
     if let Some(next) = page.next {
         let token = format!("{}-{}-{next}", snapshot.seq, snapshot.time.as_micros());
         out.extend_from_slice(
-            format!(r#",{{"relation":"next","url":"{path}?_count={count}&_page={token}"}}"#)
+            format!(r#",{{"relation":"next","url":"{path}_count={count}&_page={token}"}}"#)
                 .as_bytes(),
         );
     }
