@@ -633,7 +633,7 @@ fn render<'a>(
         "/// top-level elements in snapshot order, named as the StructureDefinition names them, so a",
     );
     line(
-        "/// choice element appears once with its base name and `[x]` (\"value[x]\", \"effective[x]\").",
+        "/// choice element appears once with its base name and `[x]` (`value[x]`, `effective[x]`).",
     );
     line("pub(crate) const TOP_LEVEL_ELEMENTS: &[(&str, &[&str])] = &[");
     for (resource_type, names) in &element_tables.top_level {

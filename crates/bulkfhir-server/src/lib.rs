@@ -1,6 +1,6 @@
 //! The HTTP edge of bulkfhir: the FHIR REST API on axum.
 //!
-//! Handlers are thin: they extract input into model types ([`extract`]), call one store or
+//! Handlers are thin: they extract input into model types (`extract`), call one store or
 //! workflow function, and map the result to a response. Every error becomes an
 //! `OperationOutcome` in one place ([`outcome`]). Only this crate (and the CLI that wires it)
 //! names axum; backends arrive as `Arc<dyn ResourceStore>`.

@@ -1,7 +1,7 @@
-//! The embedded default backend of [`ResourceStore`]: one SQLite database (WAL mode) in the data
+//! The embedded default backend of [`ResourceStore`](bulkfhir_store::ResourceStore) and [`JobStore`](bulkfhir_store::JobStore): one SQLite database (WAL mode) in the data
 //! directory, through rusqlite.
 //!
-//! Layout ([`schema`]): every version of every resource is a row of `resource_version` keyed by
+//! Layout (`schema.rs`): every version of every resource is a row of `resource_version` keyed by
 //! its global sequence number (`seq`, the rowid), with the seq of the version that replaced it
 //! (`next_seq`), so a snapshot read is a plain range filter `seq <= S AND next_seq > S`;
 //! `compartment` indexes each version's Patient compartment membership.

@@ -660,7 +660,7 @@ pub(crate) const MANDATORY_ELEMENTS: &[(&str, &[&str])] = &[
 
 /// For every resource type (sorted by type, the same types as `RESOURCE_TYPES`): all its
 /// top-level elements in snapshot order, named as the StructureDefinition names them, so a
-/// choice element appears once with its base name and `[x]` ("value[x]", "effective[x]").
+/// choice element appears once with its base name and `[x]` (`value[x]`, `effective[x]`).
 pub(crate) const TOP_LEVEL_ELEMENTS: &[(&str, &[&str])] = &[
     (
         "Account",
