@@ -5,6 +5,8 @@
 //! - `generate`: a deterministic synthetic population as NDJSON;
 //! - `demo`: generate, load and serve in one step, for a first look.
 
+mod bench;
+
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -44,6 +46,8 @@ enum Command {
     Generate(GenerateArgs),
     /// Generate a small population into an empty data directory, load it, and serve it.
     Demo(DemoArgs),
+    /// Benchmark ingest and every kind of export against this machine's copy and gzip limits.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -227,6 +231,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             serve(options, args.listen).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Bench(args) => bench::run(args).await,
     }
 }
 

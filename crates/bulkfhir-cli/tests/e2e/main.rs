@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod bad_input;
+mod bench_smoke;
 mod bundles;
 mod common;
 mod crash;

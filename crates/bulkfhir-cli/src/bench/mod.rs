@@ -1,0 +1,887 @@
+//! `bulkfhir bench`: generate a deterministic population, load it, serve it with the real binary,
+//! and time the Bulk Data exports against the machine's own limits on the same bytes.
+//!
+//! Phases (progress on stderr, the table on stdout, the figures in `bench-results.json`):
+//!
+//! 1. generate population A (seed 1, `ceil(N / 374)` patients) with the library generator;
+//! 2. `bulkfhir load` it (a child process), then start `bulkfhir serve` (a child process);
+//! 3. PUT a second population (seed 2, so no id collides; its `Group/all-patients` left out) as
+//!    transaction Bundles of 500 entries;
+//! 4. PUT `Group/bench-10pct` (every 10th Patient of A), note its `lastUpdated` as `_since`, then
+//!    re-PUT every 100th line of every file of A through transaction Bundles (1%);
+//! 5. each export scenario `runs` times on a freshly started server (so `VmHWM` is that
+//!    scenario's peak), median wall time; every count checked;
+//! 6. the limits on the plain system export's files: copy file to file, gzip on all cores;
+//! 7. kick-off and status-poll latency while a system export runs.
+
+mod latency;
+mod limits;
+mod report;
+mod scenarios;
+mod server;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::{ExitCode, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use bulkfhir_generator::{GenerateOptions, GenerateStats, generate_to_dir};
+use bulkfhir_model::Instant as FhirInstant;
+use clap::Args;
+use serde_json::{Value, json};
+
+use self::{
+    report::{latency_json, median, round, thousands},
+    scenarios::{Expect, Http, RunResult, Scenario, compartment_count},
+    server::Server,
+};
+
+/// Resources the generator writes per patient, on average.
+const RESOURCES_PER_PATIENT: u64 = 374;
+/// The seed of the population that is loaded and exported.
+const SEED: u64 = 1;
+/// The seed of the population sent as transaction Bundles (different ids).
+const BUNDLE_SEED: u64 = 2;
+/// Entries per transaction Bundle.
+const BUNDLE_SIZE: usize = 500;
+/// The Group holding every 10th generated Patient.
+const GROUP_ID: &str = "bench-10pct";
+/// Kick-offs timed in the latency phase.
+const KICKOFFS: usize = 20;
+/// The export's default gzip level (`--gzip-level`, `BULKFHIR_GZIP_LEVEL`).
+const GZIP_LEVEL: u32 = 1;
+/// LOINC body weight: about 10% of generated Observations (the `_typeFilter` scenario).
+const FILTER_CODE: &str = "29463-7";
+/// Bytes per MB in every MB and MB/s figure.
+const MB: f64 = 1e6;
+
+#[derive(Args, Debug)]
+pub(crate) struct BenchArgs {
+    /// Resources to generate (about 374 per patient; the patient count is rounded up).
+    #[arg(long, default_value_t = 1_000_000)]
+    resources: u64,
+    /// Runs of each export scenario and each limit measurement; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Working folder, empty or missing (default: a new folder in the temp directory).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Where to write the results as JSON.
+    #[arg(long, default_value = "bench-results.json")]
+    out: PathBuf,
+    /// Keep the working folder (generated files, store, export files) afterwards.
+    #[arg(long)]
+    keep: bool,
+    /// Resources of the second population sent as transaction Bundles.
+    #[arg(long, default_value_t = 20_000)]
+    bundle_resources: u64,
+    /// Transaction Bundles in flight at once.
+    #[arg(long, default_value_t = 3)]
+    bundle_concurrency: usize,
+    /// Concurrent status pollers in the latency phase.
+    #[arg(long, default_value_t = 200)]
+    pollers: usize,
+    /// Seconds the latency phase lasts.
+    #[arg(long, default_value_t = 10)]
+    latency_secs: u64,
+}
+
+/// Runs the benchmark; the exit code is a failure when any check failed.
+pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if args.runs == 0 || args.resources == 0 {
+        bail!("--runs and --resources must be at least 1");
+    }
+    let (work, created) = match &args.work_dir {
+        Some(dir) => (dir.clone(), !dir.exists()),
+        None => {
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis());
+            (
+                std::env::temp_dir().join(format!("bulkfhir-bench-{}-{stamp}", std::process::id())),
+                true,
+            )
+        }
+    };
+    if work.exists()
+        && std::fs::read_dir(&work)
+            .with_context(|| format!("list {}", work.display()))?
+            .next()
+            .is_some()
+    {
+        bail!("the working folder {} is not empty", work.display());
+    }
+    std::fs::create_dir_all(&work).with_context(|| format!("create {}", work.display()))?;
+    eprintln!("bench: working in {}", work.display());
+
+    let mut slot = None;
+    let result = bench(&args, &work, &mut slot).await;
+    if let Some(server) = slot.take()
+        && let Err(error) = server.stop().await
+    {
+        eprintln!("bench: stopping the server: {error:#}");
+    }
+    match &result {
+        Ok(_) if !args.keep => {
+            let removed = if created {
+                std::fs::remove_dir_all(&work)
+            } else {
+                ["generated", "bundle-population", "data", "copy", "server.log"]
+                    .iter()
+                    .map(|name| work.join(name))
+                    .filter(|path| path.exists())
+                    .try_for_each(|path| {
+                        if path.is_dir() {
+                            std::fs::remove_dir_all(path)
+                        } else {
+                            std::fs::remove_file(path)
+                        }
+                    })
+            };
+            if let Err(error) = removed {
+                eprintln!("bench: could not remove {}: {error}", work.display());
+            }
+        }
+        Ok(_) => eprintln!("bench: kept {}", work.display()),
+        Err(_) => {
+            eprintln!("bench: kept {} for inspection (server log: server.log)", work.display())
+        }
+    }
+    result
+}
+
+/// Stops the running server, if any, and starts a new one on the same data.
+async fn restart<'a>(
+    slot: &'a mut Option<Server>,
+    exe: &Path,
+    work: &Path,
+    http: &mut Http,
+) -> anyhow::Result<&'a mut Server> {
+    if let Some(server) = slot.take() {
+        server.stop().await?;
+    }
+    let server =
+        Server::start(exe, &work.join("data"), &work.join("server.log"), &http.client).await?;
+    http.base = server.base.clone();
+    Ok(slot.insert(server))
+}
+
+fn generate(patients: u64, seed: u64, dir: &Path) -> anyhow::Result<(GenerateStats, f64)> {
+    let started = Instant::now();
+    let stats = generate_to_dir(&GenerateOptions { patients, seed }, dir, &mut |_| {})
+        .with_context(|| format!("generate into {}", dir.display()))?;
+    Ok((stats, started.elapsed().as_secs_f64()))
+}
+
+/// Per-type counts of generated stats.
+fn type_counts(stats: &GenerateStats) -> BTreeMap<String, u64> {
+    stats.per_type.iter().map(|(t, &(n, _))| (t.clone(), n)).collect()
+}
+
+async fn bench(
+    args: &BenchArgs,
+    work: &Path,
+    slot: &mut Option<Server>,
+) -> anyhow::Result<ExitCode> {
+    let bench_started = Instant::now();
+    let started_at = FhirInstant::now().to_fhir();
+    let load_average_at_start = report::load_average();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let exe = std::env::current_exe().context("find the bulkfhir binary")?;
+    let mut failures: Vec<String> = Vec::new();
+
+    // 1. Generate.
+    let patients = args.resources.div_ceil(RESOURCES_PER_PATIENT);
+    let generated = work.join("generated");
+    eprintln!("bench: generating {patients} patients (seed {SEED}) into {}", generated.display());
+    let dir = generated.clone();
+    let (population, generate_s) =
+        tokio::task::spawn_blocking(move || generate(patients, SEED, &dir))
+            .await
+            .context("the generator panicked")??;
+    eprintln!(
+        "bench: generated {} resources ({:.1} MB) in {generate_s:.2} s",
+        thousands(population.resources),
+        population.bytes as f64 / MB
+    );
+    let bundle_patients = args.bundle_resources.div_ceil(RESOURCES_PER_PATIENT);
+    let bundle_dir = work.join("bundle-population");
+    let dir = bundle_dir.clone();
+    let (bundle_population, _) =
+        tokio::task::spawn_blocking(move || generate(bundle_patients, BUNDLE_SEED, &dir))
+            .await
+            .context("the generator panicked")??;
+
+    // 2. Load with the real binary.
+    let data = work.join("data");
+    eprintln!("bench: bulkfhir load into {}", data.display());
+    let load_started = Instant::now();
+    let output = tokio::process::Command::new(&exe)
+        .arg("load")
+        .arg("--data-dir")
+        .arg(&data)
+        .arg(&generated)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .output()
+        .await
+        .context("run bulkfhir load")?;
+    let load_s = load_started.elapsed().as_secs_f64();
+    let load_stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        bail!("bulkfhir load failed ({}): {load_stdout}", output.status);
+    }
+    let loaded = load_stdout
+        .split_whitespace()
+        .skip_while(|w| *w != "loaded")
+        .nth(1)
+        .and_then(|n| n.parse::<u64>().ok())
+        .with_context(|| format!("no 'loaded N resources' in the output of load: {load_stdout}"))?;
+    if loaded != population.resources {
+        failures.push(format!(
+            "load: loaded {loaded} resources, the generator wrote {}",
+            population.resources
+        ));
+    }
+    eprintln!("bench: loaded {} resources in {load_s:.2} s", thousands(loaded));
+
+    // 3. Serve, and send the second population as transaction Bundles.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(usize::MAX)
+        .timeout(Duration::from_secs(600))
+        .build()
+        .context("build the HTTP client")?;
+    let mut http = Http { client, base: String::new() };
+    let server = restart(slot, &exe, work, &mut http).await?;
+    eprintln!("bench: serving at {} (pid {})", http.base, server.pid());
+    let bundle_lines = scenarios::read_lines(&bundle_dir, |t| t != "Group", |_, _| true)?;
+    let mut bundle_types: BTreeMap<String, u64> = BTreeMap::new();
+    for line in &bundle_lines {
+        *bundle_types.entry(line.resource_type.clone()).or_default() += 1;
+    }
+    let bundles = scenarios::build_bundles(&bundle_lines, BUNDLE_SIZE);
+    let n_bundles = bundles.len();
+    drop(bundle_lines);
+    eprintln!("bench: {n_bundles} transaction Bundles of up to {BUNDLE_SIZE} PUT entries");
+    let bundle_started = Instant::now();
+    let bundled = scenarios::post_bundles(&http, bundles, args.bundle_concurrency).await?;
+    let bundle_s = bundle_started.elapsed().as_secs_f64();
+    let bundle_expected: u64 = bundle_types.values().sum();
+    let bundle_generated = bundle_population.resources
+        - bundle_population.per_type.get("Group").map_or(0, |&(n, _)| n);
+    if bundled != bundle_expected || bundle_expected != bundle_generated {
+        failures.push(format!(
+            "Bundles: wrote {bundled} entries, sent {bundle_expected}, generated \
+             {bundle_generated} (without the Group)"
+        ));
+    }
+    eprintln!("bench: {} resources by Bundle in {bundle_s:.2} s", thousands(bundled));
+    let ingest_hwm_kib = server::status_kib(server.pid(), "VmHWM")?;
+
+    // 4. The Group, the `_since` mark, and the 1% update.
+    let members: Vec<String> =
+        scenarios::read_lines(&generated, |t| t == "Patient", |_, i| i % 10 == 0)?
+            .into_iter()
+            .map(|l| l.id)
+            .collect();
+    let since = scenarios::put_group(&http, GROUP_ID, &members).await?;
+    let updates = scenarios::read_lines(&generated, |_| true, |_, i| i % 100 == 0)?;
+    let update_bundles = scenarios::build_bundles(&updates, BUNDLE_SIZE);
+    let update_started = Instant::now();
+    let updated = scenarios::post_bundles(&http, update_bundles, args.bundle_concurrency).await?;
+    let update_s = update_started.elapsed().as_secs_f64();
+    if updated != updates.len() as u64 {
+        failures.push(format!("1% update: wrote {updated} entries, sent {}", updates.len()));
+    }
+    eprintln!(
+        "bench: Group/{GROUP_ID} with {} members; _since {}; re-PUT {} resources in {update_s:.2} s",
+        members.len(),
+        since.to_fhir(),
+        thousands(updated)
+    );
+    drop(updates);
+
+    // Expected counts.
+    let mut stored = type_counts(&population);
+    for (t, n) in &bundle_types {
+        *stored.entry(t.clone()).or_default() += n;
+    }
+    *stored.entry("Group".to_owned()).or_default() += 1;
+    let total: u64 = stored.values().sum();
+    let observations = stored.get("Observation").copied().unwrap_or(0);
+    let compartment_total = compartment_count(&stored);
+    let population_types = type_counts(&population);
+    let member_set: std::collections::HashSet<String> = members.iter().cloned().collect();
+    let dir = generated.clone();
+    let in_member_compartments =
+        tokio::task::spawn_blocking(move || scenarios::member_compartment_count(&dir, &member_set))
+            .await
+            .context("counting the Group's compartments panicked")??;
+    let group_expect = Expect::Compartment {
+        // The two Groups list the members, so they are in the members' compartments too.
+        count: in_member_compartments + 2,
+        why: format!(
+            "{} of {patients} patients: {in_member_compartments} resources reference a member or \
+             are one in the generated NDJSON, plus Group/all-patients and Group/{GROUP_ID}",
+            members.len()
+        ),
+    };
+    let since_param = since.to_fhir().replace(':', "%3A");
+    // `_typeFilter` keeping ~10% of Observations (body weight), counted here from the NDJSON.
+    let weight = |line: &scenarios::Line| {
+        serde_json::from_str::<Value>(&line.json).is_ok_and(|o| {
+            o["code"]["coding"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["system"] == "http://loinc.org" && c["code"] == FILTER_CODE)
+        })
+    };
+    let mut weights = 0u64;
+    for dir in [&generated, &bundle_dir] {
+        for line in scenarios::read_lines(dir, |t| t == "Observation", |_, _| true)? {
+            weights += u64::from(weight(&line));
+        }
+    }
+    let scenario_list = vec![
+        Scenario {
+            name: "system",
+            path: "$export".into(),
+            gzip: false,
+            expect: Expect::Exact(total),
+        },
+        Scenario {
+            name: "system-gzip",
+            path: "$export?_outputFormat=application%2Ffhir%2Bndjson%2Bgzip".into(),
+            gzip: true,
+            expect: Expect::Exact(total),
+        },
+        Scenario {
+            name: "type-observation",
+            path: "$export?_type=Observation".into(),
+            gzip: false,
+            expect: Expect::Exact(observations),
+        },
+        Scenario {
+            name: "type-filter-10pct",
+            path: format!(
+                "$export?_type=Observation&_typeFilter=Observation%3Fcode%3Dhttp%3A%2F%2Floinc.org%7C{FILTER_CODE}"
+            ),
+            gzip: false,
+            expect: Expect::Exact(weights),
+        },
+        Scenario {
+            name: "patient",
+            path: "Patient/$export".into(),
+            gzip: false,
+            expect: Expect::Range {
+                min: compartment_total,
+                max: total,
+                why: "every compartment resource, plus referenced supporting resources".into(),
+            },
+        },
+        Scenario {
+            name: "group-10pct",
+            path: format!("Group/{GROUP_ID}/$export"),
+            gzip: false,
+            expect: group_expect,
+        },
+        Scenario {
+            name: "since-1pct",
+            path: format!("$export?_since={since_param}"),
+            gzip: false,
+            expect: Expect::Exact(updated),
+        },
+    ];
+
+    // 5. The exports.
+    let mut outcomes: Vec<ScenarioOutcome> = Vec::new();
+    for scenario in &scenario_list {
+        let server = restart(slot, &exe, work, &mut http).await?;
+        let mut runs: Vec<RunResult> = Vec::new();
+        let mut count_errors = Vec::new();
+        for run in 1..=args.runs {
+            let result = scenarios::run_export(&http, server, scenario)
+                .await
+                .with_context(|| format!("scenario {} run {run}", scenario.name))?;
+            eprintln!(
+                "bench: {} run {run}/{}: {} resources in {:.3} s (observed {:.3} s), {:.1} MB, \
+                 server CPU {:.2} s",
+                scenario.name,
+                args.runs,
+                thousands(result.count),
+                result.wall_s,
+                result.observed_s,
+                result.bytes as f64 / MB,
+                result.server_cpu_s
+            );
+            if let Err(message) = scenario.expect.check(&result.per_type) {
+                eprintln!("bench: COUNT MISMATCH in {} run {run}: {message}", scenario.name);
+                count_errors.push(format!(
+                    "{} run {run} (job {}): {message}",
+                    scenario.name, result.job_id
+                ));
+            }
+            // Keep the last plain and gzip system exports for the limits; drop the others.
+            let keep = run == args.runs && matches!(scenario.name, "system" | "system-gzip");
+            if !keep {
+                scenarios::delete_export(&http, &result.status_url).await?;
+            }
+            runs.push(result);
+        }
+        let hwm_kib = server::status_kib(server.pid(), "VmHWM")?;
+        failures.extend(count_errors);
+        outcomes.push(ScenarioOutcome {
+            scenario: scenario.clone(),
+            runs,
+            hwm_kib,
+            uncompressed: None,
+        });
+    }
+    if let Some(server) = slot.take() {
+        server.stop().await?;
+    }
+
+    // 6. The limits, on the last plain system export's files.
+    let jobs_dir = data.join("exports").join("jobs");
+    let plain = outcomes
+        .iter()
+        .find(|o| o.scenario.name == "system")
+        .and_then(|o| o.runs.last())
+        .context("no system export ran")?;
+    let plain_dir = jobs_dir.join(&plain.job_id);
+    let plain_files = limits::source_files(
+        &plain_dir,
+        &plain.files.iter().map(|f| f.name.clone()).collect::<Vec<_>>(),
+    )?;
+    let plain_bytes: u64 = plain_files.iter().map(|f| f.len).sum();
+    if plain_bytes != plain.bytes {
+        failures.push(format!(
+            "system export: {plain_bytes} bytes on disk, the manifest says {}",
+            plain.bytes
+        ));
+    }
+    if let Some(gzip) = outcomes.iter_mut().find(|o| o.scenario.name == "system-gzip") {
+        let last = gzip.runs.last().context("no gzip export ran")?;
+        let files = limits::source_files(
+            &jobs_dir.join(&last.job_id),
+            &last.files.iter().map(|f| f.name.clone()).collect::<Vec<_>>(),
+        )?;
+        let (bytes, lines) = tokio::task::spawn_blocking(move || limits::gunzip_count(&files))
+            .await
+            .context("gunzip panicked")??;
+        if bytes != plain_bytes || lines != last.count {
+            failures.push(format!(
+                "system-gzip: decompresses to {bytes} bytes in {lines} lines; the plain export \
+                 has {plain_bytes} bytes and the manifest {} resources",
+                last.count
+            ));
+        }
+        gzip.uncompressed = Some(bytes);
+    }
+    eprintln!(
+        "bench: limits on {} files, {:.1} MB, {cores} threads",
+        plain_files.len(),
+        plain_bytes as f64 / MB
+    );
+    let copy_dir = work.join("copy");
+    let mut copy_fsync_s = Vec::new();
+    let mut copy_plain_s = Vec::new();
+    let mut gzip_s = Vec::new();
+    let mut gzip_bytes = 0;
+    for _ in 0..args.runs {
+        for (fsync, times) in [(true, &mut copy_fsync_s), (false, &mut copy_plain_s)] {
+            if copy_dir.exists() {
+                std::fs::remove_dir_all(&copy_dir)
+                    .with_context(|| format!("remove {}", copy_dir.display()))?;
+            }
+            let (files, dir) = (plain_files.clone(), copy_dir.clone());
+            let elapsed =
+                tokio::task::spawn_blocking(move || limits::copy_files(&files, &dir, cores, fsync))
+                    .await
+                    .context("the copy panicked")??;
+            times.push(elapsed.as_secs_f64());
+        }
+        let files = plain_files.clone();
+        let (elapsed, compressed) =
+            tokio::task::spawn_blocking(move || limits::gzip_files(&files, cores, GZIP_LEVEL))
+                .await
+                .context("gzip panicked")??;
+        gzip_s.push(elapsed.as_secs_f64());
+        gzip_bytes = compressed;
+    }
+    if copy_dir.exists() {
+        std::fs::remove_dir_all(&copy_dir)
+            .with_context(|| format!("remove {}", copy_dir.display()))?;
+    }
+    let mbps = |bytes: u64, seconds: f64| bytes as f64 / MB / seconds.max(1e-9);
+    let copy_limit = mbps(plain_bytes, median(&copy_fsync_s));
+    let copy_nofsync_limit = mbps(plain_bytes, median(&copy_plain_s));
+    let gzip_limit = mbps(plain_bytes, median(&gzip_s));
+
+    // 7. Latency while a system export runs.
+    let server = restart(slot, &exe, work, &mut http).await?;
+    let latency_pid = server.pid();
+    eprintln!(
+        "bench: latency: {} pollers and {KICKOFFS} kick-offs over {} s while system exports run",
+        args.pollers, args.latency_secs
+    );
+    let latency = latency::measure(
+        &http,
+        args.pollers,
+        KICKOFFS,
+        Duration::from_secs(args.latency_secs.max(1)),
+    )
+    .await?;
+    let latency_hwm_kib = server::status_kib(latency_pid, "VmHWM")?;
+    let server_errors = latency.status.iter().filter(|s| s.1 >= 500).count();
+    if server_errors > 0 {
+        failures.push(format!("latency: {server_errors} status polls answered 5xx"));
+    }
+    if latency.status_failures > 0 {
+        failures.push(format!(
+            "latency: {} status polls failed; first: {}",
+            latency.status_failures,
+            latency.first_failure.as_deref().unwrap_or("?")
+        ));
+    }
+    if let Some(server) = slot.take() {
+        server.stop().await?;
+    }
+
+    // 8. Report.
+    let rows: Vec<Row> =
+        outcomes.iter().map(|o| o.row(plain_bytes, copy_limit, gzip_limit)).collect();
+    let generate_rate = population.resources as f64 / generate_s.max(1e-9);
+    println!();
+    println!(
+        "bulkfhir bench: {} resources ({patients} patients + {} by Bundle), {} runs per \
+         scenario (median), {cores} cores",
+        thousands(total),
+        thousands(bundled),
+        args.runs
+    );
+    println!();
+    println!(
+        "{:<17} {:>10} {:>9} {:>12} {:>8} {:>9} {:>9} {:>8}  vs limit",
+        "scenario", "resources", "wall s", "resources/s", "MB/s", "MB out", "RSS MiB", "srv CPU",
+    );
+    for row in &rows {
+        println!(
+            "{:<17} {:>10} {:>9.3} {:>12} {:>8.1} {:>9.1} {:>9.1} {:>7.0}%  {:.2} of {}",
+            row.name,
+            thousands(row.resources),
+            row.wall_s,
+            thousands(row.resources_per_s.round() as u64),
+            row.mb_per_s,
+            row.stored_bytes as f64 / MB,
+            row.hwm_kib as f64 / 1024.0,
+            row.server_cpu * 100.0,
+            row.ratio,
+            row.limit_name
+        );
+    }
+    // Issue line: a 10%-selective _typeFilter scans at least as fast as the unfiltered export.
+    let rate = |name: &str| rows.iter().find(|r| r.name == name).map(|r| (r.wall_s, r.resources));
+    let filter_check = match (rate("type-observation"), rate("type-filter-10pct")) {
+        (Some((plain_s, scanned)), Some((filter_s, kept))) => {
+            let (plain_rate, filter_rate) =
+                (scanned as f64 / plain_s.max(1e-9), scanned as f64 / filter_s.max(1e-9));
+            println!(
+                "type filter: {} Observations scanned/s with _typeFilter (kept {}) vs {} unfiltered: ratio {:.2}",
+                thousands(filter_rate.round() as u64),
+                thousands(kept),
+                thousands(plain_rate.round() as u64),
+                filter_rate / plain_rate.max(1e-9)
+            );
+            serde_json::json!({"scanned": scanned, "kept": kept, "filtered_scanned_per_s": filter_rate,
+                "unfiltered_per_s": plain_rate, "ratio": filter_rate / plain_rate.max(1e-9)})
+        }
+        _ => Value::Null,
+    };
+    println!();
+    println!(
+        "generate  {} resources, {:.1} MB in {generate_s:.2} s: {} resources/s (one thread)",
+        thousands(population.resources),
+        population.bytes as f64 / MB,
+        thousands(generate_rate.round() as u64)
+    );
+    println!(
+        "ingest    bulkfhir load: {} resources in {load_s:.2} s: {} resources/s",
+        thousands(loaded),
+        thousands((loaded as f64 / load_s.max(1e-9)).round() as u64)
+    );
+    println!(
+        "          transaction Bundles ({BUNDLE_SIZE} PUT creates each, {} in flight): {} \
+         resources in {bundle_s:.2} s: {} resources/s",
+        args.bundle_concurrency,
+        thousands(bundled),
+        thousands((bundled as f64 / bundle_s.max(1e-9)).round() as u64)
+    );
+    println!(
+        "          transaction Bundles re-PUT (1% update): {} resources in {update_s:.2} s: {} \
+         resources/s",
+        thousands(updated),
+        thousands((updated as f64 / update_s.max(1e-9)).round() as u64)
+    );
+    println!(
+        "limits    copy file to file with fsync: {copy_limit:.0} MB/s; without fsync: \
+         {copy_nofsync_limit:.0} MB/s; gzip level {GZIP_LEVEL} on {cores} threads: \
+         {gzip_limit:.0} MB/s ({:.1} MB → {:.1} MB)",
+        plain_bytes as f64 / MB,
+        gzip_bytes as f64 / MB
+    );
+    let kick: Vec<f64> = latency.kickoff.iter().map(|s| s.0).collect();
+    let status: Vec<f64> = latency.status.iter().map(|s| s.0).collect();
+    let mut codes: BTreeMap<u16, usize> = BTreeMap::new();
+    for sample in &latency.status {
+        *codes.entry(sample.1).or_default() += 1;
+    }
+    let code_text =
+        codes.iter().map(|(code, n)| format!("{n} × {code}")).collect::<Vec<_>>().join(", ");
+    println!(
+        "latency   kick-off p50 {:.1} ms, p99 {:.1} ms ({} sequential, _type=Patient, {} got 429)",
+        report::percentile(&kick, 50.0),
+        report::percentile(&kick, 99.0),
+        kick.len(),
+        latency.kickoff.iter().filter(|s| s.1 == 429).count()
+    );
+    println!(
+        "          status p50 {:.1} ms, p99 {:.1} ms ({} polls by {} clients over {:.0} s: \
+         {code_text}; {} system exports completed meanwhile)",
+        report::percentile(&status, 50.0),
+        report::percentile(&status, 99.0),
+        status.len(),
+        latency.pollers,
+        latency.window_s,
+        latency.exports_completed
+    );
+    println!(
+        "notes     wall = kick-off sent → job finishedTime; MB = 10^6 bytes of NDJSON (the gzip \
+         row counts uncompressed bytes; MB out is what was stored); RSS = the server's VmHWM, \
+         restarted per scenario; srv CPU = server CPU time / wall (100% = one core)"
+    );
+    if let (Some(start), Some(end)) = (load_average_at_start, report::load_average()) {
+        println!(
+            "load      1-minute load average {:.2} at the start, {:.2} at the end ({cores} cores)",
+            start[0], end[0]
+        );
+    }
+    for failure in &failures {
+        println!("FAILED    {failure}");
+    }
+
+    let status_by_code = |code: u16| -> Vec<f64> {
+        latency.status.iter().filter(|s| s.1 == code).map(|s| s.0).collect()
+    };
+    let results = json!({
+        "bulkfhir_version": env!("CARGO_PKG_VERSION"),
+        "git_commit": report::git_commit(),
+        "started_at": started_at,
+        "cores": cores,
+        "machine": report::machine(cores),
+        "load_average": {"start": load_average_at_start, "end": report::load_average()},
+        "parameters": {
+            "resources_requested": args.resources,
+            "runs": args.runs,
+            "patients": patients,
+            "seed": SEED,
+            "bundle_seed": BUNDLE_SEED,
+            "bundle_patients": bundle_patients,
+            "bundle_size": BUNDLE_SIZE,
+            "bundle_concurrency": args.bundle_concurrency,
+            "pollers": args.pollers,
+            "latency_secs": args.latency_secs,
+            "job_poll_ms": scenarios::JOB_POLL_EVERY.as_millis() as u64,
+            "rss_sample_ms": server::RSS_SAMPLE_EVERY.as_millis() as u64,
+            "gzip_level": GZIP_LEVEL,
+            "server_env": std::env::vars().filter(|(k, _)| k.starts_with("BULKFHIR_")).collect::<BTreeMap<_, _>>(),
+        },
+        "resources": total,
+        "stored_per_type": stored,
+        "generate": {
+            "resources": population.resources,
+            "bytes": population.bytes,
+            "seconds": round(generate_s, 4),
+            "resources_per_s": round(generate_rate, 1),
+            "per_type": population_types,
+        },
+        "ingest": {
+            "load": {
+                "resources": loaded,
+                "seconds": round(load_s, 4),
+                "resources_per_s": round(loaded as f64 / load_s.max(1e-9), 1),
+                "what": "bulkfhir load as a child process, wall time including process start",
+            },
+            "bundles": {
+                "resources": bundled,
+                "bundles": n_bundles,
+                "seconds": round(bundle_s, 4),
+                "resources_per_s": round(bundled as f64 / bundle_s.max(1e-9), 1),
+                "per_type": bundle_types,
+                "what": "PUT creates of a second generated population (seed 2, no Group)",
+                "server_peak_rss_mib": round(ingest_hwm_kib as f64 / 1024.0, 1),
+            },
+            "update_1pct": {
+                "resources": updated,
+                "seconds": round(update_s, 4),
+                "resources_per_s": round(updated as f64 / update_s.max(1e-9), 1),
+                "what": "re-PUT of every 100th line of every generated file, as transaction Bundles",
+            },
+        },
+        "since": since.to_fhir(),
+        "group": {"id": GROUP_ID, "members": members.len()},
+        "limits": {
+            "bytes": plain_bytes,
+            "files": plain_files.len(),
+            "threads": cores,
+            "copy": {
+                "what": "file to file in 8 MiB chunks, 1 MiB reads and writes, staging name + fsync + rename + directory fsync (as the export's output store)",
+                "runs_s": copy_fsync_s,
+                "median_s": round(median(&copy_fsync_s), 4),
+                "mb_per_s": round(copy_limit, 1),
+            },
+            "copy_without_fsync": {
+                "runs_s": copy_plain_s,
+                "median_s": round(median(&copy_plain_s), 4),
+                "mb_per_s": round(copy_nofsync_limit, 1),
+            },
+            "gzip": {
+                "what": "flate2 (zlib-rs) in memory, 8 MiB chunks, one thread per core",
+                "level": GZIP_LEVEL,
+                "runs_s": gzip_s,
+                "median_s": round(median(&gzip_s), 4),
+                "mb_per_s": round(gzip_limit, 1),
+                "compressed_bytes": gzip_bytes,
+            },
+        },
+        "scenarios": rows.iter().zip(&outcomes).map(|(row, o)| o.to_json(row)).collect::<Vec<_>>(),
+        "type_filter": filter_check,
+        "latency": {
+            "window_s": round(latency.window_s, 3),
+            "pollers": latency.pollers,
+            "background_exports_completed": latency.exports_completed,
+            "kickoff": latency_json(&kick),
+            "kickoff_429": latency.kickoff.iter().filter(|s| s.1 == 429).count(),
+            "status": latency_json(&status),
+            "status_202": latency_json(&status_by_code(202)),
+            "status_429": latency_json(&status_by_code(429)),
+            "status_200": latency_json(&status_by_code(200)),
+            "status_codes": codes.iter().map(|(code, n)| (code.to_string(), *n)).collect::<BTreeMap<_, _>>(),
+            "status_failures": latency.status_failures,
+            "server_peak_rss_mib": round(latency_hwm_kib as f64 / 1024.0, 1),
+        },
+        "failures": failures,
+        "total_seconds": round(bench_started.elapsed().as_secs_f64(), 2),
+    });
+    report::write_json(&args.out, &results)?;
+    eprintln!("bench: wrote {}", args.out.display());
+    if failures.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("bench: {} check(s) failed", failures.len());
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// One scenario's runs.
+#[derive(Debug)]
+struct ScenarioOutcome {
+    scenario: Scenario,
+    runs: Vec<RunResult>,
+    /// The server's `VmHWM` after the scenario (a fresh server per scenario).
+    hwm_kib: u64,
+    /// For gzip output: the bytes after decompression.
+    uncompressed: Option<u64>,
+}
+
+/// One line of the table.
+#[derive(Debug)]
+struct Row {
+    name: &'static str,
+    resources: u64,
+    wall_s: f64,
+    resources_per_s: f64,
+    mb_per_s: f64,
+    stored_bytes: u64,
+    hwm_kib: u64,
+    server_cpu: f64,
+    ratio: f64,
+    limit_name: &'static str,
+    limit_mb_per_s: f64,
+}
+
+impl ScenarioOutcome {
+    fn row(&self, plain_bytes: u64, copy_limit: f64, gzip_limit: f64) -> Row {
+        let walls: Vec<f64> = self.runs.iter().map(|r| r.wall_s).collect();
+        let wall_s = median(&walls);
+        let last = self.runs.last();
+        let resources = last.map_or(0, |r| r.count);
+        let stored_bytes = last.map_or(0, |r| r.bytes);
+        let bytes = if self.scenario.gzip {
+            self.uncompressed.unwrap_or(plain_bytes)
+        } else {
+            stored_bytes
+        };
+        let mb_per_s = bytes as f64 / MB / wall_s.max(1e-9);
+        let (limit_name, limit_mb_per_s) =
+            if self.scenario.gzip { ("gzip", gzip_limit) } else { ("copy", copy_limit) };
+        let cpu: Vec<f64> =
+            self.runs.iter().map(|r| r.server_cpu_s / r.observed_s.max(1e-9)).collect();
+        Row {
+            name: self.scenario.name,
+            resources,
+            wall_s,
+            resources_per_s: resources as f64 / wall_s.max(1e-9),
+            mb_per_s,
+            stored_bytes,
+            hwm_kib: self.hwm_kib,
+            server_cpu: median(&cpu),
+            ratio: mb_per_s / limit_mb_per_s.max(1e-9),
+            limit_name,
+            limit_mb_per_s,
+        }
+    }
+
+    fn to_json(&self, row: &Row) -> Value {
+        json!({
+            "name": row.name,
+            "request": self.scenario.path,
+            "expected": self.scenario.expect.to_json(),
+            "resources": row.resources,
+            "bytes_stored": row.stored_bytes,
+            "bytes_uncompressed": self.uncompressed.unwrap_or(row.stored_bytes),
+            "median_wall_s": round(row.wall_s, 4),
+            "resources_per_s": round(row.resources_per_s, 1),
+            "mb_per_s": round(row.mb_per_s, 2),
+            "peak_rss_mib": round(row.hwm_kib as f64 / 1024.0, 1),
+            "server_cpu_share_of_one_core": round(row.server_cpu, 3),
+            "limit": row.limit_name,
+            "limit_mb_per_s": round(row.limit_mb_per_s, 1),
+            "ratio_to_limit": round(row.ratio, 4),
+            "runs": self.runs.iter().map(|r| json!({
+                "job_id": r.job_id,
+                "wall_s": round(r.wall_s, 4),
+                "observed_s": round(r.observed_s, 4),
+                "kickoff_ms": round(r.kickoff_ms, 3),
+                "resources": r.count,
+                "per_type": r.per_type,
+                "bytes": r.bytes,
+                "files": r.files.iter().map(|f| json!({
+                    "name": f.name, "type": f.resource_type, "count": f.count, "bytes": f.bytes,
+                })).collect::<Vec<_>>(),
+                "max_sampled_rss_mib": round(r.max_rss_kib as f64 / 1024.0, 1),
+                "server_cpu_s": round(r.server_cpu_s, 3),
+                "machine_busy_share": round(r.machine_busy, 3),
+                "machine_iowait_share": round(r.machine_iowait, 3),
+                "job_polls": r.job_polls,
+                "status_polls": r.status_polls,
+                "status_429": r.status_429,
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
