@@ -10,6 +10,7 @@
 //! - [`Sweeper`]: deletes the files of expired, cancelled and failed jobs.
 #![warn(missing_docs)]
 
+mod blocks;
 mod config;
 mod docs;
 mod error;

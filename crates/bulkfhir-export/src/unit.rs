@@ -23,7 +23,7 @@ use memchr::memmem;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    ExportConfig, ExportError,
+    ExportConfig, ExportError, blocks,
     docs::{
         Checkpoint, CompartmentScope, FileEntry, FileKind, Note, Plan, ProvenanceScope, UnitSpec,
     },
@@ -57,12 +57,12 @@ pub(crate) struct JobContext<'a> {
 
 impl JobContext<'_> {
     /// Whether `resource` passes `_typeFilter` (resources of types without a filter always do).
-    fn passes_filters(&self, resource: &StoredResource) -> bool {
+    pub(crate) fn passes_filters(&self, resource: &StoredResource) -> bool {
         let Some(queries) = self.filters.get(&resource.resource_type) else { return true };
         queries.iter().any(|query| query.matches(&resource.body).unwrap_or(false))
     }
 
-    fn check_cancelled(&self) -> Result<(), ExportError> {
+    pub(crate) fn check_cancelled(&self) -> Result<(), ExportError> {
         if self.cancel.is_cancelled() { Err(ExportError::Stopped("cancelled")) } else { Ok(()) }
     }
 
@@ -92,7 +92,7 @@ pub(crate) async fn run_unit(
     supporting_refs: &BTreeSet<String>,
 ) -> Result<Checkpoint, ExportError> {
     if let UnitSpec::Blocks { first, end, part, after_seq } = spec {
-        return run_blocks(ctx, index, checkpoint, (*first, *end), *part, *after_seq).await;
+        return blocks::run_blocks(ctx, index, checkpoint, (*first, *end), *part, *after_seq).await;
     }
     let mut roller = Roller::new(ctx, index, checkpoint);
     match spec {
@@ -102,22 +102,29 @@ pub(crate) async fn run_unit(
             let deleted = matches!(spec, UnitSpec::Deleted { .. });
             let resource_type = parse_type(resource_type)?;
             roller.set_file(resource_type, deleted);
-            let mut after = (*after_seq).max(roller.checkpoint.cursor);
+            let options = |after_seq| ScanOptions {
+                after_seq,
+                limit: ctx.config.page_size,
+                deleted,
+                in_any_compartment: *compartment_only,
+                with_patients: false,
+            };
+            let start = (*after_seq).max(roller.checkpoint.cursor);
+            let mut page = ctx.store.scan(ctx.snapshot, resource_type, options(start)).await?;
             loop {
                 ctx.check_cancelled()?;
-                let options = ScanOptions {
-                    after_seq: after,
-                    limit: ctx.config.page_size,
-                    deleted,
-                    in_any_compartment: *compartment_only,
-                    with_patients: false,
+                let Some(next) = page.next else {
+                    roller.write_page(&page, 0, |_| true).await?;
+                    break;
                 };
-                let page = ctx.store.scan(ctx.snapshot, resource_type, options).await?;
-                roller.write_page(&page, 0, |_| true).await?;
-                match page.next {
-                    Some(next) => after = next,
-                    None => break,
-                }
+                // Read the next page while this one is written: the store and the file
+                // writer work on different threads.
+                let (next_page, written) = tokio::join!(
+                    ctx.store.scan(ctx.snapshot, resource_type, options(next)),
+                    roller.write_page(&page, 0, |_| true)
+                );
+                written?;
+                page = next_page?;
             }
         }
         UnitSpec::Members { resource_type, after_seq }
@@ -243,218 +250,8 @@ pub(crate) async fn run_unit(
     roller.finish().await
 }
 
-/// `organizeOutputBy=Patient`: writes one block per member in `range`.
-///
-/// A block (header, Patient, compartment, supporting resources) is built in memory — the IG
-/// allows one block of buffering — then appended to the current file. Files end between blocks;
-/// a block larger than a file is split into files that each start with the header line, chained
-/// by `continuesInFile`. The checkpoint is saved whenever a file ends, naming the first member
-/// whose block is not yet in a finished file, so a resumed unit rewrites exactly the unfinished
-/// file.
-async fn run_blocks(
-    ctx: &JobContext<'_>,
-    unit_index: u32,
-    mut checkpoint: Checkpoint,
-    (first, end): (usize, usize),
-    part: u32,
-    after_seq: u64,
-) -> Result<Checkpoint, ExportError> {
-    let max_lines = ctx.config.max_resources_per_file.max(1);
-    let mut file = BlockFile::default();
-    let start = checkpoint.member_idx.max(first);
-    checkpoint.member_idx = start;
-    for member_idx in start..end {
-        ctx.check_cancelled()?;
-        let (block, lines) = build_block(ctx, member_idx, after_seq, &mut checkpoint).await?;
-        if lines.len() <= 1 {
-            continue; // nothing but the header: this patient has nothing to export
-        }
-        let n_resources = (lines.len() - 1) as u64;
-        if file.lines > 0 && file.lines + n_resources > max_lines {
-            file.finish(&mut checkpoint, None).await?;
-            checkpoint.member_idx = member_idx;
-            save(ctx, unit_index, &checkpoint, false).await?;
-        }
-        if n_resources <= max_lines {
-            file.append(ctx, &checkpoint, part, &block, n_resources).await?;
-        } else {
-            // Too big for one file: split it, repeating the header (spec F10).
-            let header = &block[..lines[1]];
-            let mut chunk_start = 1;
-            while chunk_start < lines.len() {
-                let chunk_end = (chunk_start + usize::try_from(max_lines).unwrap_or(usize::MAX))
-                    .min(lines.len());
-                let from = lines[chunk_start];
-                let to = lines.get(chunk_end).copied().unwrap_or(block.len());
-                let mut chunk = Vec::with_capacity(header.len() + to - from);
-                chunk.extend_from_slice(header);
-                chunk.extend_from_slice(&block[from..to]);
-                if file.lines > 0 {
-                    file.finish(&mut checkpoint, None).await?;
-                }
-                file.append(ctx, &checkpoint, part, &chunk, (chunk_end - chunk_start) as u64)
-                    .await?;
-                chunk_start = chunk_end;
-                if chunk_start < lines.len() {
-                    let next = block_file_name(ctx, &checkpoint, part, 1);
-                    file.finish(&mut checkpoint, Some(next)).await?;
-                }
-            }
-        }
-        ctx.written.fetch_add(n_resources, Ordering::Relaxed);
-    }
-    if file.lines > 0 {
-        file.finish(&mut checkpoint, None).await?;
-    }
-    checkpoint.member_idx = end;
-    save(ctx, unit_index, &checkpoint, true).await?;
-    Ok(checkpoint)
-}
-
-/// The file being filled by a `Blocks` unit.
-#[derive(Default)]
-struct BlockFile {
-    writer: Option<FileWriter>,
-    name: String,
-    lines: u64,
-}
-
-impl BlockFile {
-    async fn append(
-        &mut self,
-        ctx: &JobContext<'_>,
-        checkpoint: &Checkpoint,
-        part: u32,
-        bytes: &[u8],
-        n_resources: u64,
-    ) -> Result<(), ExportError> {
-        if self.writer.is_none() {
-            self.name = block_file_name(ctx, checkpoint, part, 0);
-            self.writer = Some(ctx.output.create(&ctx.key(&self.name)?, ctx.compression()).await?);
-        }
-        if let Some(writer) = self.writer.as_mut() {
-            writer.write(bytes).await?;
-        }
-        self.lines += n_resources;
-        Ok(())
-    }
-
-    async fn finish(
-        &mut self,
-        checkpoint: &mut Checkpoint,
-        continues_in: Option<String>,
-    ) -> Result<(), ExportError> {
-        let Some(writer) = self.writer.take() else { return Ok(()) };
-        let finished = writer.finish().await?;
-        checkpoint.files.push(FileEntry {
-            name: std::mem::take(&mut self.name),
-            resource_type: "Patient".to_owned(),
-            count: self.lines,
-            bytes: finished.stored_bytes,
-            kind: FileKind::Output,
-            continues_in,
-        });
-        checkpoint.written += self.lines;
-        self.lines = 0;
-        Ok(())
-    }
-}
-
-/// `Patient-blocks-{part}-{n}.ndjson`: the n-th file of this unit (`ahead` files after the next).
-fn block_file_name(
-    ctx: &JobContext<'_>,
-    checkpoint: &Checkpoint,
-    part: u32,
-    ahead: usize,
-) -> String {
-    let number = checkpoint.files.len() + 1 + ahead;
-    format!("Patient-blocks-{part}-{number}{}", ctx.extension())
-}
-
-/// One patient's block: the header line, then the lines; returns the bytes and the offset of
-/// each line (`offsets[0]` is the header).
-async fn build_block(
-    ctx: &JobContext<'_>,
-    member_idx: usize,
-    after_seq: u64,
-    checkpoint: &mut Checkpoint,
-) -> Result<(Vec<u8>, Vec<usize>), ExportError> {
-    let patient = &ctx.plan.members[member_idx];
-    let patient_id = ResourceId::parse(patient).map_err(|e| ExportError::Corrupt(e.to_string()))?;
-    let mut block = Vec::new();
-    let mut offsets = vec![0];
-    block.extend_from_slice(br#"{"resourceType":"Parameters","parameter":[{"name":"header","valueReference":{"reference":"#);
-    write_json_string(&mut block, &format!("Patient/{patient}"));
-    block.extend_from_slice(b"}}]}\n");
-    let mut references = BTreeSet::new();
-    let finder = memmem::Finder::new(br#""reference":""#);
-    let mut push = |block: &mut Vec<u8>,
-                    offsets: &mut Vec<usize>,
-                    resource: &StoredResource,
-                    references: &mut BTreeSet<String>| {
-        offsets.push(block.len());
-        append_resource(ctx, block, resource, checkpoint);
-        block.push(b'\n');
-        collect_supporting(ctx, &finder, &resource.body, references);
-    };
-    if ctx.plan.block_patient {
-        let found = ctx
-            .store
-            .read_many_at(ctx.snapshot, ResourceType::PATIENT, std::slice::from_ref(&patient_id))
-            .await?;
-        for resource in found.iter().filter(|r| r.seq > after_seq && ctx.passes_filters(r)) {
-            push(&mut block, &mut offsets, resource, &mut references);
-        }
-    }
-    for type_name in &ctx.plan.block_types {
-        let resource_type = parse_type(type_name)?;
-        let mut after = after_seq;
-        loop {
-            let options = ScanOptions {
-                after_seq: after,
-                limit: ctx.config.page_size,
-                deleted: false,
-                in_any_compartment: true,
-                with_patients: true,
-            };
-            let page = ctx
-                .store
-                .scan_compartment(ctx.snapshot, &patient_id, resource_type, options)
-                .await?;
-            for resource in page
-                .resources
-                .iter()
-                .filter(|r| owner(r, &ctx.member_set).is_none_or(|o| o == patient.as_str()))
-                .filter(|r| ctx.passes_filters(r))
-            {
-                push(&mut block, &mut offsets, resource, &mut references);
-            }
-            match page.next {
-                Some(next) => after = next,
-                None => break,
-            }
-        }
-    }
-    let mut by_type: BTreeMap<ResourceType, Vec<ResourceId>> = BTreeMap::new();
-    for reference in &references {
-        if let Some(target) = ResourceRef::parse(reference) {
-            by_type.entry(target.resource_type).or_default().push(target.id);
-        }
-    }
-    for (resource_type, ids) in by_type {
-        let mut found = ctx.store.read_many_at(ctx.snapshot, resource_type, &ids).await?;
-        found.sort_by_key(|r| r.seq);
-        for resource in &found {
-            offsets.push(block.len());
-            append_resource(ctx, &mut block, resource, checkpoint);
-            block.push(b'\n');
-        }
-    }
-    Ok((block, offsets))
-}
-
 /// Appends a resource's line (projected when `_elements` applies), without the newline.
-fn append_resource(
+pub(crate) fn append_resource(
     ctx: &JobContext<'_>,
     out: &mut Vec<u8>,
     resource: &StoredResource,
@@ -483,7 +280,7 @@ fn append_resource(
 
 /// Adds every `"reference":"Type/id"` in `body` whose target is a supporting resource the plan
 /// includes (outside the compartment, allowed by `_type`).
-fn collect_supporting(
+pub(crate) fn collect_supporting(
     ctx: &JobContext<'_>,
     finder: &memmem::Finder<'_>,
     body: &[u8],
@@ -585,12 +382,12 @@ async fn returned_targets(
     Ok(returned)
 }
 
-fn parse_type(name: &str) -> Result<ResourceType, ExportError> {
+pub(crate) fn parse_type(name: &str) -> Result<ResourceType, ExportError> {
     ResourceType::parse(name).map_err(|e| ExportError::Corrupt(e.to_string()))
 }
 
 /// The first member (in plan order, which is sorted) whose compartment holds `resource`.
-fn owner<'m>(resource: &StoredResource, members: &HashSet<&'m str>) -> Option<&'m str> {
+pub(crate) fn owner<'m>(resource: &StoredResource, members: &HashSet<&'m str>) -> Option<&'m str> {
     resource.patients.as_deref()?.split(' ').filter_map(|p| members.get(p).copied()).min()
 }
 
@@ -784,7 +581,7 @@ impl<'c, 'a> Roller<'c, 'a> {
 
 /// Saves a checkpoint (fenced by the lease). A free function: the roller holds a file writer
 /// that is `Send` but not `Sync`, so no `&Roller` may live across an await.
-async fn save(
+pub(crate) async fn save(
     ctx: &JobContext<'_>,
     unit_index: u32,
     checkpoint: &Checkpoint,

@@ -16,6 +16,15 @@ impl ResourceId {
         }
     }
 
+    /// Like [`parse`](Self::parse), taking an owned string (no copy when it is valid).
+    pub fn from_string(value: String) -> Result<Self, ModelError> {
+        if is_valid_id(&value) {
+            Ok(ResourceId(value))
+        } else {
+            Err(ModelError::InvalidId(truncate_for_message(&value)))
+        }
+    }
+
     /// A fresh server-assigned id (a random UUID).
     pub fn new_random(uuid_text: String) -> Self {
         debug_assert!(is_valid_id(&uuid_text));
