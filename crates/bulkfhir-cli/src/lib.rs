@@ -47,8 +47,11 @@ impl App {
         let lock = lock_data_dir(data_dir)?;
         let node_id = node_id(data_dir)?;
         let store = Arc::new(EmbeddedStore::open(data_dir).context("open the store")?);
-        let output =
-            OutputStore::local(&data_dir.join("exports")).context("open the export folder")?;
+        // Local disk has no minimum part size: 4 MiB parts keep an open file's buffers near
+        // 20 MiB (about five parts in flight or filling).
+        let output = OutputStore::local(&data_dir.join("exports"))
+            .context("open the export folder")?
+            .with_part_size(4 * 1024 * 1024);
         let exports = ExportService::new(store.clone(), store.clone(), output, options.export);
         let runner = exports.runner(&node_id);
         let sweeper = exports.sweeper();
