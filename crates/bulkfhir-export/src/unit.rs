@@ -132,38 +132,54 @@ pub(crate) async fn run_unit(
             let deleted = matches!(spec, UnitSpec::DeletedMembers { .. });
             let resource_type = parse_type(resource_type)?;
             roller.set_file(resource_type, deleted);
+            let members = &ctx.plan.members;
+            let options = |after_seq| ScanOptions {
+                after_seq,
+                limit: ctx.config.page_size,
+                deleted,
+                in_any_compartment: true,
+                with_patients: true,
+            };
+            let fetch = |member_idx: usize, after: u64| async move {
+                let patient_id = ResourceId::parse(&members[member_idx])
+                    .map_err(|e| ExportError::Corrupt(e.to_string()))?;
+                let page = ctx
+                    .store
+                    .scan_compartment(ctx.snapshot, &patient_id, resource_type, options(after))
+                    .await?;
+                Ok::<ScanPage, ExportError>(page)
+            };
             let start_member = roller.checkpoint.member_idx;
-            for (member_idx, patient) in ctx.plan.members.iter().enumerate().skip(start_member) {
-                let patient_id =
-                    ResourceId::parse(patient).map_err(|e| ExportError::Corrupt(e.to_string()))?;
-                let mut after = if member_idx == start_member {
-                    (*after_seq).max(roller.checkpoint.cursor)
-                } else {
-                    *after_seq
+            let mut current = if start_member < members.len() {
+                let after = (*after_seq).max(roller.checkpoint.cursor);
+                Some((start_member, fetch(start_member, after).await?))
+            } else {
+                None
+            };
+            // Each member usually has one short page per type: fetch the next member's page
+            // while this one is written, so the round trips overlap.
+            while let Some((member_idx, page)) = current.take() {
+                ctx.check_cancelled()?;
+                let patient = members[member_idx].as_str();
+                // A resource in several members' compartments is written once, by the first
+                // of those members in plan order.
+                let owned =
+                    |r: &StoredResource| owner(r, &ctx.member_set).is_none_or(|o| o == patient);
+                let next = match page.next {
+                    Some(after) => Some((member_idx, after)),
+                    None if member_idx + 1 < members.len() => Some((member_idx + 1, *after_seq)),
+                    None => None,
                 };
-                loop {
-                    ctx.check_cancelled()?;
-                    let options = ScanOptions {
-                        after_seq: after,
-                        limit: ctx.config.page_size,
-                        deleted,
-                        in_any_compartment: true,
-                        with_patients: true,
-                    };
-                    let page = ctx
-                        .store
-                        .scan_compartment(ctx.snapshot, &patient_id, resource_type, options)
-                        .await?;
-                    // A resource in several members' compartments is written once, by the first
-                    // of those members in plan order.
-                    let owned = |r: &StoredResource| {
-                        owner(r, &ctx.member_set).is_none_or(|o| o == patient.as_str())
-                    };
-                    roller.write_page(&page, member_idx, owned).await?;
-                    match page.next {
-                        Some(next) => after = next,
-                        None => break,
+                match next {
+                    Some((next_member, after)) => {
+                        let (next_page, written) = tokio::join!(
+                            fetch(next_member, after),
+                            roller.write_page(&page, member_idx, owned)
+                        );
+                        written?;
+                        current = Some((next_member, next_page?));
                     }
+                    None => roller.write_page(&page, member_idx, owned).await?,
                 }
             }
         }
