@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 
+use crate::definitions::{package_label, read_json, resources, str_array, str_field};
+
 const DEFAULT_OUT: &str = "crates/bulkfhir-model/src/generated/search_params.rs";
 const FHIR_VERSION: &str = "4.0.1";
 const SEARCH_PARAMETERS: &str = "search-parameters.json";
@@ -199,48 +201,6 @@ pub(crate) fn run(options: &Options) -> Result<()> {
         .with_context(|| format!("writing {}", options.out.display()))?;
     println!("wrote {}", options.out.display());
     Ok(())
-}
-
-fn read_json(path: &Path) -> Result<Value> {
-    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
-}
-
-/// `name@version (license)` from the nearest `package.json` in or above `dir`.
-fn package_label(dir: &Path) -> Result<String> {
-    let dir =
-        fs::canonicalize(dir).with_context(|| format!("definitions dir {}", dir.display()))?;
-    let package_json = dir
-        .ancestors()
-        .take(5)
-        .map(|d| d.join("package.json"))
-        .find(|p| p.is_file())
-        .with_context(|| {
-            format!("no package.json in or above {}; unpack the npm package", dir.display())
-        })?;
-    let package = read_json(&package_json)?;
-    let field = |key| str_field(&package, key).with_context(|| package_json.display().to_string());
-    Ok(format!("{}@{} ({})", field("name")?, field("version")?, field("license")?))
-}
-
-fn str_field<'a>(value: &'a Value, key: &str) -> Result<&'a str> {
-    value[key].as_str().with_context(|| format!("missing string field `{key}`"))
-}
-
-fn str_array<'a>(value: &'a Value, key: &str) -> Result<Vec<&'a str>> {
-    match &value[key] {
-        Value::Null => Ok(Vec::new()),
-        Value::Array(items) => items
-            .iter()
-            .map(|item| item.as_str().with_context(|| format!("`{key}` has a non-string item")))
-            .collect(),
-        _ => bail!("`{key}` is not an array"),
-    }
-}
-
-fn resources(bundle: &Value) -> Result<impl Iterator<Item = &Value>> {
-    let entries = bundle["entry"].as_array().context("not a Bundle with entries")?;
-    Ok(entries.iter().map(|entry| &entry["resource"]))
 }
 
 /// Adds the snapshot elements of the R4 resources (concrete ones, plus the abstract `Resource`

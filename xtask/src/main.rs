@@ -2,6 +2,7 @@
 //!
 //! Each command lives in its own module; `main` only dispatches on the first argument.
 
+mod definitions;
 mod gen_r4_tables;
 mod gen_search_params;
 

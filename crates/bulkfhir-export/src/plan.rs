@@ -143,17 +143,7 @@ pub(crate) async fn plan(
             }
         }
     }
-    plan.supporting = match &request.types {
-        None => Some(SupportingTypes { only: None }),
-        Some(types) => {
-            let outside: Vec<String> = types
-                .iter()
-                .filter(|t| !compartment::is_compartment_type(**t))
-                .map(|t| t.as_str().to_owned())
-                .collect();
-            (!outside.is_empty()).then_some(SupportingTypes { only: Some(outside) })
-        }
-    };
+    plan.supporting = supporting_types(request);
     if plan.supporting.is_some() {
         units.push(UnitSpec::Supporting);
     }
@@ -190,17 +180,7 @@ async fn plan_blocks(
         .filter(|t| *t != ResourceType::PATIENT && requested(*t))
         .map(|t| t.as_str().to_owned())
         .collect();
-    plan.supporting = match &request.types {
-        None => Some(SupportingTypes { only: None }),
-        Some(types) => {
-            let outside: Vec<String> = types
-                .iter()
-                .filter(|t| !compartment::is_compartment_type(**t))
-                .map(|t| t.as_str().to_owned())
-                .collect();
-            (!outside.is_empty()).then_some(SupportingTypes { only: Some(outside) })
-        }
-    };
+    plan.supporting = supporting_types(request);
     let mut units = Vec::new();
     let n_members = plan.members.len();
     for (part, first) in (0..n_members).step_by(MEMBERS_PER_BLOCK_UNIT).enumerate() {
@@ -239,6 +219,22 @@ async fn all_patients(
     }
     ids.sort();
     Ok(ids)
+}
+
+/// The supporting (referenced, outside the compartment) types a Patient or Group export adds:
+/// all when `_type` is absent, else those of `_type` outside the compartment, or none.
+fn supporting_types(request: &ExportRequest) -> Option<SupportingTypes> {
+    match &request.types {
+        None => Some(SupportingTypes { only: None }),
+        Some(types) => {
+            let outside: Vec<String> = types
+                .iter()
+                .filter(|t| !compartment::is_compartment_type(**t))
+                .map(|t| t.as_str().to_owned())
+                .collect();
+            (!outside.is_empty()).then_some(SupportingTypes { only: Some(outside) })
+        }
+    }
 }
 
 /// `_type` as names, when given.

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use bulkfhir_model::{Instant, elements::ElementSelection, search::SearchQuery};
+use bulkfhir_model::{Instant, elements::ElementSelection, error_chain, search::SearchQuery};
 use bulkfhir_store::{JobRecord, JobStatus, StoreError};
 use futures::{StreamExt, stream};
 use tokio::sync::Semaphore;
@@ -353,15 +353,4 @@ async fn write_error_file(ctx: &JobContext<'_>, notes: &[Note]) -> Result<FileEn
         kind: FileKind::Error,
         continues_in: None,
     })
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -65,3 +65,15 @@ impl ModelError {
         }
     }
 }
+
+/// An error and its whole `source()` chain on one line (`outer: cause: root cause`), for logs.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

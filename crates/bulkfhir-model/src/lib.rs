@@ -22,7 +22,7 @@ mod prepare;
 mod resource_type;
 pub mod search;
 
-pub use error::{ErrorKind, ModelError};
+pub use error::{ErrorKind, ModelError, error_chain};
 pub use id::ResourceId;
 pub use instant::Instant;
 pub use prepare::{PreparedResource, ResourceRef};

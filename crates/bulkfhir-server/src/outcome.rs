@@ -5,7 +5,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use bulkfhir_model::{
-    ErrorKind, ModelError,
+    ErrorKind, ModelError, error_chain,
     outcome::{Issue, OperationOutcome, http_status},
 };
 use bulkfhir_store::StoreError;
@@ -92,17 +92,6 @@ impl From<ModelError> for ApiError {
     fn from(error: ModelError) -> Self {
         ApiError::new(error.kind(), error.to_string())
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 impl IntoResponse for ApiError {
