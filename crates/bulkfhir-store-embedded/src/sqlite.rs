@@ -362,6 +362,22 @@ fn transact_blocking(
     ops: Vec<WriteOp>,
     atomicity: Atomicity,
 ) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError> {
+    if atomicity == Atomicity::EachOnItsOwn {
+        // Optimistic: a batch in which every op succeeds (a bulk load, nearly always) needs no
+        // savepoint per op. If one fails, nothing was committed: redo it op by op.
+        match run_transaction(conn, &ops, Atomicity::AllOrNothing) {
+            Err(StoreError::OpFailed { .. }) => {}
+            done => return done,
+        }
+    }
+    run_transaction(conn, &ops, atomicity)
+}
+
+fn run_transaction(
+    conn: &mut Connection,
+    ops: &[WriteOp],
+    atomicity: Atomicity,
+) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError> {
     let mut tx = conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(|e| sql_error("begin a write transaction", e))?;
