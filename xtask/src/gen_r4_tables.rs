@@ -7,13 +7,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::fs;
-use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 
-use crate::definitions::{package_label, read_json, resources, str_array, str_field};
+use crate::definitions::{Options, package_label, read_json, resources, str_array, str_field};
 
 const DEFAULT_OUT: &str = "crates/bulkfhir-model/src/generated/r4.rs";
 const FHIR_VERSION: &str = "4.0.1";
@@ -32,35 +30,9 @@ const EXPECTED_TYPES: &[&str] = &[
     "Provenance",
 ];
 
-pub(crate) struct Options {
-    definitions: PathBuf,
-    out: PathBuf,
-}
-
-impl Options {
-    pub(crate) fn parse(args: &[String]) -> Result<Self> {
-        let (mut definitions, mut out) = (None, None);
-        let mut args = args.iter();
-        while let Some(arg) = args.next() {
-            let slot = match arg.as_str() {
-                "--definitions" => &mut definitions,
-                "--out" => &mut out,
-                other => bail!("gen-r4-tables: unexpected argument `{other}`"),
-            };
-            let value =
-                args.next().with_context(|| format!("gen-r4-tables: {arg} needs a value"))?;
-            *slot = Some(PathBuf::from(value));
-        }
-        let definitions = definitions.context("gen-r4-tables: --definitions <DIR> is required")?;
-        let out = match out {
-            Some(out) => out,
-            None => Path::new(env!("CARGO_MANIFEST_DIR"))
-                .parent()
-                .context("xtask has no parent directory")?
-                .join(DEFAULT_OUT),
-        };
-        Ok(Self { definitions, out })
-    }
+/// The generator's options.
+pub(crate) fn options(args: &[String]) -> Result<Options> {
+    Options::parse("gen-r4-tables", DEFAULT_OUT, args)
 }
 
 /// Element path in a StructureDefinition snapshot (`Observation.value[x]`) -> what it can hold.
@@ -198,12 +170,7 @@ pub(crate) fn run(options: &Options) -> Result<()> {
     );
 
     let source = render(&package, structures.keys(), &entries, &element_tables);
-    if let Some(parent) = options.out.parent() {
-        fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    }
-    fs::write(&options.out, source)
-        .with_context(|| format!("writing {}", options.out.display()))?;
-    println!("wrote {}", options.out.display());
+    options.write(&source)?;
     Ok(())
 }
 

@@ -10,13 +10,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
-use std::fs;
-use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 
-use crate::definitions::{package_label, read_json, resources, str_array, str_field};
+use crate::definitions::{Options, package_label, read_json, resources, str_array, str_field};
 
 const DEFAULT_OUT: &str = "crates/bulkfhir-model/src/generated/search_params.rs";
 const FHIR_VERSION: &str = "4.0.1";
@@ -40,36 +38,9 @@ const EXTRA_REPORT_TYPES: &[&str] = &[
 const SEMANTIC_OVERRIDES: &[(&str, &str)] =
     &[("phonetic", "phonetic matching (a sound-alike algorithm) is not implemented")];
 
-pub(crate) struct Options {
-    definitions: PathBuf,
-    out: PathBuf,
-}
-
-impl Options {
-    pub(crate) fn parse(args: &[String]) -> Result<Self> {
-        let (mut definitions, mut out) = (None, None);
-        let mut args = args.iter();
-        while let Some(arg) = args.next() {
-            let slot = match arg.as_str() {
-                "--definitions" => &mut definitions,
-                "--out" => &mut out,
-                other => bail!("gen-search-params: unexpected argument `{other}`"),
-            };
-            let value =
-                args.next().with_context(|| format!("gen-search-params: {arg} needs a value"))?;
-            *slot = Some(PathBuf::from(value));
-        }
-        let definitions =
-            definitions.context("gen-search-params: --definitions <DIR> is required")?;
-        let out = match out {
-            Some(out) => out,
-            None => Path::new(env!("CARGO_MANIFEST_DIR"))
-                .parent()
-                .context("xtask has no parent directory")?
-                .join(DEFAULT_OUT),
-        };
-        Ok(Self { definitions, out })
-    }
+/// The generator's options.
+pub(crate) fn options(args: &[String]) -> Result<Options> {
+    Options::parse("gen-search-params", DEFAULT_OUT, args)
 }
 
 /// An element of a StructureDefinition snapshot.
@@ -194,12 +165,7 @@ pub(crate) fn run(options: &Options) -> Result<()> {
     report(&rows, &profiles)?;
 
     let source = render(&package, &rows, &non_domain);
-    if let Some(parent) = options.out.parent() {
-        fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    }
-    fs::write(&options.out, source)
-        .with_context(|| format!("writing {}", options.out.display()))?;
-    println!("wrote {}", options.out.display());
+    options.write(&source)?;
     Ok(())
 }
 

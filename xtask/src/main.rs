@@ -35,13 +35,11 @@ fn main() -> Result<()> {
     let rest: Vec<String> = args.collect();
     match command.as_str() {
         "gen-r4-tables" => {
-            let options =
-                gen_r4_tables::Options::parse(&rest).inspect_err(|_| eprint!("{USAGE}"))?;
+            let options = gen_r4_tables::options(&rest).inspect_err(|_| eprint!("{USAGE}"))?;
             gen_r4_tables::run(&options)
         }
         "gen-search-params" => {
-            let options =
-                gen_search_params::Options::parse(&rest).inspect_err(|_| eprint!("{USAGE}"))?;
+            let options = gen_search_params::options(&rest).inspect_err(|_| eprint!("{USAGE}"))?;
             gen_search_params::run(&options)
         }
         "help" | "-h" | "--help" => {

@@ -496,22 +496,9 @@ async fn bad_kickoffs_get_an_operation_outcome() {
         assert_outcome(status, expected, &outcome);
     }
     // Lenient: unknown types are dropped and reported in the manifest's error file.
-    let (status, headers, _) = kick_raw(
-        &server,
-        Method::GET,
-        "$export?_type=Patient,Nope",
-        &[("prefer", "respond-async, handling=lenient")],
-        None,
-    )
-    .await;
-    assert_eq!(status, 202);
-    let manifest = wait_manifest(&server, headers["content-location"].to_str().unwrap()).await;
-    let output = output_by_type(&server, &manifest, "output").await;
+    let (output, diagnostics) = lenient_export(&server, "$export?_type=Patient,Nope").await;
     assert_eq!(output.keys().map(String::as_str).collect::<Vec<_>>(), ["Patient"]);
-    let errors = output_by_type(&server, &manifest, "error").await;
-    assert!(
-        errors["OperationOutcome"][0]["issue"][0]["diagnostics"].as_str().unwrap().contains("Nope")
-    );
+    assert!(diagnostics[0].contains("Nope"), "{diagnostics:?}");
     // A POST with a Parameters body works.
     let body = r#"{"resourceType":"Parameters","parameter":[{"name":"_type","valueString":"Patient"},{"name":"patient","valueReference":{"reference":"Patient/p1"}}]}"#;
     let (status, headers, _) =
@@ -826,6 +813,25 @@ async fn partial_manifests_chain_every_file_once_and_never_change() {
     assert_eq!(response.status().as_u16(), 404);
 }
 
+/// Kicks off with `Prefer: handling=lenient` and returns the output and the error file's
+/// diagnostics.
+async fn lenient_export(
+    server: &TestServer,
+    path: &str,
+) -> (BTreeMap<String, Vec<Value>>, Vec<String>) {
+    let lenient = [("prefer", "respond-async, handling=lenient")];
+    let (status, headers, body) = kick_raw(server, Method::GET, path, &lenient, None).await;
+    assert_eq!(status, 202, "{path}: {body}");
+    let manifest = wait_manifest(server, headers["content-location"].to_str().unwrap()).await;
+    let output = output_by_type(server, &manifest, "output").await;
+    let errors = output_by_type(server, &manifest, "error").await;
+    let diagnostics = errors["OperationOutcome"]
+        .iter()
+        .map(|o| o["issue"][0]["diagnostics"].as_str().unwrap().to_owned())
+        .collect();
+    (output, diagnostics)
+}
+
 /// The first resource of `type_name` in the data set whose `field.reference` is `Patient/{patient}`.
 fn first_of(dataset: &Dataset, type_name: &str, field: &str, patient: &str) -> String {
     dataset.lines[type_name]
@@ -913,23 +919,9 @@ async fn provenance_follows_k17_and_include_associated_data() {
     let (status, _, outcome) =
         kick_raw(&server, Method::GET, "$export?includeAssociatedData=_custom", &[], None).await;
     assert_outcome(status, 400, &outcome);
-    let (status, headers, _) = kick_raw(
-        &server,
-        Method::GET,
-        "$export?_type=Patient&includeAssociatedData=_custom",
-        &[("prefer", "respond-async, handling=lenient")],
-        None,
-    )
-    .await;
-    assert_eq!(status, 202);
-    let manifest = wait_manifest(&server, headers["content-location"].to_str().unwrap()).await;
-    let errors = output_by_type(&server, &manifest, "error").await;
-    assert!(
-        errors["OperationOutcome"][0]["issue"][0]["diagnostics"]
-            .as_str()
-            .unwrap()
-            .contains("_custom")
-    );
+    let (_, diagnostics) =
+        lenient_export(&server, "$export?_type=Patient&includeAssociatedData=_custom").await;
+    assert!(diagnostics[0].contains("_custom"), "{diagnostics:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
