@@ -189,6 +189,7 @@ async fn build_block(
                 deleted: false,
                 in_any_compartment: true,
                 with_patients: true,
+                before_seq: u64::MAX,
             };
             let page = ctx
                 .store

@@ -11,7 +11,8 @@ pub struct ExportConfig {
     pub page_size: usize,
     /// Units of one job that run at once.
     pub unit_concurrency: usize,
-    /// Jobs that run at once on this node.
+    /// Jobs that run at once on this node; 0 makes a node that accepts and serves exports but
+    /// runs none (another runner sharing the job store does).
     pub max_running_jobs: usize,
     /// Jobs that may be accepted or running at once; beyond it a kick-off gets 429.
     pub max_active_jobs: usize,
@@ -29,6 +30,9 @@ pub struct ExportConfig {
     pub retry_after: Duration,
     /// Files listed per partial-manifest page (`allowPartialManifests`).
     pub files_per_manifest_page: usize,
+    /// A type whose versions span more than this many sequence numbers is exported as several
+    /// key ranges at once (system level), so one large type can use every core.
+    pub key_range_span: u64,
 }
 
 impl Default for ExportConfig {
@@ -47,6 +51,7 @@ impl Default for ExportConfig {
             gzip_level: 1,
             retry_after: Duration::from_secs(2),
             files_per_manifest_page: 500,
+            key_range_span: 150_000,
         }
     }
 }

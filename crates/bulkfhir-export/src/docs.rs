@@ -74,7 +74,17 @@ pub(crate) struct SupportingTypes {
 pub(crate) enum UnitSpec {
     /// Every live resource of a type (system level), or every one in some compartment
     /// (Patient level without `patient`).
-    Scan { resource_type: String, compartment_only: bool, after_seq: u64 },
+    /// A large type is split into key ranges (`part` from 1, `before_seq` exclusive) that run
+    /// at once; part 0 is the whole type.
+    Scan {
+        resource_type: String,
+        compartment_only: bool,
+        after_seq: u64,
+        #[serde(default)]
+        part: u32,
+        #[serde(default)]
+        before_seq: Option<u64>,
+    },
     /// The compartments of the plan's members, for one type.
     Members { resource_type: String, after_seq: u64 },
     /// Deletions after `_since` of one type (as `Scan`).

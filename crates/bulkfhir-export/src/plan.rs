@@ -26,6 +26,7 @@ pub(crate) async fn plan(
     store: &dyn ResourceStore,
     request: &ExportRequest,
     snapshot: Snapshot,
+    key_range_span: u64,
 ) -> Result<(Plan, Vec<UnitSpec>), ExportError> {
     let since_seq = match request.since {
         Some(since) => store.seq_at(since).await?,
@@ -46,14 +47,26 @@ pub(crate) async fn plan(
     let by_members = match &request.level {
         ExportLevel::System => {
             for resource_type in ResourceType::all().filter(|t| requested(*t)) {
+                // Types with no version at or after `_since` have nothing to export or delete.
+                let Some((low, high)) = store.seq_bounds(snapshot, resource_type).await? else {
+                    continue;
+                };
+                if high <= since_seq {
+                    continue;
+                }
                 let name = resource_type.as_str().to_owned();
                 // With includeAssociatedData, the Provenance unit chooses the Provenance.
                 if !(explicit_provenance && Some(resource_type) == provenance) {
-                    units.push(UnitSpec::Scan {
-                        resource_type: name.clone(),
-                        compartment_only: false,
-                        after_seq: since_seq,
-                    });
+                    let first = low.max(since_seq + 1);
+                    for (part, after_seq, before_seq) in key_ranges(first, high, key_range_span) {
+                        units.push(UnitSpec::Scan {
+                            resource_type: name.clone(),
+                            compartment_only: false,
+                            after_seq,
+                            part,
+                            before_seq,
+                        });
+                    }
                 }
                 if request.since.is_some() {
                     units.push(UnitSpec::Deleted {
@@ -133,6 +146,8 @@ pub(crate) async fn plan(
                 resource_type: name.clone(),
                 compartment_only: true,
                 after_seq: since_seq,
+                part: 0,
+                before_seq: None,
             });
             if request.since.is_some() {
                 units.push(UnitSpec::Deleted {
@@ -221,6 +236,27 @@ async fn all_patients(
     Ok(ids)
 }
 
+/// Splits the key range `first..=last` into parts of at most `span` sequence numbers:
+/// `(part, after_seq, before_seq)` with parts numbered from 1, or one part 0 when no split is
+/// needed. The parts are disjoint and cover the range, so each resource is read by one unit.
+fn key_ranges(first: u64, last: u64, span: u64) -> Vec<(u32, u64, Option<u64>)> {
+    let width = last.saturating_sub(first) + 1;
+    let span = span.max(1);
+    let n_parts = width.div_ceil(span).min(64);
+    if n_parts <= 1 {
+        return vec![(0, first - 1, None)];
+    }
+    let step = width.div_ceil(n_parts);
+    (0..n_parts)
+        .map(|idx| {
+            let start = first + idx * step;
+            let end = (start + step).min(last + 1);
+            (u32::try_from(idx + 1).unwrap_or(u32::MAX), start - 1, Some(end))
+        })
+        .filter(|(_, after, end)| end.is_some_and(|end| end > after + 1))
+        .collect()
+}
+
 /// The supporting (referenced, outside the compartment) types a Patient or Group export adds:
 /// all when `_type` is absent, else those of `_type` outside the compartment, or none.
 fn supporting_types(request: &ExportRequest) -> Option<SupportingTypes> {
@@ -240,6 +276,26 @@ fn supporting_types(request: &ExportRequest) -> Option<SupportingTypes> {
 /// `_type` as names, when given.
 fn type_names(request: &ExportRequest) -> Option<Vec<String>> {
     request.types.as_ref().map(|types| types.iter().map(|t| t.as_str().to_owned()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_ranges;
+
+    #[test]
+    fn key_ranges_cover_the_range_once() {
+        assert_eq!(key_ranges(5, 10, 100), [(0, 4, None)]);
+        let parts = key_ranges(1, 1000, 300);
+        assert_eq!(parts.len(), 4);
+        let mut covered = Vec::new();
+        for (part, after, before) in &parts {
+            assert!(*part >= 1);
+            covered.extend(after + 1..before.unwrap());
+        }
+        assert_eq!(covered, (1..=1000).collect::<Vec<u64>>());
+        let one = key_ranges(7, 7, 1);
+        assert_eq!(one, [(0, 6, None)]);
+    }
 }
 
 #[derive(Deserialize)]

@@ -43,7 +43,7 @@ impl Runner {
     /// their leases so that the next start resumes them at once.
     pub async fn run(self, shutdown: CancellationToken) {
         let config = &self.shared.config;
-        let slots = Arc::new(Semaphore::new(config.max_running_jobs.max(1)));
+        let slots = Arc::new(Semaphore::new(config.max_running_jobs));
         info!(owner = %self.owner, "export runner started");
         loop {
             while let Ok(permit) = Arc::clone(&slots).try_acquire_owned() {
@@ -67,7 +67,7 @@ impl Runner {
                 () = tokio::time::sleep(config.poll_interval) => {}
             }
         }
-        let all = u32::try_from(config.max_running_jobs.max(1)).unwrap_or(u32::MAX);
+        let all = u32::try_from(config.max_running_jobs).unwrap_or(u32::MAX);
         if tokio::time::timeout(Duration::from_secs(30), slots.acquire_many(all)).await.is_err() {
             warn!("export jobs did not stop within 30 s of shutdown");
         }

@@ -246,7 +246,8 @@ impl ExportService {
         {
             snapshot = Snapshot { seq: shared.store.seq_at(until).await?, time: until };
         }
-        let (plan, units) = plan(shared.store.as_ref(), &request, snapshot).await?;
+        let (plan, units) =
+            plan(shared.store.as_ref(), &request, snapshot, shared.config.key_range_span).await?;
         let (level, group_id) = match &request.level {
             ExportLevel::System => ("system", None),
             ExportLevel::Patient => ("patient", None),

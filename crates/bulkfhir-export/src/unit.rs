@@ -97,17 +97,23 @@ pub(crate) async fn run_unit(
     let mut roller = Roller::new(ctx, index, checkpoint);
     match spec {
         UnitSpec::Blocks { .. } => {}
-        UnitSpec::Scan { resource_type, compartment_only, after_seq }
+        UnitSpec::Scan { resource_type, compartment_only, after_seq, .. }
         | UnitSpec::Deleted { resource_type, compartment_only, after_seq } => {
             let deleted = matches!(spec, UnitSpec::Deleted { .. });
             let resource_type = parse_type(resource_type)?;
+            let (part, before_seq) = match spec {
+                UnitSpec::Scan { part, before_seq, .. } => (*part, *before_seq),
+                _ => (0, None),
+            };
             roller.set_file(resource_type, deleted);
+            roller.part = part;
             let options = |after_seq| ScanOptions {
                 after_seq,
                 limit: ctx.config.page_size,
                 deleted,
                 in_any_compartment: *compartment_only,
                 with_patients: false,
+                before_seq: before_seq.unwrap_or(u64::MAX),
             };
             let start = (*after_seq).max(roller.checkpoint.cursor);
             let mut page = ctx.store.scan(ctx.snapshot, resource_type, options(start)).await?;
@@ -139,6 +145,7 @@ pub(crate) async fn run_unit(
                 deleted,
                 in_any_compartment: true,
                 with_patients: true,
+                before_seq: u64::MAX,
             };
             let fetch = |member_idx: usize, after: u64| async move {
                 let patient_id = ResourceId::parse(&members[member_idx])
@@ -427,6 +434,8 @@ struct Roller<'c, 'a> {
     reference_finder: memmem::Finder<'static>,
     /// `_typeFilter` applies (not to supporting resources, which are there for context).
     apply_filters: bool,
+    /// The key-range part of a split type (files `Type-p{part}-{n}` from part 2 on).
+    part: u32,
 }
 
 impl<'c, 'a> Roller<'c, 'a> {
@@ -448,6 +457,7 @@ impl<'c, 'a> Roller<'c, 'a> {
             pending_notes: Vec::new(),
             reference_finder: memmem::Finder::new(br#""reference":""#),
             apply_filters: true,
+            part: 0,
         }
     }
 
@@ -458,7 +468,11 @@ impl<'c, 'a> Roller<'c, 'a> {
 
     fn stem(&self) -> String {
         let name = self.resource_type.map_or("unknown", ResourceType::as_str);
-        if self.deleted { format!("{name}-deleted") } else { name.to_owned() }
+        match (self.deleted, self.part) {
+            (true, _) => format!("{name}-deleted"),
+            (false, 0 | 1) => name.to_owned(),
+            (false, part) => format!("{name}-p{part}"),
+        }
     }
 
     fn note(&mut self, note: Note) {
@@ -568,7 +582,11 @@ impl<'c, 'a> Roller<'c, 'a> {
         let finished = writer.finish().await?;
         self.checkpoint.files.push(FileEntry {
             name: std::mem::take(&mut self.file_name),
-            resource_type: if self.deleted { "Bundle".to_owned() } else { self.stem() },
+            resource_type: if self.deleted {
+                "Bundle".to_owned()
+            } else {
+                self.resource_type.map_or("unknown", ResourceType::as_str).to_owned()
+            },
             count: self.lines_in_file,
             bytes: finished.stored_bytes,
             kind: if self.deleted { FileKind::Deleted } else { FileKind::Output },

@@ -618,7 +618,8 @@ impl ResourceStore for EmbeddedStore {
         self.with_reader("scan resources", move |conn| {
             let sql = format!(
                 "SELECT seq, id, version, last_updated, body, patients FROM resource_version
-                 WHERE rtype = ?1 AND seq > ?2 AND seq <= ?3 AND next_seq > ?3 AND deleted = {}{}
+                 WHERE rtype = ?1 AND seq > ?2 AND seq <= ?3 AND seq < ?5 AND next_seq > ?3
+                   AND deleted = {}{}
                  ORDER BY seq LIMIT ?4",
                 u8::from(options.deleted),
                 if options.in_any_compartment { " AND patients IS NOT NULL" } else { "" },
@@ -631,7 +632,8 @@ impl ResourceStore for EmbeddedStore {
                     resource_type.as_str(),
                     to_i64(options.after_seq),
                     to_i64(snapshot.seq),
-                    to_i64(options.limit as u64)
+                    to_i64(options.limit as u64),
+                    to_i64(options.before_seq)
                 ],
                 resource_type,
                 &options,
@@ -706,6 +708,31 @@ impl ResourceStore for EmbeddedStore {
                 }
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn seq_bounds(
+        &self,
+        snapshot: Snapshot,
+        resource_type: ResourceType,
+    ) -> Result<Option<(u64, u64)>, StoreError> {
+        self.with_reader("find the key range of a type", move |conn| {
+            let sql = |e| sql_error("find the key range of a type", e);
+            // Two statements: SQLite answers a lone MIN or MAX from the index in O(log n).
+            let bound = |query: &str| -> Result<Option<i64>, StoreError> {
+                conn.prepare_cached(query)
+                    .map_err(sql)?
+                    .query_row(params![resource_type.as_str(), to_i64(snapshot.seq)], |row| {
+                        row.get(0)
+                    })
+                    .map_err(sql)
+            };
+            let low =
+                bound("SELECT MIN(seq) FROM resource_version WHERE rtype = ?1 AND seq <= ?2")?;
+            let high =
+                bound("SELECT MAX(seq) FROM resource_version WHERE rtype = ?1 AND seq <= ?2")?;
+            Ok(low.zip(high).map(|(low, high)| (to_u64(low), to_u64(high))))
         })
         .await
     }

@@ -101,6 +101,14 @@ pub trait ResourceStore: Send + Sync + Debug {
         ids: &[ResourceId],
     ) -> Result<Vec<StoredResource>, StoreError>;
 
+    /// The lowest and highest `seq` of any version of `resource_type` at or below the snapshot
+    /// (`None` when the type has none): the key range a scan of the type covers.
+    async fn seq_bounds(
+        &self,
+        snapshot: Snapshot,
+        resource_type: ResourceType,
+    ) -> Result<Option<(u64, u64)>, StoreError>;
+
     /// The highest `seq` whose `lastUpdated` is at or before `time` (0 when none): the cursor
     /// from which a scan returns exactly the changes made after `time`.
     async fn seq_at(&self, time: Instant) -> Result<u64, StoreError>;

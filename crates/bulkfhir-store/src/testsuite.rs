@@ -481,6 +481,14 @@ pub async fn deletions_times_and_point_reads_as_of_a_snapshot(store: Arc<dyn Res
         ["o1"]
     );
 
+    let (low, high) =
+        store.seq_bounds(after, rt("Observation")).await.expect("bounds").expect("some");
+    assert_eq!(low, o1.seq.expect("seq"));
+    assert_eq!(high, after.seq, "the last write was an Observation");
+    assert!(store.seq_bounds(after, rt("Account")).await.expect("bounds").is_none());
+    let ranged = ScanOptions { before_seq: o1.seq.expect("seq") + 1, ..ScanOptions::live(0, 10) };
+    let first_only = store.scan(before, rt("Observation"), ranged).await.expect("scan");
+    assert_eq!(first_only.resources.iter().map(|r| r.id.to_string()).collect::<Vec<_>>(), ["o1"]);
     let ids = [id("o1"), id("o2"), id("nope")];
     let mut old = store.read_many_at(before, rt("Observation"), &ids).await.expect("read");
     old.sort_by_key(|r| r.id.to_string());

@@ -119,6 +119,9 @@ pub struct ScanOptions {
     pub in_any_compartment: bool,
     /// Fill [`StoredResource::patients`].
     pub with_patients: bool,
+    /// Only versions with `seq < before_seq` (`u64::MAX`: no bound), so that one type can be
+    /// read as several disjoint key ranges at once.
+    pub before_seq: u64,
 }
 
 impl ScanOptions {
@@ -130,6 +133,7 @@ impl ScanOptions {
             deleted: false,
             in_any_compartment: false,
             with_patients: false,
+            before_seq: u64::MAX,
         }
     }
 }
