@@ -219,19 +219,7 @@ pub(crate) async fn put_group(
         let text = response.text().await.unwrap_or_default();
         bail!("PUT {url} answered {status}: {}", clip(&text));
     }
-    let response = http
-        .client
-        .get(&url)
-        .header("accept", "application/fhir+json")
-        .send()
-        .await
-        .with_context(|| format!("GET {url}"))?;
-    let status = response.status();
-    let text = response.text().await.with_context(|| format!("read GET {url}"))?;
-    if status != StatusCode::OK {
-        bail!("GET {url} answered {status}: {}", clip(&text));
-    }
-    let value: Value = serde_json::from_str(&text).context("the Group is not JSON")?;
+    let value = get_json(http, &url).await?;
     let updated = value["meta"]["lastUpdated"].as_str().context("the Group has no lastUpdated")?;
     FhirInstant::parse_fhir(updated).with_context(|| format!("the Group's lastUpdated {updated}"))
 }
@@ -436,10 +424,14 @@ pub(crate) async fn delete_export(http: &Http, status_url: &str) -> anyhow::Resu
 
 /// Reads the job resource `GET /fhir/BulkDataExport/{id}`.
 pub(crate) async fn job_resource(http: &Http, job_id: &str) -> anyhow::Result<Value> {
-    let url = http.url(&format!("BulkDataExport/{job_id}"));
+    get_json(http, &http.url(&format!("BulkDataExport/{job_id}"))).await
+}
+
+/// `GET url` that must answer 200 with JSON.
+async fn get_json(http: &Http, url: &str) -> anyhow::Result<Value> {
     let response = http
         .client
-        .get(&url)
+        .get(url)
         .header("accept", "application/fhir+json")
         .send()
         .await

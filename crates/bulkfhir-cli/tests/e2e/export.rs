@@ -152,6 +152,25 @@ fn dataset_ids(dataset: &Dataset, type_name: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// Asserts that `output` holds exactly `want` (compartment resources by type) plus the
+/// supporting resources those exported compartment resources reference, each once.
+fn assert_compartments_plus_supporting(
+    output: &BTreeMap<String, Vec<Value>>,
+    mut want: BTreeMap<String, BTreeSet<String>>,
+    compartment_types: &[&str],
+) {
+    let exported_compartment = output
+        .iter()
+        .filter(|(t, _)| compartment_types.contains(&t.as_str()))
+        .flat_map(|(_, resources)| resources.iter().cloned());
+    for (type_name, ids_wanted) in supporting_references(exported_compartment) {
+        want.insert(type_name, ids_wanted);
+    }
+    let got: BTreeMap<String, BTreeSet<String>> =
+        output.iter().map(|(t, r)| (t.clone(), ids(r))).collect();
+    assert_eq!(got, want);
+}
+
 /// The references from `resources` to types outside the compartment: what a Patient or Group
 /// export adds as supporting resources.
 fn supporting_references(
@@ -334,16 +353,7 @@ async fn patient_and_group_exports_hold_exactly_the_compartments_and_their_refer
             want.entry(type_name.clone()).or_default().extend(members.iter().cloned());
         }
     }
-    let exported_compartment = output
-        .iter()
-        .filter(|(t, _)| compartment_types.contains(&t.as_str()))
-        .flat_map(|(_, resources)| resources.iter().cloned());
-    for (type_name, ids_wanted) in supporting_references(exported_compartment) {
-        want.insert(type_name, ids_wanted);
-    }
-    let got: BTreeMap<String, BTreeSet<String>> =
-        output.iter().map(|(t, r)| (t.clone(), ids(r))).collect();
-    assert_eq!(got, want);
+    assert_compartments_plus_supporting(&output, want, &compartment_types);
 
     // Group level: five members (one inactive member and one missing patient are not exported).
     let patients: Vec<&String> = expected.keys().collect();
@@ -376,16 +386,7 @@ async fn patient_and_group_exports_hold_exactly_the_compartments_and_their_refer
             want.get_mut("Group").unwrap().extend(expected[*patient]["Group"].iter().cloned());
         }
     }
-    let exported_compartment = output
-        .iter()
-        .filter(|(t, _)| compartment_types.contains(&t.as_str()))
-        .flat_map(|(_, resources)| resources.iter().cloned());
-    for (type_name, ids_wanted) in supporting_references(exported_compartment) {
-        want.insert(type_name, ids_wanted);
-    }
-    let got: BTreeMap<String, BTreeSet<String>> =
-        output.iter().map(|(t, r)| (t.clone(), ids(r))).collect();
-    assert_eq!(got, want);
+    assert_compartments_plus_supporting(&output, want, &compartment_types);
     let errors = output_by_type(&server, &manifest, "error").await;
     let diagnostics: Vec<&str> = errors["OperationOutcome"]
         .iter()
