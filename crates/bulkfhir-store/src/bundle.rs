@@ -254,7 +254,7 @@ fn assign_ids(entries: &[EntryIn<'_>]) -> Vec<Assigned> {
             let (type_name, id) = match request.method.as_str() {
                 "POST" => {
                     let type_name = request.url.trim_start_matches('/').to_owned();
-                    (type_name, Some(ResourceId::new_random(uuid::Uuid::new_v4().to_string())))
+                    (type_name, Some(ResourceId::new_random()))
                 }
                 "PUT" => match split_type_id(&request.url) {
                     Some((t, i)) => (t.to_owned(), ResourceId::parse(i).ok()),

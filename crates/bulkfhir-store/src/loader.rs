@@ -207,10 +207,7 @@ fn read_batches(
                 Ok(resource) => {
                     let op = match resource.id().cloned() {
                         Some(id) => WriteOp::Update { resource, id, if_match: None },
-                        None => WriteOp::Create {
-                            resource,
-                            id: ResourceId::new_random(uuid::Uuid::new_v4().to_string()),
-                        },
+                        None => WriteOp::Create { resource, id: ResourceId::new_random() },
                     };
                     batch.ops.push(op);
                     batch.origins.push((file_idx, line_no));

@@ -60,7 +60,7 @@ pub(super) async fn create(
     }
     let resource = prepare(&body, &type_name)?;
     // FHIR create ignores a client id: the server assigns one.
-    let id = ResourceId::new_random(uuid::Uuid::new_v4().to_string());
+    let id = ResourceId::new_random();
     let outcome = write_one(&state, WriteOp::Create { resource, id }).await?;
     debug_assert!(outcome.created);
     Ok(write_response(StatusCode::CREATED, &base, resource_type.as_str(), &outcome, &headers))
