@@ -19,6 +19,9 @@ const CURRENT: i64 = i64::MAX;
 
 /// How many idle reader connections to keep.
 const MAX_IDLE_READERS: usize = 8;
+/// Initial capacity of a scan page's body buffer; it grows with the page (a compartment page
+/// often holds a few resources, a full scan page a megabyte or more).
+const PAGE_BUFFER_HINT: usize = 64 << 10;
 
 /// The SQLite-backed store. Cheap to clone; clones share connections.
 #[derive(Debug, Clone)]
@@ -126,10 +129,18 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection, StoreErro
         // mmap, whose resident pages would count against the server's memory budget.
         "PRAGMA busy_timeout = 10000; PRAGMA cache_size = -8192; PRAGMA mmap_size = 0;"
     } else {
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000;
+        // 16 KiB pages (set before WAL mode; an existing database keeps its own): an export
+        // reads a quarter as many pages, and most resources fit in one page without overflow
+        // chains. Measured on 1M generated resources: a full snapshot scan 1.3-1.4x faster than
+        // with 4 KiB pages.
+        "PRAGMA page_size = 16384;
+         PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000;
          PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;"
     };
     conn.execute_batch(pragmas).map_err(|e| sql_error("configure the connection", e))?;
+    // Room for every statement a connection runs (scan variants, compartment, point reads,
+    // job queries): re-parsing evicted statements showed up in export profiles.
+    conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
 
@@ -503,14 +514,80 @@ fn collect_page(
 ) -> Result<ScanPage, StoreError> {
     let sql = |e| sql_error("scan resources", e);
     let limit = options.limit;
-    let mut resources = Vec::with_capacity(limit.min(4096));
+    // The bodies of a page go into one buffer that every resource slices: one allocation per
+    // page instead of one per row (per-row allocation showed up in export profiles).
+    let mut bodies: Vec<u8> = Vec::with_capacity(PAGE_BUFFER_HINT);
+    let mut rows_read: Vec<(StoredResource, std::ops::Range<usize>)> =
+        Vec::with_capacity(limit.min(4096));
     let mut rows = statement.query(params).map_err(sql)?;
     while let Some(row) = rows.next().map_err(sql)? {
-        resources
-            .push(row_to_stored_opts(resource_type, row, options.with_patients).map_err(sql)??);
+        let seq: i64 = row.get(0).map_err(sql)?;
+        let id = row.get_ref(1).and_then(|v| Ok(v.as_str()?)).map_err(sql)?;
+        let id = ResourceId::parse(id)
+            .map_err(|e| StoreError::Invalid(format!("stored row {seq} has a bad id: {e}")))?;
+        let version: i64 = row.get(2).map_err(sql)?;
+        let last_updated: i64 = row.get(3).map_err(sql)?;
+        let start = bodies.len();
+        if let Some(body) = row.get_ref(4).and_then(|v| Ok(v.as_blob_or_null()?)).map_err(sql)? {
+            bodies.extend_from_slice(body);
+        }
+        let patients: Option<String> =
+            if options.with_patients { row.get(5).map_err(sql)? } else { None };
+        let stored = StoredResource {
+            resource_type,
+            id,
+            version: to_u64(version),
+            seq: to_u64(seq),
+            last_updated: Instant::from_micros(last_updated),
+            body: Bytes::new(),
+            patients: patients.map(String::into_boxed_str),
+        };
+        rows_read.push((stored, start..bodies.len()));
     }
+    let bodies = Bytes::from(bodies);
+    let resources: Vec<StoredResource> = rows_read
+        .into_iter()
+        .map(|(mut stored, range)| {
+            stored.body = bodies.slice(range);
+            stored
+        })
+        .collect();
     let next = if resources.len() >= limit { resources.last().map(|r| r.seq) } else { None };
     Ok(ScanPage { resources, next })
+}
+
+/// One patient's compartment for one type, from `options.after_seq` (see
+/// [`ResourceStore::scan_compartment`]).
+fn scan_compartment_blocking(
+    conn: &Connection,
+    snapshot: Snapshot,
+    patient: &ResourceId,
+    resource_type: ResourceType,
+    options: &ScanOptions,
+) -> Result<ScanPage, StoreError> {
+    let sql = format!(
+        "SELECT v.seq AS seq, v.id AS id, v.version AS version,
+                v.last_updated AS last_updated, v.body AS body, v.patients AS patients
+         FROM compartment c JOIN resource_version v ON v.seq = c.seq
+         WHERE c.patient_id = ?1 AND c.rtype = ?2 AND c.seq > ?3 AND c.seq <= ?4
+           AND v.next_seq > ?4 AND v.deleted = {}
+         ORDER BY c.seq LIMIT ?5",
+        u8::from(options.deleted)
+    );
+    let mut statement =
+        conn.prepare_cached(&sql).map_err(|e| sql_error("scan a patient compartment", e))?;
+    collect_page(
+        &mut statement,
+        params![
+            patient.as_str(),
+            resource_type.as_str(),
+            to_i64(options.after_seq),
+            to_i64(snapshot.seq),
+            to_i64(options.limit as u64)
+        ],
+        resource_type,
+        options,
+    )
 }
 
 #[async_trait]
@@ -651,30 +728,43 @@ impl ResourceStore for EmbeddedStore {
     ) -> Result<ScanPage, StoreError> {
         let patient = patient.clone();
         self.with_reader("scan a patient compartment", move |conn| {
-            let sql = format!(
-                "SELECT v.seq AS seq, v.id AS id, v.version AS version,
-                        v.last_updated AS last_updated, v.body AS body, v.patients AS patients
-                 FROM compartment c JOIN resource_version v ON v.seq = c.seq
-                 WHERE c.patient_id = ?1 AND c.rtype = ?2 AND c.seq > ?3 AND c.seq <= ?4
-                   AND v.next_seq > ?4 AND v.deleted = {}
-                 ORDER BY c.seq LIMIT ?5",
-                u8::from(options.deleted)
-            );
-            let mut statement = conn
-                .prepare_cached(&sql)
-                .map_err(|e| sql_error("scan a patient compartment", e))?;
-            collect_page(
-                &mut statement,
-                params![
-                    patient.as_str(),
-                    resource_type.as_str(),
-                    to_i64(options.after_seq),
-                    to_i64(snapshot.seq),
-                    to_i64(options.limit as u64)
-                ],
-                resource_type,
-                &options,
-            )
+            scan_compartment_blocking(conn, snapshot, &patient, resource_type, &options)
+        })
+        .await
+    }
+
+    async fn scan_compartments(
+        &self,
+        snapshot: Snapshot,
+        patients: &[ResourceId],
+        resource_type: ResourceType,
+        options: ScanOptions,
+        restart_after: u64,
+    ) -> Result<Vec<ScanPage>, StoreError> {
+        // One blocking call for the whole batch: most members have a handful of resources of
+        // a type, so a round trip per member cost more than the query.
+        let patients = patients.to_vec();
+        self.with_reader("scan patient compartments", move |conn| {
+            let mut pages = Vec::new();
+            let mut budget = options.limit.max(1);
+            for (index, patient) in patients.iter().enumerate() {
+                let after_seq = if index == 0 { options.after_seq } else { restart_after };
+                let page_options = ScanOptions { after_seq, limit: budget, ..options };
+                let page = scan_compartment_blocking(
+                    conn,
+                    snapshot,
+                    patient,
+                    resource_type,
+                    &page_options,
+                )?;
+                budget = budget.saturating_sub(page.resources.len());
+                let full = page.next.is_some() || budget == 0;
+                pages.push(page);
+                if full {
+                    break;
+                }
+            }
+            Ok(pages)
         })
         .await
     }
@@ -690,7 +780,10 @@ impl ResourceStore for EmbeddedStore {
             let sql = |e| sql_error("read resources as of a snapshot", e);
             let mut statement = conn
                 .prepare_cached(
+                    // INDEXED BY: without statistics the planner takes the `seq <= ?3` range
+                    // of the scan index, reading every version of the type per id.
                     "SELECT seq, id, version, last_updated, body, patients FROM resource_version
+                     INDEXED BY resource_version_key
                      WHERE rtype = ?1 AND id = ?2 AND seq <= ?3 AND next_seq > ?3 AND deleted = 0",
                 )
                 .map_err(sql)?;

@@ -92,6 +92,21 @@ pub trait ResourceStore: Send + Sync + Debug {
         options: ScanOptions,
     ) -> Result<ScanPage, StoreError>;
 
+    /// [`scan_compartment`](Self::scan_compartment) for several patients in one call, for
+    /// exports of many members: one page per patient, in the order given, the first starting
+    /// after `options.after_seq` and the others after `restart_after`. The pages share the
+    /// budget `options.limit`: the call stops after the patient whose page reaches it (that
+    /// page's `next` then says where that patient continues) or after the last patient, so it
+    /// covers at least one patient and may cover fewer than asked.
+    async fn scan_compartments(
+        &self,
+        snapshot: Snapshot,
+        patients: &[ResourceId],
+        resource_type: ResourceType,
+        options: ScanOptions,
+        restart_after: u64,
+    ) -> Result<Vec<ScanPage>, StoreError>;
+
     /// The versions of the given resources live as of `snapshot` (missing and deleted ones are
     /// left out), in no particular order, with [`StoredResource::patients`] filled.
     async fn read_many_at(

@@ -31,6 +31,7 @@ pub const ALL: &[SuiteTest] = &[
     ("scan_pages_return_each_resource_once", |s| Box::pin(scan_pages_return_each_resource_once(s))),
     ("snapshot_time_separates_writes", |s| Box::pin(snapshot_time_separates_writes(s))),
     ("compartment_follows_versions", |s| Box::pin(compartment_follows_versions(s))),
+    ("compartment_batches_share_a_budget", |s| Box::pin(compartment_batches_share_a_budget(s))),
     ("deletions_times_and_point_reads_as_of_a_snapshot", |s| {
         Box::pin(deletions_times_and_point_reads_as_of_a_snapshot(s))
     }),
@@ -411,6 +412,84 @@ pub async fn compartment_follows_versions(store: Arc<dyn ResourceStore>) {
     assert!(members(first, "p1", "Organization").await.is_empty());
     assert!(members(second, "p1", "Observation").await.is_empty());
     assert_eq!(members(second, "p2", "Observation").await, ["o1"]);
+}
+
+/// `scan_compartments` reads several members' compartments in one call: one page per member
+/// in the order given, sharing the page budget, and a batch resumed inside a member (its page
+/// cut short) then continues with the next members from the restart cursor; walked that way,
+/// every member's compartment comes back exactly once, equal to `scan_compartment`.
+pub async fn compartment_batches_share_a_budget(store: Arc<dyn ResourceStore>) {
+    let store = store.as_ref();
+    let patients: Vec<String> = (0..6).map(|p| format!("p{p}")).collect();
+    for (p, patient) in patients.iter().enumerate() {
+        put(store, &format!(r#"{{"resourceType":"Patient","id":"{patient}"}}"#)).await;
+        // p0 has none, p1 one, ..., p5 five Observations.
+        for o in 0..p {
+            put(store, &format!(r#"{{"resourceType":"Observation","id":"{patient}-o{o}","subject":{{"reference":"Patient/{patient}"}}}}"#)).await;
+        }
+    }
+    // Written after the snapshot: never returned.
+    let snapshot = store.snapshot().await.expect("snapshot");
+    put(
+        store,
+        r#"{"resourceType":"Observation","id":"late","subject":{"reference":"Patient/p3"}}"#,
+    )
+    .await;
+    let ids: Vec<ResourceId> = patients.iter().map(|p| id(p)).collect();
+    let single = |patient: ResourceId| async move {
+        store
+            .scan_compartment(snapshot, &patient, rt("Observation"), ScanOptions::live(0, 100))
+            .await
+            .expect("compartment scan")
+            .resources
+            .iter()
+            .map(|r| r.id.to_string())
+            .collect::<Vec<_>>()
+    };
+
+    let all = store
+        .scan_compartments(snapshot, &ids, rt("Observation"), ScanOptions::live(0, 100), 0)
+        .await
+        .expect("batch");
+    assert_eq!(all.len(), 6, "a large budget covers every member");
+    for (page, patient) in all.iter().zip(&ids) {
+        let got: Vec<String> = page.resources.iter().map(|r| r.id.to_string()).collect();
+        assert_eq!(got, single(patient.clone()).await, "{patient}");
+        assert!(page.next.is_none());
+    }
+
+    for budget in 1..=7 {
+        let mut seen: Vec<Vec<String>> = vec![Vec::new(); ids.len()];
+        let (mut first, mut after, mut calls) = (0usize, 0u64, 0);
+        while first < ids.len() {
+            calls += 1;
+            assert!(calls < 100, "budget {budget}: no progress");
+            let pages = store
+                .scan_compartments(
+                    snapshot,
+                    &ids[first..],
+                    rt("Observation"),
+                    ScanOptions::live(after, budget),
+                    0,
+                )
+                .await
+                .expect("batch");
+            assert!(!pages.is_empty(), "a batch covers at least one member");
+            let total: usize = pages.iter().map(|p| p.resources.len()).sum();
+            assert!(total <= budget, "budget {budget}: {total} resources in one call");
+            for (offset, page) in pages.iter().enumerate() {
+                seen[first + offset].extend(page.resources.iter().map(|r| r.id.to_string()));
+            }
+            let last = first + pages.len() - 1;
+            match pages.last().and_then(|p| p.next) {
+                Some(next) => (first, after) = (last, next),
+                None => (first, after) = (last + 1, 0),
+            }
+        }
+        for (patient, got) in ids.iter().zip(&seen) {
+            assert_eq!(*got, single(patient.clone()).await, "budget {budget}, {patient}");
+        }
+    }
 }
 
 /// Deletion scans, compartment-only scans, point reads as of a snapshot, and `seq_at`.
