@@ -91,6 +91,9 @@ struct ExportArgs {
     /// gzip level for .ndjson.gz output.
     #[arg(long, env = "BULKFHIR_GZIP_LEVEL", default_value_t = 1)]
     gzip_level: u32,
+    /// Parts (types, key ranges) of one export that run at once [default: the core count].
+    #[arg(long, env = "BULKFHIR_EXPORT_PARALLELISM")]
+    export_parallelism: Option<usize>,
     /// Seconds an export lease lasts without a heartbeat.
     #[arg(long, env = "BULKFHIR_EXPORT_LEASE_SECS", default_value_t = 30)]
     export_lease_secs: u64,
@@ -105,6 +108,10 @@ impl ExportArgs {
             retention: Duration::from_secs(self.export_retention_hours.saturating_mul(3600)),
             gzip_level: self.gzip_level.min(9),
             lease: Duration::from_secs(self.export_lease_secs.max(1)),
+            unit_concurrency: self
+                .export_parallelism
+                .unwrap_or(ExportConfig::default().unit_concurrency)
+                .max(1),
             ..ExportConfig::default()
         }
     }

@@ -25,7 +25,7 @@ use crate::{
 /// whose block is not yet in a finished file, so a resumed unit rewrites exactly the unfinished
 /// file.
 pub(crate) async fn run_blocks(
-    ctx: &JobContext<'_>,
+    ctx: &JobContext,
     unit_index: u32,
     mut checkpoint: Checkpoint,
     (first, end): (usize, usize),
@@ -95,7 +95,7 @@ struct BlockFile {
 impl BlockFile {
     async fn append(
         &mut self,
-        ctx: &JobContext<'_>,
+        ctx: &JobContext,
         checkpoint: &Checkpoint,
         part: u32,
         bytes: &[u8],
@@ -134,12 +134,7 @@ impl BlockFile {
 }
 
 /// `Patient-blocks-{part}-{n}.ndjson`: the n-th file of this unit (`ahead` files after the next).
-fn block_file_name(
-    ctx: &JobContext<'_>,
-    checkpoint: &Checkpoint,
-    part: u32,
-    ahead: usize,
-) -> String {
+fn block_file_name(ctx: &JobContext, checkpoint: &Checkpoint, part: u32, ahead: usize) -> String {
     let number = checkpoint.files.len() + 1 + ahead;
     format!("Patient-blocks-{part}-{number}{}", ctx.extension())
 }
@@ -147,7 +142,7 @@ fn block_file_name(
 /// One patient's block: the header line, then the lines; returns the bytes and the offset of
 /// each line (`offsets[0]` is the header).
 async fn build_block(
-    ctx: &JobContext<'_>,
+    ctx: &JobContext,
     member_idx: usize,
     after_seq: u64,
     checkpoint: &mut Checkpoint,

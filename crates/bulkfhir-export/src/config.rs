@@ -51,7 +51,7 @@ impl Default for ExportConfig {
             gzip_level: 1,
             retry_after: Duration::from_secs(2),
             files_per_manifest_page: 500,
-            key_range_span: 150_000,
+            key_range_span: 50_000,
         }
     }
 }

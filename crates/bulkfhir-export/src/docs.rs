@@ -84,6 +84,11 @@ pub(crate) enum UnitSpec {
         part: u32,
         #[serde(default)]
         before_seq: Option<u64>,
+        /// Only resources in the compartment of one of the plan's members: a Group or
+        /// `patient` export reads a type with few resources this way rather than once per
+        /// member (a Group of every patient is in every member's compartment).
+        #[serde(default)]
+        members_only: bool,
     },
     /// The compartments of the plan's members, for one type.
     Members { resource_type: String, after_seq: u64 },
@@ -126,6 +131,17 @@ pub(crate) enum CompartmentScope {
 }
 
 impl UnitSpec {
+    /// How much a unit reads, roughly (the width of its key range), for running the largest
+    /// first so that no large unit is left running alone at the end; 0 when unknown.
+    pub(crate) fn size_hint(&self) -> u64 {
+        match self {
+            UnitSpec::Scan { after_seq, before_seq: Some(before), .. } => {
+                before.saturating_sub(*after_seq)
+            }
+            _ => 0,
+        }
+    }
+
     /// True for units that must wait for all others.
     pub(crate) fn runs_last(&self) -> bool {
         matches!(self, UnitSpec::Supporting | UnitSpec::Provenance { .. })

@@ -32,6 +32,9 @@ pub enum ExportError {
     /// The job's stored documents are unreadable (a bug or a newer format).
     #[error("job data is corrupt: {0}")]
     Corrupt(String),
+    /// A part of the export panicked (a bug); the job is marked failed.
+    #[error("internal error: {0}")]
+    Panicked(String),
     /// The work stopped because the job was cancelled or taken over.
     #[error("stopped: {0}")]
     Stopped(&'static str),
@@ -48,7 +51,9 @@ impl ExportError {
             ExportError::Store(StoreError::TooManyJobs { .. }) => ErrorKind::TooManyRequests,
             ExportError::Store(e) => e.kind(),
             ExportError::Output(e) => e.kind(),
-            ExportError::Corrupt(_) | ExportError::Stopped(_) => ErrorKind::Internal,
+            ExportError::Corrupt(_) | ExportError::Panicked(_) | ExportError::Stopped(_) => {
+                ErrorKind::Internal
+            }
         }
     }
 

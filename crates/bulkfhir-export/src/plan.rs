@@ -65,6 +65,7 @@ pub(crate) async fn plan(
                             after_seq,
                             part,
                             before_seq,
+                            members_only: false,
                         });
                     }
                 }
@@ -121,6 +122,14 @@ pub(crate) async fn plan(
     // K17: Provenance targeting anything in the compartment, not only the Patient itself.
     let provenance_unit = explicit_provenance || provenance_requested;
     for resource_type in compartment::compartment_types().into_iter().filter(|t| requested(*t)) {
+        // As at system level: a type with no version after `_since` has nothing to export or
+        // delete (for a Group, this saves one compartment query per member).
+        let Some((low, high)) = store.seq_bounds(snapshot, resource_type).await? else {
+            continue;
+        };
+        if high <= since_seq {
+            continue;
+        }
         let name = resource_type.as_str().to_owned();
         if provenance_unit && Some(resource_type) == provenance {
             if request.since.is_some() {
@@ -137,18 +146,38 @@ pub(crate) async fn plan(
             continue;
         }
         if by_members {
-            units.push(UnitSpec::Members { resource_type: name.clone(), after_seq: since_seq });
+            if has_at_most(store, snapshot, resource_type, since_seq, plan.members.len() * 4)
+                .await?
+            {
+                // Few resources of this type: one pass over them, keeping the members', costs
+                // less than a lookup per member.
+                units.push(UnitSpec::Scan {
+                    resource_type: name.clone(),
+                    compartment_only: true,
+                    after_seq: low.max(since_seq + 1) - 1,
+                    part: 0,
+                    before_seq: Some(high + 1),
+                    members_only: true,
+                });
+            } else {
+                units.push(UnitSpec::Members { resource_type: name.clone(), after_seq: since_seq });
+            }
             if request.since.is_some() {
                 units.push(UnitSpec::DeletedMembers { resource_type: name, after_seq: since_seq });
             }
         } else {
-            units.push(UnitSpec::Scan {
-                resource_type: name.clone(),
-                compartment_only: true,
-                after_seq: since_seq,
-                part: 0,
-                before_seq: None,
-            });
+            for (part, after_seq, before_seq) in
+                key_ranges(low.max(since_seq + 1), high, key_range_span)
+            {
+                units.push(UnitSpec::Scan {
+                    resource_type: name.clone(),
+                    compartment_only: true,
+                    after_seq,
+                    part,
+                    before_seq,
+                    members_only: false,
+                });
+            }
             if request.since.is_some() {
                 units.push(UnitSpec::Deleted {
                     resource_type: name,
@@ -169,6 +198,23 @@ pub(crate) async fn plan(
         units.push(UnitSpec::Provenance { latest: latest_only, scope });
     }
     Ok((plan, units))
+}
+
+/// Whether at most `limit` resources of `resource_type` in any compartment changed after
+/// `since_seq` as of `snapshot` (reads at most `limit` + 1 of them).
+async fn has_at_most(
+    store: &dyn ResourceStore,
+    snapshot: Snapshot,
+    resource_type: ResourceType,
+    since_seq: u64,
+    limit: usize,
+) -> Result<bool, ExportError> {
+    let options = bulkfhir_store::ScanOptions {
+        in_any_compartment: true,
+        ..bulkfhir_store::ScanOptions::live(since_seq, limit + 1)
+    };
+    let page = store.scan(snapshot, resource_type, options).await?;
+    Ok(page.resources.len() <= limit)
 }
 
 /// Members per `Blocks` unit.
@@ -238,13 +284,14 @@ async fn all_patients(
 
 /// Splits the key range `first..=last` into parts of at most `span` sequence numbers:
 /// `(part, after_seq, before_seq)` with parts numbered from 1, or one part 0 when no split is
-/// needed. The parts are disjoint and cover the range, so each resource is read by one unit.
+/// needed. The parts are disjoint and cover the range, so each resource is read by one unit;
+/// every part has an end, which also tells the runner how large it is.
 fn key_ranges(first: u64, last: u64, span: u64) -> Vec<(u32, u64, Option<u64>)> {
     let width = last.saturating_sub(first) + 1;
     let span = span.max(1);
-    let n_parts = width.div_ceil(span).min(64);
+    let n_parts = width.div_ceil(span).min(256);
     if n_parts <= 1 {
-        return vec![(0, first - 1, None)];
+        return vec![(0, first - 1, Some(last + 1))];
     }
     let step = width.div_ceil(n_parts);
     (0..n_parts)
@@ -284,7 +331,7 @@ mod tests {
 
     #[test]
     fn key_ranges_cover_the_range_once() {
-        assert_eq!(key_ranges(5, 10, 100), [(0, 4, None)]);
+        assert_eq!(key_ranges(5, 10, 100), [(0, 4, Some(11))]);
         let parts = key_ranges(1, 1000, 300);
         assert_eq!(parts.len(), 4);
         let mut covered = Vec::new();
@@ -294,7 +341,7 @@ mod tests {
         }
         assert_eq!(covered, (1..=1000).collect::<Vec<u64>>());
         let one = key_ranges(7, 7, 1);
-        assert_eq!(one, [(0, 6, None)]);
+        assert_eq!(one, [(0, 6, Some(8))]);
     }
 }
 

@@ -2,7 +2,7 @@
 //! units (several at once), then writes the error file and the manifest.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, VecDeque},
     sync::{
         Arc,
         atomic::{AtomicU64, AtomicUsize, Ordering},
@@ -12,17 +12,16 @@ use std::{
 
 use bulkfhir_model::{Instant, elements::ElementSelection, error_chain, search::SearchQuery};
 use bulkfhir_store::{JobRecord, JobStatus, StoreError};
-use futures::{StreamExt, stream};
-use tokio::sync::Semaphore;
+use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::{
     ExportError,
     docs::{Checkpoint, FileEntry, FileKind, ManifestDoc, Note, Plan, StoredRequest, UnitSpec},
     error::corrupt,
     service::Shared,
-    unit::{JobContext, run_unit},
+    unit::{JobContext, run_unit, supporting_type_names},
 };
 
 /// Claims and runs export jobs until shut down.
@@ -119,7 +118,7 @@ struct JobRun {
 impl JobRun {
     async fn run(self) {
         let started = std::time::Instant::now();
-        let written = AtomicU64::new(0);
+        let written = Arc::new(AtomicU64::new(0));
         let units_done = AtomicUsize::new(0);
         let units_total = AtomicUsize::new(0);
         let heartbeat = self.heartbeat(&written, &units_done, &units_total);
@@ -205,7 +204,7 @@ impl JobRun {
 
     async fn execute(
         &self,
-        written: &AtomicU64,
+        written: &Arc<AtomicU64>,
         units_done: &AtomicUsize,
         units_total: &AtomicUsize,
     ) -> Result<(), ExportError> {
@@ -247,58 +246,52 @@ impl JobRun {
                 .map_err(|e| ExportError::Corrupt(format!("_typeFilter '{text}': {e}")))?;
             filters.entry(query.resource_type()).or_default().push(query);
         }
-        let ctx = JobContext {
-            store: shared.store.as_ref(),
-            jobs: shared.jobs.as_ref(),
-            output: &shared.output,
-            config: &shared.config,
-            job_id: &job.id,
-            owner: &self.owner,
+        let ctx = Arc::new(JobContext {
+            store: Arc::clone(&shared.store),
+            jobs: Arc::clone(&shared.jobs),
+            output: shared.output.clone(),
+            config: shared.config.clone(),
+            job_id: job.id.clone(),
+            owner: self.owner.clone(),
             snapshot: job.snapshot,
             gzip: request.gzip,
-            plan: &plan,
-            member_set: plan.members.iter().map(String::as_str).collect(),
-            cancel: &self.cancel,
-            written,
-            elements: elements.as_ref(),
-            filters: &filters,
-        };
+            member_set: plan.members.iter().cloned().collect(),
+            supporting_types: supporting_type_names(&plan),
+            plan,
+            cancel: self.cancel.clone(),
+            written: Arc::clone(written),
+            elements,
+            filters,
+        });
+        // Each unit runs as its own task, so units (types, key ranges) use every core: a unit
+        // copies every byte it writes, and one task polling them all kept the export on one
+        // core. The set is dropped (its tasks aborted) when this future is.
+        let no_refs = Arc::new(BTreeSet::new());
         let mut finished: HashMap<u32, Checkpoint> = HashMap::new();
-        let no_refs = BTreeSet::new();
-        let first_phase: Vec<(u32, UnitSpec, Checkpoint, bool)> =
-            units.iter().filter(|u| !u.1.runs_last()).cloned().collect();
-        let (ctx_ref, no_refs_ref) = (&ctx, &no_refs);
-        let mut results = stream::iter(first_phase.into_iter().map(
-            move |(index, spec, checkpoint, done)| async move {
-                if done {
-                    return Ok((index, checkpoint));
-                }
-                let result = run_unit(ctx_ref, index, &spec, checkpoint, no_refs_ref).await;
-                units_done.fetch_add(1, Ordering::Relaxed);
-                result.map(|c| (index, c))
-            },
-        ))
-        .buffer_unordered(shared.config.unit_concurrency.max(1));
-        while let Some(result) = results.next().await {
-            let (index, checkpoint) = result?;
-            finished.insert(index, checkpoint);
-        }
-        drop(results);
-        let references: BTreeSet<String> =
-            finished.values().flat_map(|c| c.references.iter().cloned()).collect();
-        for (index, spec, checkpoint, done) in units.iter().filter(|u| u.1.runs_last()) {
-            let checkpoint = if *done {
-                checkpoint.clone()
+        let mut pending: VecDeque<(u32, UnitSpec, Checkpoint)> = VecDeque::new();
+        for (index, spec, checkpoint, done) in units.iter().filter(|u| !u.1.runs_last()) {
+            if *done {
+                finished.insert(*index, checkpoint.clone());
             } else {
-                let result = run_unit(&ctx, *index, spec, checkpoint.clone(), &references).await?;
-                units_done.fetch_add(1, Ordering::Relaxed);
-                result
-            };
-            finished.insert(*index, checkpoint);
+                pending.push_back((*index, spec.clone(), checkpoint.clone()));
+            }
         }
+        pending.make_contiguous().sort_by_key(|(_, spec, _)| std::cmp::Reverse(spec.size_hint()));
+        run_units(&ctx, pending, &no_refs, units_done, &mut finished).await?;
+        let references: Arc<BTreeSet<String>> =
+            Arc::new(finished.values().flat_map(|c| c.references.iter().cloned()).collect());
+        let mut last: VecDeque<(u32, UnitSpec, Checkpoint)> = VecDeque::new();
+        for (index, spec, checkpoint, done) in units.iter().filter(|u| u.1.runs_last()) {
+            if *done {
+                finished.insert(*index, checkpoint.clone());
+            } else {
+                last.push_back((*index, spec.clone(), checkpoint.clone()));
+            }
+        }
+        run_units(&ctx, last, &references, units_done, &mut finished).await?;
 
         let mut files: Vec<FileEntry> = Vec::new();
-        let mut notes: Vec<Note> = plan.notes.clone();
+        let mut notes: Vec<Note> = ctx.plan.notes.clone();
         for (index, ..) in &units {
             if let Some(checkpoint) = finished.get(index) {
                 files.extend(checkpoint.files.iter().cloned());
@@ -330,8 +323,55 @@ impl JobRun {
     }
 }
 
+/// Runs `units` as tasks, at most `unit_concurrency` at once, and records each final checkpoint
+/// in `finished`. The first failure aborts the others and is returned.
+async fn run_units(
+    ctx: &Arc<JobContext>,
+    mut units: VecDeque<(u32, UnitSpec, Checkpoint)>,
+    supporting_refs: &Arc<BTreeSet<String>>,
+    units_done: &AtomicUsize,
+    finished: &mut HashMap<u32, Checkpoint>,
+) -> Result<(), ExportError> {
+    let limit = ctx.config.unit_concurrency.max(1);
+    let mut running = JoinSet::new();
+    loop {
+        while running.len() < limit {
+            let Some((index, spec, checkpoint)) = units.pop_front() else { break };
+            let (ctx, refs) = (Arc::clone(ctx), Arc::clone(supporting_refs));
+            let span = tracing::Span::current();
+            running.spawn(
+                async move {
+                    let started = std::time::Instant::now();
+                    let result = run_unit(&ctx, index, &spec, checkpoint, &refs).await;
+                    if let Ok(done) = &result {
+                        debug!(
+                            unit = index,
+                            spec = ?spec,
+                            resources = done.written,
+                            seconds = started.elapsed().as_secs_f64(),
+                            "export unit finished"
+                        );
+                    }
+                    result.map(|c| (index, c))
+                }
+                .instrument(span),
+            );
+        }
+        let Some(joined) = running.join_next().await else { return Ok(()) };
+        let (index, checkpoint) = joined.map_err(|e| {
+            if e.is_panic() {
+                ExportError::Panicked(format!("an export unit panicked: {e}"))
+            } else {
+                ExportError::Stopped("cancelled")
+            }
+        })??;
+        units_done.fetch_add(1, Ordering::Relaxed);
+        finished.insert(index, checkpoint);
+    }
+}
+
 /// Writes the OperationOutcome file of the manifest's `error` array.
-async fn write_error_file(ctx: &JobContext<'_>, notes: &[Note]) -> Result<FileEntry, ExportError> {
+async fn write_error_file(ctx: &JobContext, notes: &[Note]) -> Result<FileEntry, ExportError> {
     let name = format!("OperationOutcome-1{}", ctx.extension());
     let mut writer = ctx.output.create(&ctx.key(&name)?, ctx.compression()).await?;
     let mut buffer = Vec::new();

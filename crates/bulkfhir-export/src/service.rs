@@ -20,7 +20,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     ExportConfig, ExportError, Runner, Sweeper,
@@ -239,6 +239,7 @@ impl ExportService {
         context: KickoffContext,
     ) -> Result<JobId, ExportError> {
         check_parameters(&mut request, context.lenient)?;
+        let started = std::time::Instant::now();
         let shared = &self.shared;
         let mut snapshot = shared.store.snapshot().await?;
         if let Some(until) = request.until
@@ -246,8 +247,10 @@ impl ExportService {
         {
             snapshot = Snapshot { seq: shared.store.seq_at(until).await?, time: until };
         }
+        let snapshot_taken = started.elapsed();
         let (plan, units) =
             plan(shared.store.as_ref(), &request, snapshot, shared.config.key_range_span).await?;
+        let planned = started.elapsed();
         let (level, group_id) = match &request.level {
             ExportLevel::System => ("system", None),
             ExportLevel::Patient => ("patient", None),
@@ -289,6 +292,13 @@ impl ExportService {
         let n_units = job.units.len();
         shared.jobs.create(job, shared.config.max_active_jobs).await?;
         info!(job_id = %id, level, units = n_units, transaction_time = %snapshot.time, "export accepted");
+        debug!(
+            job_id = %id,
+            snapshot_ms = snapshot_taken.as_secs_f64() * 1e3,
+            plan_ms = (planned - snapshot_taken).as_secs_f64() * 1e3,
+            queue_ms = (started.elapsed() - planned).as_secs_f64() * 1e3,
+            "kick-off timings"
+        );
         shared.wake.notify_one();
         Ok(id)
     }

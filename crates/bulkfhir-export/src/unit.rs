@@ -8,7 +8,10 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use bulkfhir_model::{
@@ -30,32 +33,38 @@ use crate::{
     error::corrupt,
 };
 
+/// Members whose compartments one store call may cover (it also stops at a page of resources).
+const MEMBER_BATCH: usize = 256;
+
 /// Flush the line buffer to the file writer past this many bytes.
 const WRITE_CHUNK: usize = 1 << 20;
 
-/// What every unit of one job shares.
-pub(crate) struct JobContext<'a> {
-    pub(crate) store: &'a dyn ResourceStore,
-    pub(crate) jobs: &'a dyn JobStore,
-    pub(crate) output: &'a OutputStore,
-    pub(crate) config: &'a ExportConfig,
-    pub(crate) job_id: &'a JobId,
-    pub(crate) owner: &'a str,
+/// What every unit of one job shares. Owned, so that each unit can run as its own task (on its
+/// own worker thread) with an `Arc` of it.
+pub(crate) struct JobContext {
+    pub(crate) store: Arc<dyn ResourceStore>,
+    pub(crate) jobs: Arc<dyn JobStore>,
+    pub(crate) output: OutputStore,
+    pub(crate) config: ExportConfig,
+    pub(crate) job_id: JobId,
+    pub(crate) owner: String,
     pub(crate) snapshot: Snapshot,
     pub(crate) gzip: bool,
-    pub(crate) plan: &'a Plan,
-    pub(crate) member_set: HashSet<&'a str>,
-    pub(crate) cancel: &'a CancellationToken,
+    pub(crate) plan: Plan,
+    pub(crate) member_set: HashSet<String>,
+    pub(crate) cancel: CancellationToken,
     /// Resources written by this run of the job, for progress.
-    pub(crate) written: &'a AtomicU64,
+    pub(crate) written: Arc<AtomicU64>,
     /// `_elements`, when asked for.
-    pub(crate) elements: Option<&'a ElementSelection>,
+    pub(crate) elements: Option<ElementSelection>,
     /// `_typeFilter` queries by type; a resource of a listed type is exported only if one of its
     /// type's queries matches.
-    pub(crate) filters: &'a HashMap<ResourceType, Vec<SearchQuery>>,
+    pub(crate) filters: HashMap<ResourceType, Vec<SearchQuery>>,
+    /// The types of the supporting resources the plan adds ([`supporting_type_names`]).
+    pub(crate) supporting_types: HashSet<&'static str>,
 }
 
-impl JobContext<'_> {
+impl JobContext {
     /// Whether `resource` passes `_typeFilter` (resources of types without a filter always do).
     pub(crate) fn passes_filters(&self, resource: &StoredResource) -> bool {
         let Some(queries) = self.filters.get(&resource.resource_type) else { return true };
@@ -85,7 +94,7 @@ impl JobContext<'_> {
 
 /// Runs one unit from its checkpoint to the end and returns the final checkpoint (saved as done).
 pub(crate) async fn run_unit(
-    ctx: &JobContext<'_>,
+    ctx: &JobContext,
     index: u32,
     spec: &UnitSpec,
     checkpoint: Checkpoint,
@@ -101,10 +110,13 @@ pub(crate) async fn run_unit(
         | UnitSpec::Deleted { resource_type, compartment_only, after_seq } => {
             let deleted = matches!(spec, UnitSpec::Deleted { .. });
             let resource_type = parse_type(resource_type)?;
-            let (part, before_seq) = match spec {
-                UnitSpec::Scan { part, before_seq, .. } => (*part, *before_seq),
-                _ => (0, None),
+            let (part, before_seq, members_only) = match spec {
+                UnitSpec::Scan { part, before_seq, members_only, .. } => {
+                    (*part, *before_seq, *members_only)
+                }
+                _ => (0, None, false),
             };
+            let keep = |r: &StoredResource| !members_only || owner(r, &ctx.member_set).is_some();
             roller.set_file(resource_type, deleted);
             roller.part = part;
             let options = |after_seq| ScanOptions {
@@ -112,7 +124,7 @@ pub(crate) async fn run_unit(
                 limit: ctx.config.page_size,
                 deleted,
                 in_any_compartment: *compartment_only,
-                with_patients: false,
+                with_patients: members_only,
                 before_seq: before_seq.unwrap_or(u64::MAX),
             };
             let start = (*after_seq).max(roller.checkpoint.cursor);
@@ -120,14 +132,14 @@ pub(crate) async fn run_unit(
             loop {
                 ctx.check_cancelled()?;
                 let Some(next) = page.next else {
-                    roller.write_page(&page, 0, |_| true).await?;
+                    roller.write_page(&page, 0, keep).await?;
                     break;
                 };
                 // Read the next page while this one is written: the store and the file
                 // writer work on different threads.
                 let (next_page, written) = tokio::join!(
                     ctx.store.scan(ctx.snapshot, resource_type, options(next)),
-                    roller.write_page(&page, 0, |_| true)
+                    roller.write_page(&page, 0, keep)
                 );
                 written?;
                 page = next_page?;
@@ -147,46 +159,71 @@ pub(crate) async fn run_unit(
                 with_patients: true,
                 before_seq: u64::MAX,
             };
-            let fetch = |member_idx: usize, after: u64| async move {
-                let patient_id = ResourceId::parse(&members[member_idx])
+            // Members are read in batches (one store call covers up to a page of resources
+            // over many members); a batch's pages are written while the next batch is read.
+            let fetch = |first: usize, after: u64| async move {
+                let end = (first + MEMBER_BATCH).min(members.len());
+                let ids = members[first..end]
+                    .iter()
+                    .map(|m| ResourceId::parse(m))
+                    .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| ExportError::Corrupt(e.to_string()))?;
-                let page = ctx
+                let pages = ctx
                     .store
-                    .scan_compartment(ctx.snapshot, &patient_id, resource_type, options(after))
+                    .scan_compartments(
+                        ctx.snapshot,
+                        &ids,
+                        resource_type,
+                        options(after),
+                        *after_seq,
+                    )
                     .await?;
-                Ok::<ScanPage, ExportError>(page)
+                if pages.is_empty() {
+                    return Err(ExportError::Corrupt(
+                        "a compartment batch returned no page".into(),
+                    ));
+                }
+                Ok::<(usize, Vec<ScanPage>), ExportError>((first, pages))
             };
+            let mut owners = OwnerCache::default();
             let start_member = roller.checkpoint.member_idx;
             let mut current = if start_member < members.len() {
-                let after = (*after_seq).max(roller.checkpoint.cursor);
-                Some((start_member, fetch(start_member, after).await?))
+                Some(fetch(start_member, (*after_seq).max(roller.checkpoint.cursor)).await?)
             } else {
                 None
             };
-            // Each member usually has one short page per type: fetch the next member's page
-            // while this one is written, so the round trips overlap.
-            while let Some((member_idx, page)) = current.take() {
+            while let Some((first, pages)) = current.take() {
                 ctx.check_cancelled()?;
-                let patient = members[member_idx].as_str();
-                // A resource in several members' compartments is written once, by the first
-                // of those members in plan order.
-                let owned =
-                    |r: &StoredResource| owner(r, &ctx.member_set).is_none_or(|o| o == patient);
-                let next = match page.next {
-                    Some(after) => Some((member_idx, after)),
-                    None if member_idx + 1 < members.len() => Some((member_idx + 1, *after_seq)),
+                // Where the next batch starts: inside the last member when its page was cut
+                // short, else at the member after it.
+                let last_idx = first + pages.len() - 1;
+                let next = match pages.last().and_then(|p| p.next) {
+                    Some(after) => Some((last_idx, after)),
+                    None if last_idx + 1 < members.len() => Some((last_idx + 1, *after_seq)),
                     None => None,
+                };
+                let write_batch = async {
+                    for (offset, page) in pages.iter().enumerate() {
+                        let member_idx = first + offset;
+                        let patient = members[member_idx].as_str();
+                        let others: HashSet<u64> = page
+                            .resources
+                            .iter()
+                            .filter(|r| !owners.owns(r, patient, &ctx.member_set))
+                            .map(|r| r.seq)
+                            .collect();
+                        roller.write_page(page, member_idx, |r| !others.contains(&r.seq)).await?;
+                    }
+                    Ok::<(), ExportError>(())
                 };
                 match next {
                     Some((next_member, after)) => {
-                        let (next_page, written) = tokio::join!(
-                            fetch(next_member, after),
-                            roller.write_page(&page, member_idx, owned)
-                        );
+                        let (next_batch, written) =
+                            tokio::join!(fetch(next_member, after), write_batch);
                         written?;
-                        current = Some((next_member, next_page?));
+                        current = Some(next_batch?);
                     }
-                    None => roller.write_page(&page, member_idx, owned).await?,
+                    None => write_batch.await?,
                 }
             }
         }
@@ -275,13 +312,13 @@ pub(crate) async fn run_unit(
 
 /// Appends a resource's line (projected when `_elements` applies), without the newline.
 pub(crate) fn append_resource(
-    ctx: &JobContext<'_>,
+    ctx: &JobContext,
     out: &mut Vec<u8>,
     resource: &StoredResource,
     checkpoint: &mut Checkpoint,
 ) {
     let start = out.len();
-    match ctx.elements.filter(|e| e.applies_to(resource.resource_type)) {
+    match ctx.elements.as_ref().filter(|e| e.applies_to(resource.resource_type)) {
         Some(elements) => {
             if let Err(error) = elements.project_into(resource.resource_type, &resource.body, out) {
                 out.truncate(start);
@@ -301,32 +338,50 @@ pub(crate) fn append_resource(
     }
 }
 
+/// The type names whose references [`collect_supporting`] keeps: outside the compartment, not
+/// Group, and allowed by `_type`; empty when the plan adds no supporting resources.
+pub(crate) fn supporting_type_names(plan: &Plan) -> HashSet<&'static str> {
+    let Some(supporting) = &plan.supporting else { return HashSet::new() };
+    ResourceType::all()
+        .filter(|t| !compartment::is_compartment_type(*t) && *t != ResourceType::GROUP)
+        .filter(|t| {
+            supporting.only.as_ref().is_none_or(|only| only.iter().any(|o| o == t.as_str()))
+        })
+        .map(ResourceType::as_str)
+        .collect()
+}
+
 /// Adds every `"reference":"Type/id"` in `body` whose target is a supporting resource the plan
 /// includes (outside the compartment, allowed by `_type`).
+///
+/// On the hot path of Patient and Group exports (a Claim has a dozen references): the type is
+/// checked against [`JobContext::supporting_types`] and the text against `out` before anything
+/// is parsed or allocated.
 pub(crate) fn collect_supporting(
-    ctx: &JobContext<'_>,
+    ctx: &JobContext,
     finder: &memmem::Finder<'_>,
     body: &[u8],
     out: &mut BTreeSet<String>,
 ) {
-    let Some(supporting) = &ctx.plan.supporting else { return };
+    if ctx.supporting_types.is_empty() {
+        return;
+    }
     for start in finder.find_iter(body) {
         let value_start = start + br#""reference":""#.len();
         let Some(len) = memchr::memchr(b'"', &body[value_start..]) else { continue };
         let Ok(text) = std::str::from_utf8(&body[value_start..value_start + len]) else { continue };
+        if !text.contains("/_history/") {
+            // `[base/]Type/id`: the type is the segment before the last one.
+            let mut segments = text.rsplit('/');
+            let type_name = segments.nth(1).unwrap_or("");
+            if !ctx.supporting_types.contains(type_name) || out.contains(text) {
+                continue;
+            }
+        }
         let Some(target) = ResourceRef::parse(text) else { continue };
-        let resource_type = target.resource_type;
-        if compartment::is_compartment_type(resource_type) || resource_type == ResourceType::GROUP {
-            continue;
+        if ctx.supporting_types.contains(target.resource_type.as_str()) {
+            out.insert(format!("{}/{}", target.resource_type, target.id));
         }
-        if supporting
-            .only
-            .as_ref()
-            .is_some_and(|only| !only.iter().any(|t| t == resource_type.as_str()))
-        {
-            continue;
-        }
-        out.insert(format!("{resource_type}/{}", target.id));
     }
 }
 
@@ -370,7 +425,7 @@ impl ProvenanceDoc {
 
 /// Which of the targets of `docs` the export returns (as `Type/id`).
 async fn returned_targets(
-    ctx: &JobContext<'_>,
+    ctx: &JobContext,
     scope: &ProvenanceScope,
     docs: &[ProvenanceDoc],
 ) -> Result<HashSet<String>, ExportError> {
@@ -410,13 +465,56 @@ pub(crate) fn parse_type(name: &str) -> Result<ResourceType, ExportError> {
 }
 
 /// The first member (in plan order, which is sorted) whose compartment holds `resource`.
-pub(crate) fn owner<'m>(resource: &StoredResource, members: &HashSet<&'m str>) -> Option<&'m str> {
-    resource.patients.as_deref()?.split(' ').filter_map(|p| members.get(p).copied()).min()
+pub(crate) fn owner<'m>(
+    resource: &StoredResource,
+    members: &'m HashSet<String>,
+) -> Option<&'m str> {
+    resource
+        .patients
+        .as_deref()?
+        .split(' ')
+        .filter_map(|p| members.get(p).map(String::as_str))
+        .min()
+}
+
+/// Which member writes a resource that is in several members' compartments: the first of them
+/// in plan order, so it is written once. Remembered per resource, because such a resource (a
+/// Group of every patient, say) comes back once per member and its patient list can be long.
+#[derive(Default)]
+struct OwnerCache {
+    owners: HashMap<u64, Option<String>>,
+}
+
+impl OwnerCache {
+    /// Entries kept before the cache starts over (it is only a shortcut).
+    const MAX_ENTRIES: usize = 100_000;
+
+    /// Whether `patient`, whose compartment page holds `resource`, writes it.
+    fn owns(
+        &mut self,
+        resource: &StoredResource,
+        patient: &str,
+        members: &HashSet<String>,
+    ) -> bool {
+        match resource.patients.as_deref() {
+            // In one compartment only: the one being read.
+            Some(patients) if patients.contains(' ') => {}
+            _ => return true,
+        }
+        if self.owners.len() >= Self::MAX_ENTRIES {
+            self.owners.clear();
+        }
+        self.owners
+            .entry(resource.seq)
+            .or_insert_with(|| owner(resource, members).map(str::to_owned))
+            .as_deref()
+            .is_none_or(|o| o == patient)
+    }
 }
 
 /// Writes lines into numbered files, closing each when full.
-struct Roller<'c, 'a> {
-    ctx: &'c JobContext<'a>,
+struct Roller<'c> {
+    ctx: &'c JobContext,
     unit_index: u32,
     checkpoint: Checkpoint,
     resource_type: Option<ResourceType>,
@@ -438,8 +536,8 @@ struct Roller<'c, 'a> {
     part: u32,
 }
 
-impl<'c, 'a> Roller<'c, 'a> {
-    fn new(ctx: &'c JobContext<'a>, unit_index: u32, checkpoint: Checkpoint) -> Self {
+impl<'c> Roller<'c> {
+    fn new(ctx: &'c JobContext, unit_index: u32, checkpoint: Checkpoint) -> Self {
         Roller {
             ctx,
             unit_index,
@@ -492,6 +590,7 @@ impl<'c, 'a> Roller<'c, 'a> {
         let project = self
             .ctx
             .elements
+            .as_ref()
             .filter(|e| self.resource_type.is_some_and(|t| e.applies_to(t)) && !self.deleted);
         let mut n_written = 0u64;
         let filtering = self.apply_filters && !self.deleted;
@@ -616,13 +715,13 @@ impl<'c, 'a> Roller<'c, 'a> {
 /// Saves a checkpoint (fenced by the lease). A free function: the roller holds a file writer
 /// that is `Send` but not `Sync`, so no `&Roller` may live across an await.
 pub(crate) async fn save(
-    ctx: &JobContext<'_>,
+    ctx: &JobContext,
     unit_index: u32,
     checkpoint: &Checkpoint,
     done: bool,
 ) -> Result<(), ExportError> {
     let json = serde_json::to_string(checkpoint).map_err(corrupt)?;
-    ctx.jobs.checkpoint(ctx.job_id, ctx.owner, unit_index, &json, done).await?;
+    ctx.jobs.checkpoint(&ctx.job_id, &ctx.owner, unit_index, &json, done).await?;
     Ok(())
 }
 
