@@ -236,3 +236,78 @@ pub(crate) fn gunzip_count(files: &[SourceFile]) -> anyhow::Result<(u64, u64)> {
 fn memchr_count(bytes: &[u8]) -> u64 {
     bytes.iter().filter(|&&b| b == b'\n').count() as u64
 }
+
+/// What [`store_read`] read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StoreRead {
+    pub(crate) elapsed: Duration,
+    pub(crate) resources: u64,
+    /// Body bytes plus one newline per resource: the NDJSON a plain export of them writes.
+    pub(crate) ndjson_bytes: u64,
+}
+
+/// The store's limit: reads every live resource of the latest snapshot through the
+/// `ResourceStore` trait, as the export's scans do (pages of `page_size` in key order, each
+/// type split into key ranges of `span` sequence numbers, `tasks` ranges at once), writing
+/// nothing. Run with the server stopped, on the data folder it served.
+pub(crate) async fn store_read(
+    data_dir: &Path,
+    tasks: usize,
+    page_size: usize,
+    span: u64,
+) -> anyhow::Result<StoreRead> {
+    use std::sync::{Arc, Mutex};
+
+    use bulkfhir_model::ResourceType;
+    use bulkfhir_store::{ResourceStore, ScanOptions};
+    use bulkfhir_store_embedded::EmbeddedStore;
+
+    let store = Arc::new(
+        EmbeddedStore::open(data_dir)
+            .with_context(|| format!("open the store in {}", data_dir.display()))?,
+    );
+    let snapshot = store.snapshot().await.context("take a snapshot")?;
+    let mut ranges = Vec::new();
+    for resource_type in ResourceType::all() {
+        if let Some((low, high)) = store.seq_bounds(snapshot, resource_type).await? {
+            let mut after = low - 1;
+            while after < high {
+                let end = after.saturating_add(span.max(1)).min(high);
+                ranges.push((resource_type, after, end));
+                after = end;
+            }
+        }
+    }
+    let queue = Arc::new(Mutex::new(ranges));
+    let started = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..tasks.max(1) {
+        let (store, queue) = (Arc::clone(&store), Arc::clone(&queue));
+        workers.spawn(async move {
+            let (mut resources, mut bytes) = (0u64, 0u64);
+            loop {
+                let next = queue.lock().map_err(|_| anyhow::anyhow!("queue poisoned"))?.pop();
+                let Some((resource_type, mut after, end)) = next else { break };
+                loop {
+                    let options =
+                        ScanOptions { before_seq: end + 1, ..ScanOptions::live(after, page_size) };
+                    let page = store.scan(snapshot, resource_type, options).await?;
+                    resources += page.resources.len() as u64;
+                    bytes += page.resources.iter().map(|r| r.body.len() as u64 + 1).sum::<u64>();
+                    match page.next {
+                        Some(next) => after = next,
+                        None => break,
+                    }
+                }
+            }
+            anyhow::Ok((resources, bytes))
+        });
+    }
+    let (mut resources, mut ndjson_bytes) = (0, 0);
+    while let Some(joined) = workers.join_next().await {
+        let (n, b) = joined.context("a reader task panicked")??;
+        resources += n;
+        ndjson_bytes += b;
+    }
+    Ok(StoreRead { elapsed: started.elapsed(), resources, ndjson_bytes })
+}
