@@ -9,8 +9,10 @@
 //! Concurrency: one writer connection behind a mutex (SQLite has one writer anyway) and a small
 //! pool of reader connections; every call runs on a blocking thread. `BEGIN IMMEDIATE` makes the
 //! writer the only one even when a second process (say `bulkfhir load`) opens the same file.
+//! WAL checkpoints run on a thread of their own (`checkpoint.rs`), off the writer's path.
 #![warn(missing_docs)]
 
+mod checkpoint;
 mod jobs;
 mod schema;
 mod sqlite;

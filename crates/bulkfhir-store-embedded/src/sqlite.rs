@@ -12,7 +12,7 @@ use bulkfhir_store::{
 use bytes::Bytes;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
 
-use crate::schema;
+use crate::{checkpoint::Checkpointer, schema};
 
 /// `next_seq` of a version nothing has replaced.
 const CURRENT: i64 = i64::MAX;
@@ -32,8 +32,9 @@ pub struct EmbeddedStore {
 #[derive(Debug)]
 struct Inner {
     path: PathBuf,
-    writer: Mutex<Connection>,
+    writer: Arc<Mutex<Connection>>,
     readers: Mutex<Vec<Connection>>,
+    checkpointer: Checkpointer,
 }
 
 impl EmbeddedStore {
@@ -46,12 +47,11 @@ impl EmbeddedStore {
         let path = data_dir.join("bulkfhir.sqlite");
         let mut writer = open_connection(&path, false)?;
         schema::migrate(&mut writer).map_err(|e| sql_error("migrate the schema", e))?;
+        let writer = Arc::new(Mutex::new(writer));
+        let checkpointer =
+            Checkpointer::start(open_connection(&path, false)?, Arc::clone(&writer), &path)?;
         Ok(EmbeddedStore {
-            inner: Arc::new(Inner {
-                path,
-                writer: Mutex::new(writer),
-                readers: Mutex::new(Vec::new()),
-            }),
+            inner: Arc::new(Inner { path, writer, readers: Mutex::new(Vec::new()), checkpointer }),
         })
     }
 
@@ -72,8 +72,9 @@ impl EmbeddedStore {
     {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
-            let mut conn = lock(&inner.writer);
-            work(&mut conn)
+            let result = work(&mut lock(&inner.writer));
+            inner.checkpointer.nudge();
+            result
         })
         .await
         .map_err(|e| StoreError::backend(context, e))?
@@ -135,6 +136,7 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection, StoreErro
         // with 4 KiB pages.
         "PRAGMA page_size = 16384;
          PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 10000;
+         PRAGMA wal_autocheckpoint = 16384; PRAGMA journal_size_limit = 67108864;
          PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;"
     };
     conn.execute_batch(pragmas).map_err(|e| sql_error("configure the connection", e))?;
