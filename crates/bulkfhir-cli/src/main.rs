@@ -158,7 +158,24 @@ struct DemoArgs {
     seed: u64,
 }
 
+/// glibc gives each thread that allocates an arena of its own (up to eight per core) and keeps
+/// freed memory in each; with the HTTP and export runtimes and their blocking pools that was a
+/// third of the server's peak RSS. Two arenas, measured on the 1M bench data: peak RSS of a
+/// system export 143-156 → 109-111 MiB, of a Group export 155-169 → 98-106 MiB, same speed.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn limit_malloc_arenas() {
+    // SAFETY: `mallopt` only changes allocator settings and is safe to call at any time; it
+    // runs first thing in `main`, before any thread is started.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}
+
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -199,19 +199,37 @@ impl Dataset {
     }
 }
 
+/// Unpacks `name.tar.xz` into a cache folder shared by test runs, named by the archive's size
+/// and modification time, so that runs neither repeat the work nor leave copies behind: a run
+/// unpacks into a private folder and renames it into place (a concurrent run that won the
+/// race is used instead).
 fn unpack(name: &str) -> Dataset {
-    let target =
-        std::env::temp_dir().join(format!("bulkfhir-test-data-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&target).unwrap();
     let archive = shared_data_dir().join(format!("{name}.tar.xz"));
-    let status = std::process::Command::new("tar")
-        .arg("-xJf")
-        .arg(&archive)
-        .arg("-C")
-        .arg(&target)
-        .status()
-        .expect("run tar");
-    assert!(status.success(), "unpack {}", archive.display());
+    let meta = std::fs::metadata(&archive).unwrap();
+    let stamp = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    let cache = std::env::temp_dir().join("bulkfhir-test-data");
+    let target = cache.join(format!("{name}-{}-{stamp}", meta.len()));
+    if !target.is_dir() {
+        let staging = cache.join(format!(".{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging).unwrap();
+        let status = std::process::Command::new("tar")
+            .arg("-xJf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(&staging)
+            .status()
+            .expect("run tar");
+        assert!(status.success(), "unpack {}", archive.display());
+        if std::fs::rename(&staging, &target).is_err() {
+            assert!(target.is_dir(), "move the unpacked {name} into {}", target.display());
+            std::fs::remove_dir_all(&staging).unwrap();
+        }
+    }
     let mut lines = BTreeMap::new();
     for entry in std::fs::read_dir(&target).unwrap() {
         let path = entry.unwrap().path();
