@@ -47,85 +47,12 @@ fn files_in(dir: &Path) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_export_killed_half_way_completes_after_restart_with_every_resource_once() {
-    let work = tempfile::tempdir().unwrap();
-    let generated = work.path().join("generated");
-    let data = work.path().join("data");
-    run(&["generate", "--patients", "560", "--seed", "7", "--out"], &generated);
-    let expected = line_counts(&generated);
-    let total: usize = expected.values().sum();
-    assert!(total >= 200_000, "a multi-file export of at least 200,000 resources ({total})");
-    run(&["load", "--data-dir", data.to_str().unwrap()], &generated);
-
-    let flags = ["--export-file-resources", "5000"];
-    let server = BinaryServer::start_with(&data, None, &flags).await;
-    let port = server.port();
-    let client = reqwest::Client::new();
-    let response = client
-        .get(format!("{}/$export", server.base))
-        .header("accept", "application/fhir+json")
-        .header("prefer", "respond-async")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 202);
-    let status_url = response.headers()["content-location"].to_str().unwrap().to_owned();
-    let job_id = status_url.rsplit('/').next().unwrap().to_owned();
-    let job_dir = data.join("exports/jobs").join(&job_id);
-
-    // Kill it once a few files are finished and checkpointed, while it is still running.
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let finished = files_in(&job_dir).iter().filter(|f| f.ends_with(".ndjson")).count();
-        let job: Value = client
-            .get(format!("{}/BulkDataExport/{job_id}", server.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let status = job["status"].as_str().unwrap();
-        assert!(
-            status == "accepted" || status == "in-progress",
-            "the export must still run when it is killed: {status}"
-        );
-        if finished >= 3 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the export never started writing");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let before_kill: BTreeMap<String, std::time::SystemTime> = files_in(&job_dir)
-        .into_iter()
-        .filter(|f| f.ends_with(".ndjson"))
-        .filter_map(|f| {
-            Some((f.clone(), std::fs::metadata(job_dir.join(&f)).ok()?.modified().ok()?))
-        })
-        .collect();
-    server.kill();
-
-    let server = BinaryServer::start_with(&data, Some(port), &flags).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(300);
-    let manifest = loop {
-        let response = client.get(&status_url).send().await.unwrap();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        match response.status().as_u16() {
-            200 => break body_json(response).await,
-            202 => {}
-            other => panic!("status {other}: {}", body_json(response).await),
-        }
-        assert!(std::time::Instant::now() < deadline, "the resumed export did not finish");
-        // Poll as the server asks.
-        tokio::time::sleep(Duration::from_secs(retry_after.expect("202 carries Retry-After")))
-            .await;
-    };
-
+/// Every resource of an export, by type, read from its manifest's files; asserts that each file
+/// holds as many lines as the manifest says and that no resource comes twice.
+async fn read_export(
+    client: &reqwest::Client,
+    manifest: &Value,
+) -> (BTreeMap<String, BTreeSet<String>>, BTreeSet<String>) {
     let mut seen: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut listed = BTreeSet::new();
     for item in manifest["output"].as_array().unwrap() {
@@ -144,11 +71,62 @@ async fn an_export_killed_half_way_completes_after_restart_with_every_resource_o
             );
         }
     }
-    let counts: BTreeMap<String, usize> =
-        seen.iter().map(|(t, ids)| (t.clone(), ids.len())).collect();
-    assert_eq!(counts, expected, "every resource exactly once");
-    assert_eq!(manifest["error"], serde_json::json!([]));
-    assert_eq!(files_in(&job_dir), listed, "no file that the manifest does not list");
+    (seen, listed)
+}
+
+/// Kicks off `path` (e.g. `$export`), waits until a few files are finished, kills the server
+/// with SIGKILL, restarts it on the same port, and waits for the same status URL to complete.
+/// Checks that nothing is listed or written twice, that no file outside the manifest remains,
+/// and that the files finished before the kill were kept (it resumed rather than started over).
+/// Returns every exported resource by type, and the restarted server.
+async fn kill_and_resume(
+    data: &Path,
+    path: &str,
+    flags: &[&str],
+) -> (BTreeMap<String, BTreeSet<String>>, BinaryServer) {
+    let server = BinaryServer::start_with(data, None, flags).await;
+    let port = server.port();
+    let client = reqwest::Client::new();
+    let status_url = kickoff(&client, &server.base, path).await;
+    let job_id = status_url.rsplit('/').next().unwrap().to_owned();
+    let job_dir = data.join("exports/jobs").join(&job_id);
+
+    // Kill it once a few files are finished and checkpointed, while it is still running.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let finished = files_in(&job_dir).iter().filter(|f| f.ends_with(".ndjson")).count();
+        let job: Value = client
+            .get(format!("{}/BulkDataExport/{job_id}", server.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let status = job["status"].as_str().unwrap();
+        assert!(
+            status == "accepted" || status == "in-progress",
+            "{path}: the export must still run when it is killed: {status}"
+        );
+        if finished >= 3 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{path}: the export never started writing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before_kill: BTreeMap<String, std::time::SystemTime> = files_in(&job_dir)
+        .into_iter()
+        .filter(|f| f.ends_with(".ndjson"))
+        .filter_map(|f| {
+            Some((f.clone(), std::fs::metadata(job_dir.join(&f)).ok()?.modified().ok()?))
+        })
+        .collect();
+    server.kill();
+
+    let server = BinaryServer::start_with(data, Some(port), flags).await;
+    let manifest = wait_for_manifest(&client, &status_url).await;
+    let (seen, listed) = read_export(&client, &manifest).await;
+    assert_eq!(files_in(&job_dir), listed, "{path}: no file that the manifest does not list");
     // It resumed rather than started over: files checkpointed before the kill were kept as they
     // were (the newest one may have finished just before its checkpoint, and is then rewritten).
     let kept = before_kill
@@ -160,8 +138,78 @@ async fn an_export_killed_half_way_completes_after_restart_with_every_resource_o
         .count();
     assert!(
         kept + 1 >= before_kill.len() && kept >= 1,
-        "kept {kept} of {} files finished before the kill",
+        "{path}: kept {kept} of {} files finished before the kill",
         before_kill.len()
     );
+    (seen, server)
+}
+
+/// Kicks off `path` under `base`; returns the status URL.
+async fn kickoff(client: &reqwest::Client, base: &str, path: &str) -> String {
+    let response = client
+        .get(format!("{base}/{path}"))
+        .header("accept", "application/fhir+json")
+        .header("prefer", "respond-async")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 202, "kick-off of {path}");
+    response.headers()["content-location"].to_str().unwrap().to_owned()
+}
+
+/// Polls a status URL as the server asks (Retry-After) until the manifest comes.
+async fn wait_for_manifest(client: &reqwest::Client, status_url: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let response = client.get(status_url).send().await.unwrap();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        match response.status().as_u16() {
+            200 => {
+                let manifest = body_json(response).await;
+                assert_eq!(manifest["error"], serde_json::json!([]));
+                return manifest;
+            }
+            202 => {}
+            other => panic!("status {other}: {}", body_json(response).await),
+        }
+        assert!(std::time::Instant::now() < deadline, "the export did not finish");
+        tokio::time::sleep(Duration::from_secs(retry_after.expect("202 carries Retry-After")))
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_killed_half_way_completes_after_restart_with_every_resource_once() {
+    let work = tempfile::tempdir().unwrap();
+    let generated = work.path().join("generated");
+    let data = work.path().join("data");
+    run(&["generate", "--patients", "560", "--seed", "7", "--out"], &generated);
+    let expected = line_counts(&generated);
+    let total: usize = expected.values().sum();
+    assert!(total >= 200_000, "a multi-file export of at least 200,000 resources ({total})");
+    run(&["load", "--data-dir", data.to_str().unwrap()], &generated);
+    let flags = ["--export-file-resources", "5000"];
+
+    // System level: every generated resource exactly once.
+    let (seen, server) = kill_and_resume(&data, "$export", &flags).await;
+    let counts: BTreeMap<String, usize> =
+        seen.iter().map(|(t, ids)| (t.clone(), ids.len())).collect();
+    assert_eq!(counts, expected, "every resource exactly once");
+    drop(server);
+
+    // Group level (members read in batches, small types scanned, a file ending inside a batch):
+    // the killed and resumed export holds exactly what an uninterrupted one does.
+    let (resumed, server) = kill_and_resume(&data, "Group/all-patients/$export", &flags).await;
+    let client = reqwest::Client::new();
+    let status_url = kickoff(&client, &server.base, "Group/all-patients/$export").await;
+    let manifest = wait_for_manifest(&client, &status_url).await;
+    let (uninterrupted, _) = read_export(&client, &manifest).await;
+    assert_eq!(resumed, uninterrupted, "the resumed Group export equals an uninterrupted one");
+    let in_group: usize = resumed.values().map(BTreeSet::len).sum();
+    assert!(in_group * 10 >= total * 9, "the Group of every patient exports nearly everything");
     drop(server);
 }
