@@ -124,8 +124,10 @@ struct LoadArgs {
     /// NDJSON files (.ndjson, .ndjson.gz, .jsonl) or folders holding them.
     #[arg(required = true)]
     paths: Vec<PathBuf>,
-    /// Resources per database transaction.
-    #[arg(long, default_value_t = 2000)]
+    /// Resources per database transaction. Larger batches touch each randomly placed index
+    /// page fewer times per resource (1M: 57,000 → 64,000 resources/s from 2,000 to 5,000;
+    /// 3M: 36,000 → 48,000) at the cost of memory (peak RSS 150 → 255 MiB).
+    #[arg(long, default_value_t = 5000)]
     batch_size: usize,
 }
 

@@ -27,7 +27,7 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { batch_size: 2_000, max_reported_rejections: 1_000 }
+        LoadOptions { batch_size: 5_000, max_reported_rejections: 1_000 }
     }
 }
 
