@@ -69,3 +69,73 @@ async fn a_scan_resumed_from_a_cursor_after_reopening_returns_each_resource_once
     assert_eq!(unique.len(), 300);
     assert!(!seen.contains(&"after-restart".to_owned()));
 }
+
+/// WAL checkpoints run on their own thread; with a writer that never pauses, the WAL must still
+/// start over (it is caught up with the writer paused once it passes 64 MiB) instead of growing
+/// with everything written, and closing the store leaves no long WAL behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_stays_bounded_under_continuous_writes_and_is_checkpointed_on_close() {
+    use bulkfhir_model::{PreparedResource, ResourceId};
+    use bulkfhir_store::{Atomicity, WriteOp};
+
+    let dir = tempfile::tempdir().unwrap();
+    let wal = dir.path().join("bulkfhir.sqlite-wal");
+    let wal_len = || std::fs::metadata(&wal).map_or(0, |m| m.len());
+    let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let (writers, batches, per_batch) = (3, 60, 1000);
+    let batch = move |writer: usize, batch: usize| -> Vec<WriteOp> {
+        let padding = "x".repeat(1500);
+        (0..per_batch)
+            .map(|i| {
+                let id = format!("o{writer}-{batch}-{i}");
+                let json = format!(
+                    r#"{{"resourceType":"Observation","id":"{id}","status":"final","note":[{{"text":"{padding}"}}]}}"#
+                );
+                WriteOp::Update {
+                    resource: PreparedResource::parse(json.as_bytes()).unwrap(),
+                    id: ResourceId::parse(&id).unwrap(),
+                    if_match: None,
+                }
+            })
+            .collect()
+    };
+    // Several writers, so that one always waits for the writer connection: the store never
+    // sees a pause between transactions in which a lagging checkpoint could catch up.
+    let mut tasks = tokio::task::JoinSet::new();
+    for writer in 0..writers {
+        let store = Arc::clone(&store);
+        tasks.spawn(async move {
+            for n in 0..batches {
+                let results = store.transact(batch(writer, n), Atomicity::EachOnItsOwn).await;
+                assert!(results.unwrap().iter().all(Result::is_ok));
+            }
+        });
+    }
+    let mut largest = 0;
+    while !tasks.is_empty() {
+        tokio::select! {
+            joined = tasks.join_next() => joined.unwrap().unwrap(),
+            () = tokio::time::sleep(std::time::Duration::from_millis(5)) => {}
+        }
+        largest = largest.max(wal_len());
+    }
+    // About 250 MB of bodies were written (more in index pages); the WAL never held them all.
+    let mib = 1024 * 1024;
+    assert!(largest > 0, "the store runs in WAL mode");
+    assert!(largest < 160 * mib, "the WAL grew to {} MiB", largest / mib);
+    let observation = ResourceType::parse("Observation").unwrap();
+    let snapshot = store.snapshot().await.unwrap();
+    let mut after = 0;
+    let mut count = 0;
+    loop {
+        let page = store.scan(snapshot, observation, ScanOptions::live(after, 5000)).await.unwrap();
+        count += page.resources.len();
+        match page.next {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    assert_eq!(count, writers * batches * per_batch);
+    drop(store);
+    assert!(wal_len() <= 64 * mib, "closing leaves a WAL of {} MiB", wal_len() / mib);
+}
