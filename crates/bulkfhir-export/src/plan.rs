@@ -146,11 +146,21 @@ pub(crate) async fn plan(
             continue;
         }
         if by_members {
-            if has_at_most(store, snapshot, resource_type, since_seq, plan.members.len() * 4)
-                .await?
-            {
-                // Few resources of this type: one pass over them, keeping the members', costs
-                // less than a lookup per member.
+            // Few resources of this type (at most 4 per member): one pass over them, keeping
+            // the members', costs less than a lookup per member. The key range bounds the
+            // count for free; otherwise a probe reads at most SMALL_TYPE_PROBE of them.
+            let few = plan.members.len().saturating_mul(4);
+            let span = high.saturating_sub(low.max(since_seq + 1)) + 1;
+            let small = span <= few as u64
+                || has_at_most(
+                    store,
+                    snapshot,
+                    resource_type,
+                    since_seq,
+                    few.min(SMALL_TYPE_PROBE),
+                )
+                .await?;
+            if small {
                 units.push(UnitSpec::Scan {
                     resource_type: name.clone(),
                     compartment_only: true,
@@ -199,6 +209,10 @@ pub(crate) async fn plan(
     }
     Ok((plan, units))
 }
+
+/// The most resources a kick-off reads to decide that a type is small (see `plan`): bounds the
+/// kick-off's time and memory for Groups of any size.
+const SMALL_TYPE_PROBE: usize = 10_000;
 
 /// Whether at most `limit` resources of `resource_type` in any compartment changed after
 /// `since_seq` as of `snapshot` (reads at most `limit` + 1 of them).
