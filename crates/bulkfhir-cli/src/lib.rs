@@ -71,13 +71,14 @@ impl App {
         // above 10 ms with 200 pollers). On separate threads the kernel's scheduler lets the
         // mostly idle HTTP threads in at once.
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let export_runtime = tokio::runtime::Builder::new_multi_thread()
+        let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(cores)
             .thread_name("bulkfhir-export")
             .enable_all()
             .build()
             .context("start the export runtime")?;
-        let runner = export_runtime.spawn(self.runner.run(shutdown.clone()));
+        let runner = runtime.handle().spawn(self.runner.run(shutdown.clone()));
+        let export_runtime = ExportRuntime(Some(runtime));
         let sweeper = tokio::spawn(self.sweeper.run(shutdown.clone()));
         let stop = shutdown.clone();
         let served =
@@ -86,11 +87,32 @@ impl App {
         shutdown.cancel();
         let _ = runner.await;
         let _ = sweeper.await;
-        // Dropping a runtime waits for its blocking tasks: not on an async thread.
-        tokio::task::spawn_blocking(move || drop(export_runtime))
-            .await
-            .context("stop the export runtime")?;
+        export_runtime.stop().await?;
         served.context("serve HTTP")
+    }
+}
+
+/// The export runtime, stopped without blocking an async thread: `stop` waits for its blocking
+/// tasks on the blocking pool; if `serve` is dropped before that, dropping this shuts it down
+/// in the background (dropping a runtime on an async thread would panic).
+struct ExportRuntime(Option<tokio::runtime::Runtime>);
+
+impl ExportRuntime {
+    async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(runtime) = self.0.take() {
+            tokio::task::spawn_blocking(move || drop(runtime))
+                .await
+                .context("stop the export runtime")?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ExportRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 

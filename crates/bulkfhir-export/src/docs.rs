@@ -72,8 +72,9 @@ pub(crate) struct SupportingTypes {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub(crate) enum UnitSpec {
-    /// Every live resource of a type (system level), or every one in some compartment
-    /// (Patient level without `patient`).
+    /// Every live resource of a type (system level), every one in some compartment (Patient
+    /// level without `patient`), or, with `members_only`, every one in a plan member's
+    /// compartment (a type with few resources in a Group or `patient` export).
     /// A large type is split into key ranges (`part` from 1, `before_seq` exclusive) that run
     /// at once; part 0 is the whole type.
     Scan {
@@ -131,10 +132,12 @@ pub(crate) enum CompartmentScope {
 }
 
 impl UnitSpec {
-    /// How much a unit reads, roughly (the width of its key range), for running the largest
-    /// first so that no large unit is left running alone at the end; 0 when unknown.
+    /// How much a unit reads, roughly, for running the largest first so that no large unit is
+    /// left running alone at the end: the width of a scan's key range; `Members` units (the
+    /// types too large to scan in a Group export) first; deletions last.
     pub(crate) fn size_hint(&self) -> u64 {
         match self {
+            UnitSpec::Members { .. } => u64::MAX,
             UnitSpec::Scan { after_seq, before_seq: Some(before), .. } => {
                 before.saturating_sub(*after_seq)
             }

@@ -296,7 +296,8 @@ async fn all_patients(
     Ok(ids)
 }
 
-/// Splits the key range `first..=last` into parts of at most `span` sequence numbers:
+/// Splits the key range `first..=last` into parts of at most `span` sequence numbers (at most
+/// 256 parts: a wider range gets wider parts):
 /// `(part, after_seq, before_seq)` with parts numbered from 1, or one part 0 when no split is
 /// needed. The parts are disjoint and cover the range, so each resource is read by one unit;
 /// every part has an end, which also tells the runner how large it is.

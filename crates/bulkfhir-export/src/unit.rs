@@ -206,13 +206,8 @@ pub(crate) async fn run_unit(
                     for (offset, page) in pages.iter().enumerate() {
                         let member_idx = first + offset;
                         let patient = members[member_idx].as_str();
-                        let others: HashSet<u64> = page
-                            .resources
-                            .iter()
-                            .filter(|r| !owners.owns(r, patient, &ctx.member_set))
-                            .map(|r| r.seq)
-                            .collect();
-                        roller.write_page(page, member_idx, |r| !others.contains(&r.seq)).await?;
+                        let owned = |r: &StoredResource| owners.owns(r, patient, &ctx.member_set);
+                        roller.write_page(page, member_idx, owned).await?;
                     }
                     Ok::<(), ExportError>(())
                 };
@@ -584,9 +579,9 @@ impl<'c> Roller<'c> {
         &mut self,
         page: &ScanPage,
         member_idx: usize,
-        keep: impl Fn(&StoredResource) -> bool,
+        mut keep: impl FnMut(&StoredResource) -> bool,
     ) -> Result<(), ExportError> {
-        let collect_refs = self.ctx.plan.supporting.is_some() && !self.deleted;
+        let collect_refs = !self.ctx.supporting_types.is_empty() && !self.deleted;
         let project = self
             .ctx
             .elements
