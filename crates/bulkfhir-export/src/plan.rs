@@ -58,16 +58,7 @@ pub(crate) async fn plan(
                 // With includeAssociatedData, the Provenance unit chooses the Provenance.
                 if !(explicit_provenance && Some(resource_type) == provenance) {
                     let first = low.max(since_seq + 1);
-                    for (part, after_seq, before_seq) in key_ranges(first, high, key_range_span) {
-                        units.push(UnitSpec::Scan {
-                            resource_type: name.clone(),
-                            compartment_only: false,
-                            after_seq,
-                            part,
-                            before_seq,
-                            members_only: false,
-                        });
-                    }
+                    units.extend(range_scans(&name, false, first, high, key_range_span));
                 }
                 if request.since.is_some() {
                     units.push(UnitSpec::Deleted {
@@ -176,18 +167,8 @@ pub(crate) async fn plan(
                 units.push(UnitSpec::DeletedMembers { resource_type: name, after_seq: since_seq });
             }
         } else {
-            for (part, after_seq, before_seq) in
-                key_ranges(low.max(since_seq + 1), high, key_range_span)
-            {
-                units.push(UnitSpec::Scan {
-                    resource_type: name.clone(),
-                    compartment_only: true,
-                    after_seq,
-                    part,
-                    before_seq,
-                    members_only: false,
-                });
-            }
+            let first = low.max(since_seq + 1);
+            units.extend(range_scans(&name, true, first, high, key_range_span));
             if request.since.is_some() {
                 units.push(UnitSpec::Deleted {
                     resource_type: name,
@@ -294,6 +275,27 @@ async fn all_patients(
     }
     ids.sort();
     Ok(ids)
+}
+
+/// `Scan` units reading `resource_type` over the key range `first..=last` in parts of at most
+/// `span` sequence numbers ([`key_ranges`]).
+fn range_scans(
+    resource_type: &str,
+    compartment_only: bool,
+    first: u64,
+    last: u64,
+    span: u64,
+) -> impl Iterator<Item = UnitSpec> + '_ {
+    key_ranges(first, last, span).into_iter().map(move |(part, after_seq, before_seq)| {
+        UnitSpec::Scan {
+            resource_type: resource_type.to_owned(),
+            compartment_only,
+            after_seq,
+            part,
+            before_seq,
+            members_only: false,
+        }
+    })
 }
 
 /// Splits the key range `first..=last` into parts of at most `span` sequence numbers (at most
