@@ -29,11 +29,6 @@ impl ResourceId {
         }
     }
 
-    /// Like [`parse`](Self::parse), taking an owned string.
-    pub fn from_string(value: String) -> Result<Self, ModelError> {
-        Self::parse(&value)
-    }
-
     /// A fresh server-assigned id: a random (v4) UUID, 36 characters of the id grammar.
     pub fn new_random() -> Self {
         let mut bytes = [0; MAX_ID_LEN];
@@ -128,6 +123,8 @@ mod tests {
         assert_eq!(ResourceId::parse(&long).unwrap().as_str(), long);
         let set: HashSet<ResourceId> = ids.iter().cloned().collect();
         assert!(set.contains(&ResourceId::parse("ab").unwrap()));
-        assert_eq!(ResourceId::parse("a").unwrap(), ResourceId::from_string("a".into()).unwrap());
+        // Equality reads only the id's own bytes: a prefix is a different id.
+        assert_ne!(ResourceId::parse("a").unwrap(), ResourceId::parse("ab").unwrap());
+        assert_eq!(ResourceId::parse("ab").unwrap(), ResourceId::parse("ab").unwrap());
     }
 }

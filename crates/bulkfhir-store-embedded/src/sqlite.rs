@@ -438,29 +438,47 @@ fn row_to_stored_opts(
     row: &rusqlite::Row<'_>,
     with_patients: bool,
 ) -> rusqlite::Result<Result<StoredResource, StoreError>> {
-    // Every query selects `seq, id, version, last_updated, body, patients` first, in this order
-    // (by index: a by-name lookup per column per row showed up in profiles).
+    let mut body = Vec::new();
+    Ok(decode_row(resource_type, row, with_patients, &mut body)?.map(|(mut stored, _)| {
+        stored.body = Bytes::from(body);
+        stored
+    }))
+}
+
+/// Decodes one row of a query that selects `seq, id, version, last_updated, body, patients`
+/// first, in this order (by index: a by-name lookup per column per row showed up in
+/// profiles). The body is appended to `bodies` and its range returned; the resource's own
+/// `body` is left empty for the caller to fill (a scan page slices one shared buffer).
+fn decode_row(
+    resource_type: ResourceType,
+    row: &rusqlite::Row<'_>,
+    with_patients: bool,
+    bodies: &mut Vec<u8>,
+) -> rusqlite::Result<Result<(StoredResource, std::ops::Range<usize>), StoreError>> {
     let seq: i64 = row.get(0)?;
-    let id_text: String = row.get(1)?;
-    let version: i64 = row.get(2)?;
-    let last_updated: i64 = row.get(3)?;
-    let body: Option<Vec<u8>> = row.get(4)?;
-    let patients: Option<String> = if with_patients { row.get(5)? } else { None };
-    let id = match ResourceId::from_string(id_text) {
+    let id = match ResourceId::parse(row.get_ref(1)?.as_str()?) {
         Ok(id) => id,
         Err(e) => {
             return Ok(Err(StoreError::Invalid(format!("stored row {seq} has a bad id: {e}"))));
         }
     };
-    Ok(Ok(StoredResource {
+    let version: i64 = row.get(2)?;
+    let last_updated: i64 = row.get(3)?;
+    let start = bodies.len();
+    if let Some(body) = row.get_ref(4)?.as_blob_or_null()? {
+        bodies.extend_from_slice(body);
+    }
+    let patients: Option<String> = if with_patients { row.get(5)? } else { None };
+    let stored = StoredResource {
         resource_type,
         id,
         version: to_u64(version),
         seq: to_u64(seq),
         last_updated: Instant::from_micros(last_updated),
-        body: Bytes::from(body.unwrap_or_default()),
+        body: Bytes::new(),
         patients: patients.map(String::into_boxed_str),
-    }))
+    };
+    Ok(Ok((stored, start..bodies.len())))
 }
 
 fn read_version(
@@ -523,28 +541,9 @@ fn collect_page(
         Vec::with_capacity(limit.min(4096));
     let mut rows = statement.query(params).map_err(sql)?;
     while let Some(row) = rows.next().map_err(sql)? {
-        let seq: i64 = row.get(0).map_err(sql)?;
-        let id = row.get_ref(1).and_then(|v| Ok(v.as_str()?)).map_err(sql)?;
-        let id = ResourceId::parse(id)
-            .map_err(|e| StoreError::Invalid(format!("stored row {seq} has a bad id: {e}")))?;
-        let version: i64 = row.get(2).map_err(sql)?;
-        let last_updated: i64 = row.get(3).map_err(sql)?;
-        let start = bodies.len();
-        if let Some(body) = row.get_ref(4).and_then(|v| Ok(v.as_blob_or_null()?)).map_err(sql)? {
-            bodies.extend_from_slice(body);
-        }
-        let patients: Option<String> =
-            if options.with_patients { row.get(5).map_err(sql)? } else { None };
-        let stored = StoredResource {
-            resource_type,
-            id,
-            version: to_u64(version),
-            seq: to_u64(seq),
-            last_updated: Instant::from_micros(last_updated),
-            body: Bytes::new(),
-            patients: patients.map(String::into_boxed_str),
-        };
-        rows_read.push((stored, start..bodies.len()));
+        rows_read.push(
+            decode_row(resource_type, row, options.with_patients, &mut bodies).map_err(sql)??,
+        );
     }
     let bodies = Bytes::from(bodies);
     let resources: Vec<StoredResource> = rows_read
