@@ -1,7 +1,7 @@
 //! Throughput of `_typeFilter` evaluation against a plain copy of the same NDJSON lines.
 //!
 //! Run with `cargo bench -p bulkfhir-model --bench search`. Reads the Observations of the shared
-//! medium Synthea set (`../shared/data/medium.tar.xz`, unpacked to a temporary directory) and
+//! medium Synthea set (`testdata/synthea/medium.tar.xz`, unpacked to a temporary directory) and
 //! reports resources/s for: copying every line (what an unfiltered export does per resource),
 //! a ~10 %-selective code filter (the byte pre-check rejects most lines unparsed), and, for
 //! reference, filters the pre-check cannot help (every line is parsed).
@@ -79,8 +79,8 @@ fn measure(lines: &[Vec<u8>], mut step: impl FnMut(&[u8], &mut Vec<u8>) -> bool)
 
 /// The Observation lines of the medium set. Missing data is an error, not a skip.
 fn observations() -> Vec<Vec<u8>> {
-    let archive = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/medium.tar.xz");
-    assert!(archive.is_file(), "shared data missing: {}", archive.display());
+    let archive = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/synthea/medium.tar.xz");
+    assert!(archive.is_file(), "vendored data missing: {}", archive.display());
     let target = std::env::temp_dir().join(format!("bulkfhir-search-bench-{}", std::process::id()));
     std::fs::create_dir_all(&target).expect("temp dir");
     let status = std::process::Command::new("tar")

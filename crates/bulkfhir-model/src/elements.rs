@@ -762,8 +762,8 @@ mod tests {
 
     fn unpack_small() -> PathBuf {
         let archive =
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/small.tar.xz");
-        assert!(archive.is_file(), "shared test data missing: {}", archive.display());
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/synthea/small.tar.xz");
+        assert!(archive.is_file(), "vendored test data missing: {}", archive.display());
         let dir =
             std::env::temp_dir().join(format!("bulkfhir-elements-small-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -1,4 +1,4 @@
-//! The test server and the shared data sets.
+//! The test server and the vendored Synthea data sets.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -172,18 +172,11 @@ pub(crate) fn assert_outcome(status: u16, expected: u16, body: &Value) {
     assert!(body["issue"][0]["code"].as_str().is_some(), "{body}");
 }
 
-/// `../shared/data` beside the repository (or `BULKFHIR_SHARED_DATA`). Missing data fails the
-/// test: a skipped check must never pass.
-pub(crate) fn shared_data_dir() -> PathBuf {
-    if let Ok(dir) = std::env::var("BULKFHIR_SHARED_DATA") {
-        return PathBuf::from(dir);
-    }
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
-    assert!(
-        dir.join("small.tar.xz").is_file(),
-        "the shared Synthea data is missing at {}; set BULKFHIR_SHARED_DATA",
-        dir.display()
-    );
+/// The Synthea samples vendored in the repository (`testdata/synthea`, Apache-2.0; see its
+/// README). Missing data fails the test: a skipped check must never pass.
+pub(crate) fn synthea_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/synthea");
+    assert!(dir.join("small.tar.xz").is_file(), "the vendored Synthea data is missing at {}", dir.display());
     dir
 }
 
@@ -204,7 +197,7 @@ impl Dataset {
 /// unpacks into a private folder and renames it into place (a concurrent run that won the
 /// race is used instead).
 fn unpack(name: &str) -> Dataset {
-    let archive = shared_data_dir().join(format!("{name}.tar.xz"));
+    let archive = synthea_dir().join(format!("{name}.tar.xz"));
     let meta = std::fs::metadata(&archive).unwrap();
     let stamp = meta
         .modified()

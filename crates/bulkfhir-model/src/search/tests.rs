@@ -586,16 +586,13 @@ fn the_precheck_sees_through_escapes() {
     }
 }
 
-// ---- the shared Synthea data ---------------------------------------------------------------
+// ---- the vendored Synthea data ---------------------------------------------------------------
 
-/// `../shared/data` beside the repository. Missing data fails the test.
-fn shared_data_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
-    assert!(
-        dir.join("small.tar.xz").is_file(),
-        "the shared Synthea data is missing at {}",
-        dir.display()
-    );
+/// The Synthea samples vendored in the repository (`testdata/synthea`). Missing data fails the
+/// test.
+fn synthea_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/synthea");
+    assert!(dir.join("small.tar.xz").is_file(), "the Synthea data is missing at {}", dir.display());
     dir
 }
 
@@ -608,7 +605,7 @@ fn small() -> &'static BTreeMap<String, Vec<String>> {
         std::fs::create_dir_all(&target).unwrap();
         let status = std::process::Command::new("tar")
             .arg("-xJf")
-            .arg(shared_data_dir().join("small.tar.xz"))
+            .arg(synthea_dir().join("small.tar.xz"))
             .arg("-C")
             .arg(&target)
             .status()
