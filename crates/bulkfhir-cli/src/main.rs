@@ -20,7 +20,7 @@ use bulkfhir_app::{App, ServeOptions};
 use bulkfhir_export::ExportConfig;
 use bulkfhir_generator::{GenerateOptions, generate_to_dir};
 use bulkfhir_model::ResourceType;
-use bulkfhir_server::ServerConfig;
+use bulkfhir_server::{ConnectionLimits, ServerConfig};
 use bulkfhir_store::{
     ResourceStore, ScanOptions,
     loader::{LoadOptions, LoadProgress, LoadReport, collect_files, load_files},
@@ -68,8 +68,22 @@ struct ServeArgs {
     #[arg(long, env = "BULKFHIR_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
     max_body_bytes: usize,
     /// Public base URL of the FHIR API (default: http://HOST/fhir from each request's Host).
+    /// Set it in production: then no request header goes into the URLs the server hands out.
     #[arg(long, env = "BULKFHIR_BASE_URL")]
     base_url: Option<String>,
+    /// The Host header values (host or host:port, comma-separated) the server answers; others
+    /// get 400. Default: any valid host[:port].
+    #[arg(long, env = "BULKFHIR_ALLOWED_HOSTS", value_delimiter = ',')]
+    allowed_hosts: Vec<String>,
+    /// The most connections served at once; one more gets 503 and is closed.
+    #[arg(long, env = "BULKFHIR_MAX_CONNECTIONS", default_value_t = 4096)]
+    max_connections: usize,
+    /// Seconds a client has to send a request's line and headers before the connection closes.
+    #[arg(long, env = "BULKFHIR_HEADER_TIMEOUT_SECS", default_value_t = 30)]
+    header_timeout_secs: u64,
+    /// The longest pause in seconds between two parts of a request body (then 408).
+    #[arg(long, env = "BULKFHIR_BODY_TIMEOUT_SECS", default_value_t = 60)]
+    body_timeout_secs: u64,
     #[command(flatten)]
     export: ExportArgs,
 }
@@ -205,9 +219,18 @@ fn init_tracing() {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => {
+            let allowed_hosts =
+                args.allowed_hosts.iter().map(|h| h.trim().to_owned()).filter(|h| !h.is_empty());
             let server = ServerConfig {
                 max_body_bytes: args.max_body_bytes,
                 public_base_url: args.base_url,
+                allowed_hosts: allowed_hosts.collect(),
+                limits: ConnectionLimits {
+                    max_connections: args.max_connections.max(1),
+                    header_read_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
+                    body_read_timeout: Duration::from_secs(args.body_timeout_secs.max(1)),
+                    ..ConnectionLimits::default()
+                },
                 ..ServerConfig::default()
             };
             let options = ServeOptions {

@@ -170,8 +170,10 @@ async fn build_block(
             .store
             .read_many_at(ctx.snapshot, ResourceType::PATIENT, std::slice::from_ref(&patient_id))
             .await?;
-        for resource in found.iter().filter(|r| r.seq > after_seq && ctx.passes_filters(r)) {
-            push(&mut block, &mut offsets, resource, &mut references);
+        for resource in found.iter().filter(|r| r.seq > after_seq) {
+            if ctx.passes_filters(resource)? {
+                push(&mut block, &mut offsets, resource, &mut references);
+            }
         }
     }
     for type_name in &ctx.plan.block_types {
@@ -194,9 +196,10 @@ async fn build_block(
                 .resources
                 .iter()
                 .filter(|r| owner(r, &ctx.member_set).is_none_or(|o| o == patient.as_str()))
-                .filter(|r| ctx.passes_filters(r))
             {
-                push(&mut block, &mut offsets, resource, &mut references);
+                if ctx.passes_filters(resource)? {
+                    push(&mut block, &mut offsets, resource, &mut references);
+                }
             }
             match page.next {
                 Some(next) => after = next,

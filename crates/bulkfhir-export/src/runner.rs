@@ -100,6 +100,7 @@ impl Runner {
                 if let Err(e) = shared.jobs.fail(&job_id, &owner, message, Instant::now()).await {
                     warn!(job_id = %job_id, error = %e, "failed to mark the export failed");
                 }
+                shared.delete_files(&job_id).await;
             }
             shared.unregister(&job_id);
             drop(permit);
@@ -152,12 +153,15 @@ impl JobRun {
                     warn!(error = %error, "export stopped: another runner holds it now");
                 } else {
                     error!(error = %error_chain(&error), "export failed");
-                    let message = format!("export failed: {error}");
+                    let message = format!("export failed: {}", error.describe());
                     if let Err(e) =
                         jobs.fail(&self.job.id, &self.owner, &message, Instant::now()).await
                     {
                         warn!(error = %e, "failed to mark the export failed");
                     }
+                    // Its manifest is gone: free its space now (a full disk would otherwise
+                    // fail every later export until the sweeper's next round).
+                    self.shared.delete_files(&self.job.id).await;
                 }
             }
         }

@@ -66,9 +66,23 @@ pub(crate) struct JobContext {
 
 impl JobContext {
     /// Whether `resource` passes `_typeFilter` (resources of types without a filter always do).
-    pub(crate) fn passes_filters(&self, resource: &StoredResource) -> bool {
-        let Some(queries) = self.filters.get(&resource.resource_type) else { return true };
-        queries.iter().any(|query| query.matches(&resource.body).unwrap_or(false))
+    /// A resource the evaluator cannot read is an error, never "no match": leaving it out
+    /// silently would make the export inexact.
+    pub(crate) fn passes_filters(&self, resource: &StoredResource) -> Result<bool, ExportError> {
+        let Some(queries) = self.filters.get(&resource.resource_type) else { return Ok(true) };
+        for query in queries {
+            match query.matches(&resource.body) {
+                Ok(true) => return Ok(true),
+                Ok(false) => {}
+                Err(error) => {
+                    return Err(ExportError::Unfilterable {
+                        resource: format!("{}/{}", resource.resource_type, resource.id),
+                        message: error.message,
+                    });
+                }
+            }
+        }
+        Ok(false)
     }
 
     pub(crate) fn check_cancelled(&self) -> Result<(), ExportError> {
@@ -589,9 +603,10 @@ impl<'c> Roller<'c> {
             .filter(|e| self.resource_type.is_some_and(|t| e.applies_to(t)) && !self.deleted);
         let mut n_written = 0u64;
         let filtering = self.apply_filters && !self.deleted;
-        for resource in
-            page.resources.iter().filter(|r| keep(r) && (!filtering || self.ctx.passes_filters(r)))
-        {
+        for resource in page.resources.iter() {
+            if !keep(resource) || (filtering && !self.ctx.passes_filters(resource)?) {
+                continue;
+            }
             n_written += 1;
             if self.deleted {
                 write_deletion_line(&mut self.buffer, resource);

@@ -79,7 +79,8 @@ fn measure(lines: &[Vec<u8>], mut step: impl FnMut(&[u8], &mut Vec<u8>) -> bool)
 
 /// The Observation lines of the medium set. Missing data is an error, not a skip.
 fn observations() -> Vec<Vec<u8>> {
-    let archive = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/synthea/medium.tar.xz");
+    let archive =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/synthea/medium.tar.xz");
     assert!(archive.is_file(), "vendored data missing: {}", archive.display());
     let target = std::env::temp_dir().join(format!("bulkfhir-search-bench-{}", std::process::id()));
     std::fs::create_dir_all(&target).expect("temp dir");

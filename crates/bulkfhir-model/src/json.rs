@@ -15,6 +15,53 @@ use serde_json::value::RawValue;
 
 use crate::ModelError;
 
+/// The deepest nesting of objects and arrays a stored resource may have (the resource itself is
+/// level 1). Real FHIR data stays far below it (deeply nested `QuestionnaireResponse.item`s and
+/// `contained` resources reach about 30); every write path refuses deeper JSON with a 400, so
+/// that each stored resource can be parsed again by the `_typeFilter` evaluator and by common
+/// JSON readers (many stop at 128).
+pub const MAX_RESOURCE_DEPTH: usize = 100;
+
+/// Whether arrays and objects in `body` nest deeper than `limit` (brackets inside strings do
+/// not count). Cheap for almost every resource: fewer opening brackets than `limit` settle it.
+pub fn nested_deeper_than(body: &[u8], limit: usize) -> bool {
+    if memchr::memchr2_iter(b'{', b'[', body).take(limit + 1).count() <= limit {
+        return false;
+    }
+    let (mut depth, mut idx) = (0_usize, 0);
+    while idx < body.len() {
+        match body[idx] {
+            b'"' => {
+                // Skip the string: to the next quote not escaped by a backslash.
+                idx += 1;
+                loop {
+                    match body.get(idx..).and_then(|rest| memchr::memchr2(b'"', b'\\', rest)) {
+                        Some(offset) if body[idx + offset] == b'"' => {
+                            idx += offset;
+                            break;
+                        }
+                        Some(offset) => idx += offset + 2,
+                        None => {
+                            idx = body.len();
+                            break;
+                        }
+                    }
+                }
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        idx += 1;
+    }
+    false
+}
+
 /// The members of a JSON object, in document order, with their values left as raw JSON.
 #[derive(Debug)]
 pub struct RawMembers<'a>(pub Vec<(Cow<'a, str>, &'a RawValue)>);

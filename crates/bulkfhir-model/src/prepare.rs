@@ -4,7 +4,7 @@ use serde_json::value::RawValue;
 
 use crate::{
     Instant, ModelError, ResourceId, ResourceType, compartment,
-    json::{RawMembers, minify_into, write_json_string},
+    json::{MAX_RESOURCE_DEPTH, RawMembers, minify_into, nested_deeper_than, write_json_string},
 };
 
 /// An incoming resource, checked and minified, ready for the store to stamp with its version.
@@ -29,6 +29,12 @@ impl PreparedResource {
     /// Parses and checks one resource: a JSON object with a known R4 `resourceType`, a valid `id`
     /// if one is given, and an object `meta` if one is given.
     pub fn parse(bytes: &[u8]) -> Result<Self, ModelError> {
+        if nested_deeper_than(bytes, MAX_RESOURCE_DEPTH) {
+            return Err(ModelError::InvalidResource(format!(
+                "the resource nests objects and arrays deeper than {MAX_RESOURCE_DEPTH} levels, \
+                 the most this server stores"
+            )));
+        }
         let text = std::str::from_utf8(bytes)
             .map_err(|e| ModelError::Json(format!("body is not UTF-8: {e}")))?;
         let members = RawMembers::parse(text)?;
@@ -209,6 +215,31 @@ mod tests {
             let err = PreparedResource::parse(input).unwrap_err().to_string();
             assert!(err.contains(needle), "{err} should mention {needle}");
         }
+    }
+
+    #[test]
+    fn nesting_is_limited_at_the_documented_depth() {
+        // `{"resourceType":"Basic","extension":[` opens 2 levels, then `{"x":[` adds 2 each.
+        let nested = |levels: usize| {
+            let pairs = (levels - 2) / 2;
+            let mut text = String::from(r#"{"resourceType":"Basic","extension":["#);
+            text.push_str(&r#"{"x":["#.repeat(pairs));
+            text.push_str(&"]}".repeat(pairs));
+            text.push_str("]}");
+            text
+        };
+        assert!(PreparedResource::parse(nested(MAX_RESOURCE_DEPTH).as_bytes()).is_ok());
+        for levels in [MAX_RESOURCE_DEPTH + 2, 1_000, 200_000] {
+            let err = PreparedResource::parse(nested(levels).as_bytes()).unwrap_err();
+            assert!(err.to_string().contains("deeper than 100 levels"), "{err}");
+            assert_eq!(err.kind(), crate::ErrorKind::Invalid);
+        }
+        // Brackets inside strings do not count.
+        let text = format!(
+            r#"{{"resourceType":"Basic","id":"a","text":{{"div":"{}"}}}}"#,
+            "[".repeat(500)
+        );
+        assert!(PreparedResource::parse(text.as_bytes()).is_ok());
     }
 
     #[test]

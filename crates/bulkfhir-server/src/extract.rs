@@ -3,7 +3,7 @@
 
 use axum::{
     extract::{FromRequest, FromRequestParts, Request},
-    http::{HeaderMap, StatusCode, header, request::Parts},
+    http::{HeaderMap, StatusCode, Uri, header, request::Parts},
 };
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -18,31 +18,70 @@ impl FromRequest<AppState> for FhirBody {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let limit = state.config.max_body_bytes;
         check_json_content_type(request.headers())?;
-        let too_large = || {
-            ApiError::new(
-                bulkfhir_model::ErrorKind::TooLarge,
-                format!("request body is larger than the limit of {limit} bytes"),
-            )
-        };
-        let declared = request
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit as u64) {
-            return Err(too_large());
-        }
-        let body = Limited::new(request.into_body(), limit);
-        match body.collect().await {
-            Ok(collected) => Ok(FhirBody(collected.to_bytes())),
-            Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-            Err(error) => {
-                Err(ApiError::invalid(format!("could not read the request body: {error}")))
-            }
-        }
+        read_body(request, state.config.max_body_bytes).await.map(FhirBody)
     }
+}
+
+/// The body of a request that may have none: `None` when it is empty (whatever its headers
+/// say), else the body, which must then declare a FHIR JSON media type.
+pub(crate) async fn optional_fhir_body(
+    request: Request,
+    state: &AppState,
+) -> Result<Option<Bytes>, ApiError> {
+    let declared_type = request.headers().contains_key(header::CONTENT_TYPE);
+    if declared_type {
+        check_json_content_type(request.headers())?;
+    }
+    let body = read_body(request, state.config.max_body_bytes).await?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    if !declared_type {
+        check_json_content_type(&HeaderMap::new())?;
+    }
+    Ok(Some(body))
+}
+
+/// Reads a whole request body of at most `limit` bytes.
+async fn read_body(request: Request, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            bulkfhir_model::ErrorKind::TooLarge,
+            format!("request body is larger than the limit of {limit} bytes"),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let body = Limited::new(request.into_body(), limit);
+    match body.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(error) if caused_by_timeout(error.as_ref()) => Err(ApiError::new(
+            bulkfhir_model::ErrorKind::Invalid,
+            "the request body stalled: no data arrived within the body read timeout",
+        )
+        .with_status(StatusCode::REQUEST_TIMEOUT)),
+        Err(error) => Err(ApiError::invalid(format!("could not read the request body: {error}"))),
+    }
+}
+
+/// Whether the body read timeout layer ended this body read.
+fn caused_by_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if error.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        current = error.source();
+    }
+    false
 }
 
 fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
@@ -77,15 +116,81 @@ impl FromRequestParts<AppState> for BaseUrl {
         if let Some(base) = &state.config.public_base_url {
             return Ok(BaseUrl(base.trim_end_matches('/').to_owned()));
         }
-        let host = parts
-            .headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
-            .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+        // The host check middleware has refused invalid and unlisted hosts already; check again
+        // so that this extractor is safe on its own.
+        let host = request_host(&parts.headers, &parts.uri)
             .ok_or_else(|| ApiError::invalid("request has no Host header"))?;
+        check_host(host, &state.config.allowed_hosts)?;
         Ok(BaseUrl(format!("http://{host}/fhir")))
     }
+}
+
+/// The request's host: its `Host` header, or the authority of an absolute-form URI.
+pub(crate) fn request_host<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> Option<&'a str> {
+    match headers.get(header::HOST) {
+        Some(value) => Some(value.to_str().unwrap_or("\u{fffd}")),
+        None => uri.authority().map(|a| a.as_str()),
+    }
+}
+
+/// Refuses a `Host` that is not `host[:port]` (a DNS name, an IPv4 address or a bracketed IPv6
+/// address, and a port of at most 65535), or that is not in a non-empty allow-list.
+pub(crate) fn check_host(host: &str, allowed: &[String]) -> Result<(), ApiError> {
+    if !is_valid_host(host) {
+        let shown: String = host.chars().take(100).filter(|c| !c.is_control()).collect();
+        return Err(ApiError::invalid(format!(
+            "the Host header '{shown}' is not a valid host[:port]"
+        )));
+    }
+    if !allowed.is_empty() && !allowed.iter().any(|a| a.eq_ignore_ascii_case(host)) {
+        return Err(ApiError::invalid(format!(
+            "this server does not answer for the host '{host}' (see --allowed-hosts)"
+        )));
+    }
+    Ok(())
+}
+
+fn is_valid_host(host: &str) -> bool {
+    if host.is_empty() || host.len() > 261 {
+        return false;
+    }
+    let (name, port) = if let Some(rest) = host.strip_prefix('[') {
+        let Some((inside, after)) = rest.split_once(']') else { return false };
+        if inside.parse::<std::net::Ipv6Addr>().is_err() {
+            return false;
+        }
+        match after {
+            "" => return true,
+            _ => match after.strip_prefix(':') {
+                Some(port) => ("", Some(port)),
+                None => return false,
+            },
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (host, None),
+        }
+    };
+    let port_ok = port.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 5
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u32>().is_ok_and(|n| n <= 65535)
+    });
+    let name_ok = host.starts_with('[')
+        || (!name.is_empty()
+            && name.len() <= 253
+            && name.split('.').enumerate().all(|(idx, label)| {
+                // A trailing dot (`example.org.`) leaves one empty last label.
+                (label.is_empty() && idx > 0 && name.ends_with('.') && name.len() > 1)
+                    || (!label.is_empty()
+                        && label.len() <= 63
+                        && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                        && !label.starts_with('-')
+                        && !label.ends_with('-'))
+            }));
+    port_ok && name_ok
 }
 
 /// The `Prefer: return=` choice.
@@ -143,4 +248,46 @@ pub(crate) fn check_accept(
         media.is_empty() || media == "*/*" || media == "application/*" || media.contains("json")
     });
     if acceptable { Ok(()) } else { Err(not_acceptable(&format!("Accept: {accept}"))) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_checked_for_syntax_and_against_the_allow_list() {
+        for good in [
+            "localhost",
+            "127.0.0.1:8080",
+            "fhir.example.org",
+            "fhir.example.org.",
+            "[::1]:80",
+            "[2001:db8::1]",
+            "a-b.c",
+        ] {
+            assert!(is_valid_host(good), "{good}");
+        }
+        for bad in [
+            "",
+            "\"><script>",
+            "evil.example/path",
+            "user@host",
+            "host:",
+            "host:99999",
+            "host:8a",
+            "-a.b",
+            "a..b",
+            "[::1",
+            "[nope]:80",
+            "a b",
+            ":80",
+        ] {
+            assert!(!is_valid_host(bad), "{bad}");
+        }
+        let allowed = vec!["fhir.example.org".to_owned(), "127.0.0.1:8080".to_owned()];
+        assert!(check_host("FHIR.example.org", &allowed).is_ok());
+        assert!(check_host("127.0.0.1:8080", &allowed).is_ok());
+        assert!(check_host("evil.example", &allowed).is_err());
+        assert!(check_host("evil.example", &[]).is_ok());
+    }
 }

@@ -8,6 +8,7 @@
 
 mod capability;
 mod extract;
+mod listener;
 pub mod outcome;
 mod routes;
 
@@ -23,14 +24,22 @@ use bulkfhir_export::ExportService;
 use bulkfhir_store::{JobId, ResourceStore};
 use tokio::net::TcpListener;
 
+pub use listener::ConnectionLimits;
+
 /// Server settings.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// The largest request body accepted, in bytes (a larger one gets 413).
     pub max_body_bytes: usize,
     /// The public base URL (e.g. `https://fhir.example.org/fhir`); when unset, absolute URLs
-    /// are built from the request's `Host` header as `http://HOST/fhir`.
+    /// are built from the request's `Host` header as `http://HOST/fhir`. Production servers set
+    /// it, so that no request header ever goes into a URL the server hands out.
     pub public_base_url: Option<String>,
+    /// The `Host` header values (`host` or `host:port`, compared case-insensitively) this server
+    /// answers; empty: any syntactically valid one. Others get 400.
+    pub allowed_hosts: Vec<String>,
+    /// Connection limits and slow-client timeouts.
+    pub limits: ConnectionLimits,
     /// The most resources one search page returns.
     pub max_page_size: usize,
 }
@@ -40,6 +49,8 @@ impl Default for ServerConfig {
         ServerConfig {
             max_body_bytes: 32 * 1024 * 1024,
             public_base_url: None,
+            allowed_hosts: Vec::new(),
+            limits: ConnectionLimits::default(),
             max_page_size: 1000,
         }
     }
@@ -83,5 +94,6 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let local: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(address = ?local, "serving the FHIR API");
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    let limits = state.config.limits.clone();
+    listener::serve(listener, router(state), limits, shutdown).await
 }

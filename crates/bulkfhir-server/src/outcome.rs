@@ -49,6 +49,11 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         let kind = error.kind();
+        if let StoreError::StorageFull { .. } = &error {
+            // Say so: the operator (and a retrying client) can act on it.
+            tracing::error!(error = %error_chain(&error), "request failed: storage full");
+            return ApiError::new(kind, error.to_string());
+        }
         if kind == ErrorKind::Internal || kind == ErrorKind::Unavailable {
             // The full chain goes to the log; the client gets an id to quote.
             let incident = uuid::Uuid::new_v4();

@@ -82,9 +82,10 @@ impl Drop for Checkpointer {
 
 fn run(conn: &Connection, writer: &Mutex<Connection>, nudges: &Receiver<()>) {
     let mut last = Instant::now();
+    let mut backoff = Backoff::default();
     'nudged: while nudges.recv().is_ok() {
-        // Nudges until MIN_INTERVAL after the last checkpoint are covered by the next one.
-        let due = last + MIN_INTERVAL;
+        // Nudges until the interval after the last checkpoint are covered by the next one.
+        let due = last + backoff.interval();
         while let Some(left) = due.checked_duration_since(Instant::now()) {
             match nudges.recv_timeout(left) {
                 Ok(()) => {}
@@ -93,30 +94,89 @@ fn run(conn: &Connection, writer: &Mutex<Connection>, nudges: &Receiver<()>) {
             }
         }
         last = Instant::now();
-        if let Some(log_pages) = checkpoint(conn)
+        if let Some(log_pages) = backoff.record(checkpoint(conn))
             && log_pages >= LARGE_WAL_PAGES
         {
             let _paused = writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            checkpoint(conn);
+            backoff.record(checkpoint(conn));
         }
     }
     // The store is closed: one last checkpoint, so the next start finds a short WAL.
-    checkpoint(conn);
+    backoff.record(checkpoint(conn));
 }
 
 /// Runs a PASSIVE checkpoint; returns the WAL's length in pages.
-fn checkpoint(conn: &Connection) -> Option<i64> {
-    let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
-        Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
-    });
-    match result {
-        Ok((log_pages, copied_pages)) => {
-            tracing::trace!(log_pages, copied_pages, "WAL checkpoint");
-            Some(log_pages)
+fn checkpoint(conn: &Connection) -> Result<i64, rusqlite::Error> {
+    let (log_pages, copied_pages) =
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+            Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+        })?;
+    tracing::trace!(log_pages, copied_pages, "WAL checkpoint");
+    Ok(log_pages)
+}
+
+/// Checkpoint failures (a full disk, say) back off from [`MIN_INTERVAL`] to [`MAX_INTERVAL`],
+/// and only changes of state are logged: the first failure, and the recovery.
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+}
+
+/// The longest wait between two checkpoint attempts while they fail.
+const MAX_INTERVAL: Duration = Duration::from_secs(30);
+
+impl Backoff {
+    fn interval(&self) -> Duration {
+        let factor = 1_u32 << self.failures.min(16);
+        MIN_INTERVAL.saturating_mul(factor).min(MAX_INTERVAL)
+    }
+
+    /// Records an attempt's result, logging state changes; the WAL length when it worked.
+    fn record(&mut self, result: Result<i64, rusqlite::Error>) -> Option<i64> {
+        match result {
+            Ok(log_pages) => {
+                if self.failures > 0 {
+                    tracing::info!(failures = self.failures, "WAL checkpoints work again");
+                }
+                self.failures = 0;
+                Some(log_pages)
+            }
+            Err(error) => {
+                if self.failures == 0 {
+                    tracing::warn!(
+                        %error,
+                        "WAL checkpoint failed; retrying with backoff (up to every {} s) and \
+                         logging only when it works again",
+                        MAX_INTERVAL.as_secs()
+                    );
+                } else {
+                    tracing::debug!(%error, failures = self.failures + 1, "WAL checkpoint failed again");
+                }
+                self.failures = self.failures.saturating_add(1);
+                None
+            }
         }
-        Err(error) => {
-            tracing::warn!(%error, "WAL checkpoint failed; retried after the next write");
-            None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failing_checkpoints_back_off_and_recover() {
+        let mut backoff = Backoff::default();
+        assert_eq!(backoff.interval(), MIN_INTERVAL);
+        let failure = || Err(rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(13), None));
+        let mut intervals = Vec::new();
+        for _ in 0..20 {
+            assert_eq!(backoff.record(failure()), None);
+            intervals.push(backoff.interval());
         }
+        assert_eq!(intervals[0], MIN_INTERVAL * 2);
+        assert!(intervals.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(*intervals.last().unwrap(), MAX_INTERVAL);
+        assert_eq!(backoff.record(Ok(7)), Some(7));
+        assert_eq!(backoff.interval(), MIN_INTERVAL);
     }
 }

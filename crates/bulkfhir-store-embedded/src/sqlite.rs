@@ -153,6 +153,8 @@ pub(crate) fn sql_error(context: impl Into<String>, error: rusqlite::Error) -> S
     );
     if busy {
         StoreError::Unavailable { context: context.into(), source: Box::new(error) }
+    } else if error.sqlite_error_code() == Some(ErrorCode::DiskFull) {
+        StoreError::StorageFull { context: context.into(), source: Box::new(error) }
     } else {
         StoreError::backend(context, error)
     }

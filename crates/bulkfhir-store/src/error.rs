@@ -97,6 +97,16 @@ pub enum StoreError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The database's disk is full; the operation had no effect. Retrying after space is freed
+    /// works.
+    #[error("storage full: could not {context}; free disk space and retry")]
+    StorageFull {
+        /// What was being done, as a verb phrase.
+        context: String,
+        /// The backend's own error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The database is busy or unreachable; retrying later may work.
     #[error("storage backend unavailable: {context}")]
     Unavailable {
@@ -123,7 +133,9 @@ impl StoreError {
             StoreError::JobNotFound { .. } => ErrorKind::NotFound,
             StoreError::TooManyJobs { .. } => ErrorKind::TooManyRequests,
             StoreError::Backend { .. } => ErrorKind::Internal,
-            StoreError::Unavailable { .. } => ErrorKind::Unavailable,
+            StoreError::Unavailable { .. } | StoreError::StorageFull { .. } => {
+                ErrorKind::Unavailable
+            }
         }
     }
 

@@ -176,7 +176,11 @@ pub(crate) fn assert_outcome(status: u16, expected: u16, body: &Value) {
 /// README). Missing data fails the test: a skipped check must never pass.
 pub(crate) fn synthea_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/synthea");
-    assert!(dir.join("small.tar.xz").is_file(), "the vendored Synthea data is missing at {}", dir.display());
+    assert!(
+        dir.join("small.tar.xz").is_file(),
+        "the vendored Synthea data is missing at {}",
+        dir.display()
+    );
     dir
 }
 

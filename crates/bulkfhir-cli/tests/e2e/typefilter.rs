@@ -232,6 +232,37 @@ async fn search_all(server: &TestServer, query_text: &str) -> BTreeSet<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn type_filter_queries_encoded_inside_the_value_are_decoded_as_query_strings() {
+    let dataset = medium();
+    let server = TestServer::start_loaded(dataset, test_export_config()).await;
+    let exported = async |query: &str| -> BTreeSet<String> {
+        let manifest = wait_manifest(&server, &kick(&server, query).await).await;
+        let output = output_by_type(&server, &manifest, "output").await;
+        output
+            .get("Observation")
+            .map(|r| r.iter().map(|r| r["id"].as_str().unwrap().to_owned()).collect())
+            .unwrap_or_default()
+    };
+    // What Cumulus's smart-fetch sends: the inner query is itself percent-encoded, so the wire
+    // carries `%252C` and the inner query reads `category=social-history%2Cvital-signs...`,
+    // whose `%2C` separates values (it used to be read as a literal comma: no Observation).
+    let categories = ["social-history", "vital-signs", "laboratory"];
+    let want = ids_where(dataset, "Observation", &|o| {
+        categories.iter().any(|c| has_code(&o["category"], None, c))
+    });
+    assert!(!want.is_empty());
+    let query = "$export?_type=Observation&_typeFilter=Observation%3Fcategory%3Dsocial-history%252Cvital-signs%252Claboratory";
+    assert_eq!(exported(query).await, want, "%2C inside the inner query ORs values");
+    // The same query with the inner query not encoded selects the same.
+    let plain = "$export?_type=Observation&_typeFilter=Observation%3Fcategory%3Dsocial-history%2Cvital-signs%2Claboratory";
+    assert_eq!(exported(plain).await, want);
+    // FHIR's escaped comma (`\,`, encoded `%5C%2C` inside the value) stays one value: no
+    // category is literally "social-history,vital-signs".
+    let escaped = "$export?_type=Observation&_typeFilter=Observation%3Fcategory%3Dsocial-history%255C%252Cvital-signs";
+    assert_eq!(exported(escaped).await, BTreeSet::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn type_filters_or_within_a_type_and_leave_other_types_alone() {
     let dataset = medium();
     let server = TestServer::start_loaded(dataset, test_export_config()).await;

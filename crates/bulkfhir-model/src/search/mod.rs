@@ -20,9 +20,13 @@
 //!
 //! # Semantics (R4 search.html)
 //! - Parameters are AND-ed, comma-separated values OR-ed, a repeated parameter AND-ed again.
-//!   Values are split on `,` (and `|` where it separates parts) before `\,` `\|` `\$` `\\` are
-//!   unescaped and the text is percent-decoded once more, so `%2C` is a literal comma and `%7C`
-//!   a literal `|`. A `%` not followed by two hex digits stays literal; `+` is not a space.
+//!   A `_typeFilter` query is a URL query string inside the (already decoded) parameter value:
+//!   it is split on `&` and `=` and each name and value is percent-decoded once more, so `%2C`
+//!   separates values as `,` does and `%26` is an `&` in a value (clients such as Cumulus's
+//!   smart-fetch encode the inner query this way; Epic, HAPI and Kodjin read it so). In that
+//!   inner decoding a `%` not followed by two hex digits stays literal and `+` is not a space.
+//!   Values are then split on `,` (and `|` where it separates parts) before `\,` `\|` `\$` `\\`
+//!   are unescaped: FHIR's literal comma is `\,` (`%5C%2C` inside a `_typeFilter`).
 //!   Empty values are ignored; `_format` and `_pretty` are ignored.
 //! - **token**: `code`, `system|code`, `|code` (no system), `system|`, on Coding, CodeableConcept
 //!   (any coding), Identifier (system and value), ContactPoint (value), and code, string, id, uri,
@@ -119,17 +123,17 @@ impl SearchError {
 
 impl SearchQuery {
     /// Parses `Type?name=value&...` as it appears in a `_typeFilter` value (already
-    /// percent-decoded once as a whole by the URL layer). Values are percent-decoded once more
-    /// after splitting, as described in the module docs. `now` is used only by the `ap` prefix
-    /// on dates.
+    /// percent-decoded once as a whole by the URL layer). The inner query is decoded once more as
+    /// a query string, as described in the module docs. `now` is used only by the `ap` prefix on
+    /// dates.
     pub fn parse_type_filter(text: &str, now: Instant) -> Result<Self, SearchError> {
         let (resource_type, pairs) = query::split_type_filter(text)?;
         Self::parse(resource_type, &pairs, now)
     }
 
-    /// Parses the query string of `GET [base]/Type?...`: the raw (still percent-encoded)
-    /// `name=value` pairs after the URL layer decoded them once; same semantics as
-    /// [`SearchQuery::parse_type_filter`].
+    /// Parses the query string of `GET [base]/Type?...`: the `name=value` pairs as the URL
+    /// layer decoded them (once); the same semantics as [`SearchQuery::parse_type_filter`]
+    /// after its inner decoding.
     pub fn parse(
         resource_type: ResourceType,
         pairs: &[(String, String)],
@@ -178,15 +182,17 @@ impl SearchQuery {
 }
 
 /// Deepest nesting parsed. sonic-rs builds its DOM recursively, so a deeper document could
-/// overflow the stack; serde_json, which the store's write path uses, stops at the same depth.
+/// overflow the stack. The write path refuses resources deeper than
+/// [`crate::json::MAX_RESOURCE_DEPTH`] (below this), so every stored resource can be evaluated.
 const MAX_DEPTH: usize = 128;
+const _: () = assert!(crate::json::MAX_RESOURCE_DEPTH < MAX_DEPTH);
 
 /// Parses a stored resource, keeping numbers as their JSON text.
 fn parse_object(body: &[u8]) -> Result<Value, SearchError> {
     let invalid = |detail: &dyn std::fmt::Display| {
         SearchError::new(format!("the stored resource is not a JSON object: {detail}"))
     };
-    if nested_deeper_than(body, MAX_DEPTH) {
+    if crate::json::nested_deeper_than(body, MAX_DEPTH) {
         return Err(invalid(&format_args!("nested deeper than {MAX_DEPTH} levels")));
     }
     let text = std::str::from_utf8(body).map_err(|e| invalid(&e))?;
@@ -197,46 +203,6 @@ fn parse_object(body: &[u8]) -> Result<Value, SearchError> {
         return Err(invalid(&"not an object"));
     }
     Ok(root)
-}
-
-/// Whether arrays and objects in `body` nest deeper than `limit` (brackets inside strings do
-/// not count). Cheap for almost every resource: fewer opening brackets than `limit` settle it.
-fn nested_deeper_than(body: &[u8], limit: usize) -> bool {
-    if memchr::memchr2_iter(b'{', b'[', body).take(limit + 1).count() <= limit {
-        return false;
-    }
-    let (mut depth, mut idx) = (0_usize, 0);
-    while idx < body.len() {
-        match body[idx] {
-            b'"' => {
-                // Skip the string: to the next quote not escaped by a backslash.
-                idx += 1;
-                loop {
-                    match body.get(idx..).and_then(|rest| memchr::memchr2(b'"', b'\\', rest)) {
-                        Some(offset) if body[idx + offset] == b'"' => {
-                            idx += offset;
-                            break;
-                        }
-                        Some(offset) => idx += offset + 2,
-                        None => {
-                            idx = body.len();
-                            break;
-                        }
-                    }
-                }
-            }
-            b'{' | b'[' => {
-                depth += 1;
-                if depth > limit {
-                    return true;
-                }
-            }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-        idx += 1;
-    }
-    false
 }
 
 /// The search parameters usable in `_typeFilter` for `resource_type`, for the

@@ -84,7 +84,10 @@ pub(crate) enum UriMode {
     Above,
 }
 
-/// Splits `Type?query` into its type and `name=value` pairs (still escaped and percent-encoded).
+/// Splits `Type?query` into its type and `name=value` pairs. The query is itself a URL query
+/// string (clients percent-encode it inside the `_typeFilter` value), so after splitting on `&`
+/// and `=` each name and value is percent-decoded once: `%2C` becomes a `,` that separates
+/// values, `%26` an `&` inside a value. FHIR escapes (`\,`) are still in the values.
 pub(crate) fn split_type_filter(
     text: &str,
 ) -> Result<(ResourceType, Vec<(String, String)>), SearchError> {
@@ -97,6 +100,16 @@ pub(crate) fn split_type_filter(
     let resource_type = ResourceType::parse(type_name).map_err(|_| {
         SearchError::new(format!("unknown resource type '{}'", truncate_for_message(type_name)))
     })?;
+    let decode = |text: &str, parameter: Option<&str>| {
+        String::from_utf8(percent_decode(text)).map_err(|_| {
+            let message =
+                format!("'{}' is not UTF-8 after percent-decoding", truncate_for_message(text));
+            match parameter {
+                Some(name) => SearchError::for_parameter(message, name),
+                None => SearchError::new(message),
+            }
+        })
+    };
     let mut pairs = Vec::new();
     for part in query.split('&').filter(|part| !part.is_empty()) {
         let Some((name, value)) = part.split_once('=') else {
@@ -105,7 +118,9 @@ pub(crate) fn split_type_filter(
                 truncate_for_message(part)
             )));
         };
-        pairs.push((name.to_owned(), value.to_owned()));
+        let name = decode(name, None)?;
+        let value = decode(value, Some(&name))?;
+        pairs.push((name, value));
     }
     Ok((resource_type, pairs))
 }
@@ -116,12 +131,9 @@ pub(crate) fn parse_pairs(
     pairs: &[(String, String)],
 ) -> Result<Vec<Clause>, SearchError> {
     let mut clauses = Vec::new();
-    for (raw_name, raw_value) in pairs {
-        let name = String::from_utf8(percent_decode(raw_name)).map_err(|_| {
-            SearchError::new("a search parameter name is not UTF-8 after percent-decoding")
-        })?;
-        if let Some(clause) = parse_pair(resource_type, &name, raw_value)
-            .map_err(|message| SearchError::for_parameter(message, &name))?
+    for (name, raw_value) in pairs {
+        if let Some(clause) = parse_pair(resource_type, name, raw_value)
+            .map_err(|message| SearchError::for_parameter(message, name))?
         {
             clauses.push(clause);
         }
@@ -379,8 +391,8 @@ fn unescape_parts(piece: &str) -> Result<Vec<String>, String> {
     split_unescaped(piece, b'|').into_iter().map(unescape).collect()
 }
 
-/// Resolves the R4 escapes `\,` `\|` `\$` `\\` (any other backslash is an error), then
-/// percent-decodes once more.
+/// Resolves the R4 escapes `\,` `\|` `\$` `\\` (any other backslash is an error). Values
+/// arrive percent-decoded (by the URL layer, or by [`split_type_filter`]), so a `%` is literal.
 pub(crate) fn unescape(raw: &str) -> Result<String, String> {
     let mut out = String::with_capacity(raw.len());
     let mut chars = raw.chars();
@@ -399,11 +411,7 @@ pub(crate) fn unescape(raw: &str) -> Result<String, String> {
             None => return Err("a value ends with a lone '\\'".to_owned()),
         }
     }
-    if !out.contains('%') {
-        return Ok(out);
-    }
-    String::from_utf8(percent_decode(&out))
-        .map_err(|_| "a value is not UTF-8 after percent-decoding".to_owned())
+    Ok(out)
 }
 
 /// RFC 3986 percent-decoding; a `%` not followed by two hex digits stays as it is, and `+` is
@@ -441,15 +449,11 @@ mod tests {
         assert_eq!(split_unescaped(r"a\\,b", b','), [r"a\\", "b"]);
         assert_eq!(split_unescaped("é,ü", b','), ["é", "ü"]);
         assert_eq!(unescape(r"b\,c\|d\$e\\f").unwrap(), r"b,c|d$e\f");
-        assert_eq!(unescape("a%2Cb%7Cc%25").unwrap(), "a,b|c%");
-        assert_eq!(unescape("100%").unwrap(), "100%");
+        // Values arrive decoded: a `%` left in them is text.
+        assert_eq!(unescape("a%2Cb%7Cc%25").unwrap(), "a%2Cb%7Cc%25");
         assert_eq!(unescape("a+b").unwrap(), "a+b");
-        assert_eq!(unescape("%C3%A9").unwrap(), "é");
         assert!(unescape(r"a\b").is_err());
         assert!(unescape("a\\").is_err());
-        assert!(unescape("%FF").is_err());
-        // `%2C` is a literal comma: split first, decode after.
-        assert_eq!(split_unescaped("a%2Cb,c", b','), ["a%2Cb", "c"]);
     }
 
     #[test]
@@ -462,6 +466,17 @@ mod tests {
         assert!(split_type_filter("Observation").is_err());
         assert!(split_type_filter("Nope?a=b").is_err());
         assert!(split_type_filter("Observation?code").is_err());
+        // The inner query is decoded as a query string: `%2C` separates values (Cumulus's
+        // smart-fetch sends `category=social-history%2Cvital-signs`), `%5C%2C` is an escaped
+        // comma, `%26` an `&` inside a value, `+` stays a plus, a lone `%` stays.
+        let (_, pairs) = split_type_filter(
+            "Observation?category=social-history%2Cvital-signs&code%3Atext=a%26b%5C%2Cc+d%&x=%C3%A9",
+        )
+        .unwrap();
+        assert_eq!(pairs[0], ("category".to_owned(), "social-history,vital-signs".to_owned()));
+        assert_eq!(pairs[1], ("code:text".to_owned(), r"a&b\,c+d%".to_owned()));
+        assert_eq!(pairs[2].1, "é");
+        assert!(split_type_filter("Observation?code=%FF").is_err());
     }
 
     #[test]

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use super::{FhirPath, parse_id};
 use crate::{
     AppState,
-    extract::{BaseUrl, FhirBody, query_pairs},
+    extract::{BaseUrl, optional_fhir_body, query_pairs},
     outcome::{ApiError, outcome_response},
 };
 
@@ -83,11 +83,10 @@ async fn kickoff(
         .path_and_query()
         .map_or_else(|| request.uri().path().to_owned(), |pq| pq.as_str().to_owned());
     let query = query_pairs(request.uri().query());
+    // A POST with an empty body (Medplum's CLI sends no body and no Content-Type, with the
+    // parameters in the query) is the GET form; a body must be a `Parameters` resource.
     let body = if request.method() == Method::POST {
-        let FhirBody(bytes) =
-            <FhirBody as axum::extract::FromRequest<AppState>>::from_request(request, &state)
-                .await?;
-        Some(bytes)
+        optional_fhir_body(request, &state).await?
     } else {
         None
     };
@@ -302,25 +301,7 @@ async fn job_status(
             Ok(response)
         }
         StatusView::Completed { manifest, request, expires_at } => {
-            // The first poll of any export answers 202, even when it already finished: the SMART
-            // Bulk Data Tester requires it, and it costs a well-behaved client one Retry-After.
-            let first_poll = {
-                let mut polls =
-                    state.polls.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                let seen = polls.contains_key(&job_id);
-                polls.insert(job_id.clone(), std::time::Instant::now());
-                !seen
-            };
-            if first_poll {
-                let mut response = StatusCode::ACCEPTED.into_response();
-                set_header(
-                    &mut response,
-                    header::RETRY_AFTER.as_str(),
-                    &retry_after.as_secs().max(1).to_string(),
-                );
-                set_header(&mut response, "x-progress", "100%: complete");
-                return Ok(response);
-            }
+            forget_polls(state, &job_id);
             let body = manifest_json(&manifest, &request.base_url, &job_id);
             let mut response = (StatusCode::OK, body.to_string()).into_response();
             set_header(&mut response, header::CONTENT_TYPE.as_str(), "application/json");
@@ -395,15 +376,76 @@ fn parse_range(headers: &HeaderMap) -> Option<ByteRange> {
     }
 }
 
+/// What a client's `Accept-Encoding` allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GzipAcceptance {
+    /// No `Accept-Encoding` header: any content coding is acceptable (RFC 9110 §12.5.3).
+    NotSaid,
+    /// `gzip` (or `*`) with a non-zero weight.
+    Accepted,
+    /// The header is there and does not accept gzip (`identity`, `gzip;q=0`, `br`, …).
+    Refused,
+}
+
+fn gzip_acceptance(headers: &HeaderMap) -> GzipAcceptance {
+    let mut values = headers.get_all(header::ACCEPT_ENCODING).iter().peekable();
+    if values.peek().is_none() {
+        return GzipAcceptance::NotSaid;
+    }
+    let (mut gzip, mut star) = (None, None);
+    for item in values.filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')) {
+        let mut parts = item.split(';');
+        let coding = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+        let weight = parts
+            .filter_map(|p| p.trim().strip_prefix("q=").or_else(|| p.trim().strip_prefix("Q=")))
+            .find_map(|q| q.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        match coding.as_str() {
+            "gzip" | "x-gzip" => gzip = Some(weight),
+            "*" => star = Some(weight),
+            _ => {}
+        }
+    }
+    match gzip.or(star) {
+        Some(weight) if weight > 0.0 => GzipAcceptance::Accepted,
+        _ => GzipAcceptance::Refused,
+    }
+}
+
+/// How a file goes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WireCoding {
+    /// The stored bytes as they are (with `Content-Encoding: gzip` for a stored gzip file).
+    Stored,
+    /// A plain file compressed on the fly for a client that accepts gzip.
+    Compress,
+    /// A gzip file decompressed on the fly for a client that does not accept gzip.
+    Decompress,
+}
+
+/// Chooses the wire coding. A `Range` is served on the stored bytes, so a ranged request for a
+/// plain file is not compressed (a range of an on-the-fly encoding has no stable meaning); a
+/// stored gzip file that has to be decompressed is sent whole (200), since its decoded length is
+/// not known without reading it, and a server may ignore `Range`.
+fn wire_coding(stored_gzip: bool, acceptance: GzipAcceptance, ranged: bool) -> WireCoding {
+    match (stored_gzip, acceptance) {
+        (true, GzipAcceptance::Refused) => WireCoding::Decompress,
+        (false, GzipAcceptance::Accepted) if !ranged => WireCoding::Compress,
+        _ => WireCoding::Stored,
+    }
+}
+
 pub(super) async fn download(
     State(state): State<AppState>,
     FhirPath((job, name)): FhirPath<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let job_id = parse_job_id(&job)?;
-    let range = parse_range(&headers);
     let whole = state.exports.open_file(&job_id, &name, None).await?;
     let size = whole.total_size;
+    let coding =
+        wire_coding(whole.gzip, gzip_acceptance(&headers), headers.contains_key(header::RANGE));
+    let range = if coding == WireCoding::Decompress { None } else { parse_range(&headers) };
     let resolved = match range {
         None => None,
         Some(ByteRange::From(start)) => Some(start..size),
@@ -432,23 +474,75 @@ pub(super) async fn download(
             )
         }
     };
-    let gzip = download.gzip;
-    let length = match &content_range {
-        Some(_) => None,
-        None => Some(size),
+    let stored = download.body.map_err(std::io::Error::other);
+    let body = match coding {
+        WireCoding::Stored => Body::from_stream(stored),
+        WireCoding::Compress => {
+            let reader = tokio_util::io::StreamReader::new(stored);
+            let encoder = async_compression::tokio::bufread::GzipEncoder::with_quality(
+                reader,
+                async_compression::Level::Fastest,
+            );
+            Body::from_stream(tokio_util::io::ReaderStream::with_capacity(encoder, 64 * 1024))
+        }
+        WireCoding::Decompress => {
+            let reader = tokio_util::io::StreamReader::new(stored);
+            let mut decoder = async_compression::tokio::bufread::GzipDecoder::new(reader);
+            decoder.multiple_members(true);
+            Body::from_stream(tokio_util::io::ReaderStream::with_capacity(decoder, 64 * 1024))
+        }
     };
-    let body = Body::from_stream(download.body.map_err(std::io::Error::other));
     let mut response = (status, body).into_response();
     set_header(&mut response, header::CONTENT_TYPE.as_str(), NDJSON);
-    set_header(&mut response, header::ACCEPT_RANGES.as_str(), "bytes");
-    if gzip {
-        set_header(&mut response, header::CONTENT_ENCODING.as_str(), "gzip");
+    set_header(&mut response, header::VARY.as_str(), "accept-encoding");
+    if coding != WireCoding::Decompress {
+        set_header(&mut response, header::ACCEPT_RANGES.as_str(), "bytes");
     }
-    if let Some(length) = length {
-        set_header(&mut response, header::CONTENT_LENGTH.as_str(), &length.to_string());
+    match coding {
+        WireCoding::Stored if download.gzip => {
+            set_header(&mut response, header::CONTENT_ENCODING.as_str(), "gzip");
+        }
+        WireCoding::Compress => {
+            set_header(&mut response, header::CONTENT_ENCODING.as_str(), "gzip");
+        }
+        _ => {}
+    }
+    if coding == WireCoding::Stored && content_range.is_none() {
+        set_header(&mut response, header::CONTENT_LENGTH.as_str(), &size.to_string());
     }
     if let Some(content_range) = content_range {
         set_header(&mut response, header::CONTENT_RANGE.as_str(), &content_range);
     }
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acceptance(value: Option<&str>) -> GzipAcceptance {
+        let mut headers = HeaderMap::new();
+        if let Some(value) = value {
+            headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_str(value).unwrap());
+        }
+        gzip_acceptance(&headers)
+    }
+
+    #[test]
+    fn accept_encoding_is_negotiated() {
+        assert_eq!(acceptance(None), GzipAcceptance::NotSaid);
+        for accepted in ["gzip", "gzip, deflate", "br;q=1, GZIP;q=0.5", "*", "identity, *;q=0.1"] {
+            assert_eq!(acceptance(Some(accepted)), GzipAcceptance::Accepted, "{accepted}");
+        }
+        for refused in ["identity", "gzip;q=0", "br", "", "*;q=0", "gzip;q=0, *"] {
+            assert_eq!(acceptance(Some(refused)), GzipAcceptance::Refused, "{refused}");
+        }
+        use GzipAcceptance::*;
+        assert_eq!(wire_coding(false, Accepted, false), WireCoding::Compress);
+        assert_eq!(wire_coding(false, Accepted, true), WireCoding::Stored);
+        assert_eq!(wire_coding(false, NotSaid, false), WireCoding::Stored);
+        assert_eq!(wire_coding(true, Refused, true), WireCoding::Decompress);
+        assert_eq!(wire_coding(true, NotSaid, false), WireCoding::Stored);
+        assert_eq!(wire_coding(true, Accepted, true), WireCoding::Stored);
+    }
 }

@@ -22,12 +22,14 @@ use bulkfhir_model::{
     outcome::{Issue, OperationOutcome},
 };
 use serde::de::DeserializeOwned;
-use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
+use tower_http::{
+    catch_panic::CatchPanicLayer, timeout::RequestBodyTimeoutLayer, trace::TraceLayer,
+};
 
 use crate::{
     AppState,
     capability::capability_statement,
-    extract::{BaseUrl, check_accept},
+    extract::{BaseUrl, check_accept, check_host, request_host},
     outcome::{ApiError, FHIR_JSON, outcome_response},
 };
 
@@ -54,8 +56,25 @@ pub(crate) fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(CatchPanicLayer::custom(panic_response))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), check_host_header))
+        .layer(RequestBodyTimeoutLayer::new(state.config.limits.body_read_timeout))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Refuses a request whose `Host` is not a valid `host[:port]`, or not allowed, before any
+/// handler could copy it into a URL or a stored job.
+async fn check_host_header(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(host) = request_host(request.headers(), request.uri())
+        && let Err(error) = check_host(host, &state.config.allowed_hosts)
+    {
+        return error.into_response();
+    }
+    next.run(request).await
 }
 
 async fn metadata(
