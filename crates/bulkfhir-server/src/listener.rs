@@ -69,7 +69,7 @@ impl Default for ConnectionLimits {
             header_read_timeout: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
-            max_header_bytes: 64 * 1024,
+            max_header_bytes: 256 * 1024,
             max_headers: 100,
         }
     }

@@ -6,9 +6,11 @@
 mod bad_input;
 mod bench_smoke;
 mod bundles;
+mod clients;
 mod common;
 mod crash;
 mod crud;
 mod export;
+mod hardening;
 mod real_data;
 mod typefilter;
