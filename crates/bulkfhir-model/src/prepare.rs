@@ -253,4 +253,86 @@ mod tests {
         assert!(ResourceRef::parse("Patient?identifier=x").is_none());
         assert!(ResourceRef::parse("p1").is_none());
     }
+
+    /// A JSON value of any shape, with strings holding brackets, quotes and escapes.
+    fn arb_json() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just("null".to_owned()),
+            Just("true".to_owned()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            Just("1.50".to_owned()),
+            Just("-0.0e+12".to_owned()),
+            "[\\[\\]{}\"\\\\a-z\u{e9}\u{1F600} ]{0,40}"
+                .prop_map(|s| { serde_json::to_string(&s).unwrap_or_default() }),
+        ];
+        leaf.prop_recursive(6, 64, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6)
+                    .prop_map(|v| format!("[{}]", v.join(","))),
+                proptest::collection::vec(("[a-z]{1,8}", inner), 0..6).prop_map(|members| {
+                    let mut seen = std::collections::HashSet::new();
+                    let body: Vec<String> = members
+                        .into_iter()
+                        .filter(|(k, _)| seen.insert(k.clone()))
+                        .map(|(k, v)| format!("\"{k}\":{v}"))
+                        .collect();
+                    format!("{{{}}}", body.join(","))
+                }),
+            ]
+        })
+    }
+
+    /// A Basic resource with `value` nested `depth` arrays and objects deep, then maybe broken
+    /// (cut short, or a byte replaced).
+    fn arb_resource() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        (arb_json(), 0_usize..260, 0_u8..8, any::<u16>(), any::<u8>()).prop_map(
+            |(value, depth, mutation, at, byte)| {
+                let mut text = String::from(r#"{"resourceType":"Basic","id":"x","extension":"#);
+                for idx in 0..depth {
+                    text.push_str(if idx % 2 == 0 { "[" } else { r#"{"x":"# });
+                }
+                text.push_str(&value);
+                for idx in (0..depth).rev() {
+                    text.push(if idx % 2 == 0 { ']' } else { '}' });
+                }
+                text.push('}');
+                let mut bytes = text.into_bytes();
+                let at = usize::from(at) % bytes.len();
+                match mutation {
+                    0 => bytes.truncate(at),
+                    1 => bytes[at] = byte,
+                    _ => {}
+                }
+                bytes
+            },
+        )
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2_000))]
+
+        /// The write path's fuzz target: whatever arrives, parsing never panics, a refusal is a
+        /// 400 (`Invalid`), and every accepted resource, once stamped, parses with serde_json
+        /// (a common JSON reader, which stops at 128 levels) and can be tested by `_typeFilter`.
+        #[test]
+        fn whatever_is_accepted_can_be_read_back_and_filtered(bytes in arb_resource()) {
+            match PreparedResource::parse(&bytes) {
+                Ok(prepared) => {
+                    let id = ResourceId::parse("x").unwrap();
+                    let stamped = prepared.stamp(&id, 1, crate::Instant::now());
+                    let reread = serde_json::from_slice::<serde_json::Value>(&stamped);
+                    proptest::prop_assert!(reread.is_ok(), "{reread:?}");
+                    let query = crate::search::SearchQuery::parse_type_filter(
+                        "Basic?_id=x",
+                        crate::Instant::now(),
+                    )
+                    .unwrap();
+                    proptest::prop_assert_eq!(query.matches(&stamped), Ok(true));
+                }
+                Err(error) => proptest::prop_assert_eq!(error.kind(), crate::ErrorKind::Invalid),
+            }
+        }
+    }
 }

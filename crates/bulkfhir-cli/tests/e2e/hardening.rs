@@ -566,3 +566,99 @@ async fn a_full_store_says_storage_full_and_does_not_flood_the_log() {
         "{n_checkpoint_lines} checkpoint lines after {full_at} writes:\n{text}"
     );
 }
+
+/// A seeded xorshift stream, so a failure can be replayed.
+struct Xorshift(u64);
+
+impl Xorshift {
+    fn next(&mut self, bound: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % bound as u64) as usize
+    }
+}
+
+/// One fuzzed write: a Basic resource nested to an extreme depth, with large or tricky strings,
+/// sometimes broken.
+fn fuzzed_resource(rng: &mut Xorshift, id: &str) -> Vec<u8> {
+    let depth = [0, 1, 50, 97, 98, 99, 100, 101, 127, 128, 129, 500, 5_000, 100_000][rng.next(14)];
+    let leaf = match rng.next(5) {
+        0 => serde_json::to_string(&"[{".repeat(rng.next(10_000))).unwrap(),
+        1 => serde_json::to_string(&"x".repeat(rng.next(2_000_000))).unwrap(),
+        2 => r#""\"\\\u0000\ud83d\ude00""#.to_owned(),
+        3 => "1.50e-300".to_owned(),
+        _ => "{}".to_owned(),
+    };
+    let mut text = format!(r#"{{"resourceType":"Basic","id":"{id}","extension":"#);
+    for idx in 0..depth {
+        text.push_str(if idx % 2 == 0 { "[" } else { r#"{"x":"# });
+    }
+    text.push_str(&leaf);
+    for idx in (0..depth).rev() {
+        text.push(if idx % 2 == 0 { ']' } else { '}' });
+    }
+    text.push('}');
+    let mut bytes = text.into_bytes();
+    match rng.next(6) {
+        0 => {
+            let at = rng.next(bytes.len());
+            bytes.truncate(at);
+        }
+        1 => {
+            let at = rng.next(bytes.len());
+            bytes[at] = rng.next(256) as u8;
+        }
+        _ => {}
+    }
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fuzzed_writes_never_get_a_5xx_and_everything_stored_exports() {
+    let server = TestServer::start().await;
+    let mut rng = Xorshift(0x2545_f491_4f6c_dd1d);
+    let mut stored = std::collections::BTreeSet::new();
+    for idx in 0..150 {
+        let id = format!("f{idx}");
+        let body = fuzzed_resource(&mut rng, &id);
+        let (method, url) = if idx % 2 == 0 {
+            (Method::PUT, server.url(&format!("Basic/{id}")))
+        } else {
+            (Method::POST, server.url("Basic"))
+        };
+        let response = server
+            .client
+            .request(method, url)
+            .header("content-type", "application/fhir+json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body = body_json(response).await;
+        assert!(status < 500, "write {idx}: {status} {body}");
+        if status == 201 {
+            stored.insert(body["id"].as_str().unwrap().to_owned());
+        } else {
+            assert_outcome(status, status, &body);
+        }
+    }
+    assert!(stored.len() > 20 && stored.len() < 150, "{} stored", stored.len());
+    // Every stored resource is evaluated by a _typeFilter and exported, and parses again.
+    let manifest = wait_manifest(
+        &server,
+        &kick(&server, "$export?_type=Basic&_typeFilter=Basic%3F_lastUpdated%3Dgt2000-01-01").await,
+    )
+    .await;
+    assert_eq!(manifest["error"], json!([]), "{manifest}");
+    let mut exported = std::collections::BTreeSet::new();
+    for item in manifest["output"].as_array().unwrap() {
+        let text = server.client.get(item["url"].as_str().unwrap()).send().await.unwrap();
+        for line in text.text().await.unwrap().lines() {
+            let resource: Value = serde_json::from_str(line).unwrap();
+            exported.insert(resource["id"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(exported, stored);
+}
