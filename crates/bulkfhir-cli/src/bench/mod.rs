@@ -442,6 +442,13 @@ async fn bench(
             uncompressed: None,
         });
     }
+    // The cost of gzip on the wire: the kept plain system export downloaded whole, as stored
+    // and compressed on the fly for `Accept-Encoding: gzip`, in the same process.
+    let download =
+        match outcomes.iter().find(|o| o.scenario.name == "system").and_then(|o| o.runs.last()) {
+            Some(run) => Some(scenarios::download_rates(&http, &run.status_url).await?),
+            None => None,
+        };
     if let Some(server) = slot.take() {
         server.stop().await?;
     }
@@ -665,6 +672,18 @@ async fn bench(
          and copy), gzip {:.0} MB/s (read time + gzip time)",
         limits.plain_pipeline, limits.gzip_pipeline
     );
+    if let Some(d) = &download {
+        println!(
+            "download  the system export's files, one at a time: as stored {:.0} MB/s; \
+             Accept-Encoding: gzip (compressed on the fly) {:.0} MB/s of NDJSON, {:.1} MB → \
+             {:.1} MB on the wire; gzip/identity rate {:.2}",
+            d.identity_mb_s,
+            d.gzip_mb_s,
+            d.identity_bytes as f64 / MB,
+            d.gzip_wire_bytes as f64 / MB,
+            d.gzip_mb_s / d.identity_mb_s.max(1e-9)
+        );
+    }
     let kick: Vec<f64> = latency.kickoff.iter().map(|s| s.0).collect();
     let status: Vec<f64> = latency.status.iter().map(|s| s.0).collect();
     let mut codes: BTreeMap<u16, usize> = BTreeMap::new();
@@ -799,6 +818,12 @@ async fn bench(
         },
         "scenarios": rows.iter().zip(&outcomes).map(|(row, o)| o.to_json(row)).collect::<Vec<_>>(),
         "type_filter": filter_check,
+        "download": download.as_ref().map(|d| json!({
+            "identity_mb_per_s": d.identity_mb_s,
+            "gzip_mb_per_s": d.gzip_mb_s,
+            "identity_bytes": d.identity_bytes,
+            "gzip_wire_bytes": d.gzip_wire_bytes,
+        })),
         "latency": {
             "window_s": round(latency.window_s, 3),
             "pollers": latency.pollers,

@@ -641,3 +641,62 @@ pub(crate) fn clip(text: &str) -> String {
     let clipped: String = text.chars().take(600).collect();
     if clipped.len() < text.len() { format!("{clipped}…") } else { clipped }
 }
+
+/// Download rates of one finished export's files.
+#[derive(Debug, Clone)]
+pub(crate) struct DownloadRates {
+    /// NDJSON MB/s with no `Accept-Encoding` (the stored bytes).
+    pub(crate) identity_mb_s: f64,
+    /// NDJSON MB/s with `Accept-Encoding: gzip` (plain files compressed on the fly).
+    pub(crate) gzip_mb_s: f64,
+    pub(crate) identity_bytes: u64,
+    pub(crate) gzip_wire_bytes: u64,
+}
+
+/// Downloads every output file of the finished export at `status_url` twice, without and with
+/// `Accept-Encoding: gzip`, one file at a time.
+pub(crate) async fn download_rates(http: &Http, status_url: &str) -> anyhow::Result<DownloadRates> {
+    let manifest = loop {
+        match poll_status(http, status_url).await? {
+            StatusAnswer::Done(manifest) => break manifest,
+            StatusAnswer::Wait { retry_after, .. } => tokio::time::sleep(retry_after).await,
+        }
+    };
+    let urls: Vec<String> = manifest["output"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|item| item["url"].as_str().map(str::to_owned))
+        .collect();
+    let pass = async |gzip: bool| -> anyhow::Result<(u64, f64)> {
+        let started = Instant::now();
+        let mut n_bytes = 0u64;
+        for url in &urls {
+            let mut request = http.client.get(url);
+            if gzip {
+                request = request.header("accept-encoding", "gzip");
+            }
+            let mut response = request.send().await.with_context(|| format!("GET {url}"))?;
+            if !response.status().is_success() {
+                bail!("GET {url} answered {}", response.status());
+            }
+            let encoded = response.headers().get("content-encoding").is_some_and(|v| v == "gzip");
+            if encoded != gzip {
+                bail!("GET {url}: Content-Encoding gzip is {encoded}, expected {gzip}");
+            }
+            while let Some(chunk) = response.chunk().await.with_context(|| format!("read {url}"))? {
+                n_bytes += chunk.len() as u64;
+            }
+        }
+        Ok((n_bytes, started.elapsed().as_secs_f64().max(1e-9)))
+    };
+    let (identity_bytes, identity_s) = pass(false).await?;
+    let (gzip_wire_bytes, gzip_s) = pass(true).await?;
+    const MB: f64 = 1e6;
+    Ok(DownloadRates {
+        identity_mb_s: identity_bytes as f64 / MB / identity_s,
+        gzip_mb_s: identity_bytes as f64 / MB / gzip_s,
+        identity_bytes,
+        gzip_wire_bytes,
+    })
+}

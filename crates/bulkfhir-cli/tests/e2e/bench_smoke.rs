@@ -47,4 +47,9 @@ fn the_benchmark_harness_runs_at_the_quick_size_with_correct_counts() {
     }
     assert!(scenarios.iter().all(|s| s["resources"].as_u64().unwrap() > 0));
     assert!(results["resources"].as_u64().unwrap() >= 100_000);
+    // The download line: both passes ran, and gzip on the wire is much smaller.
+    let download = &results["download"];
+    let identity = download["identity_bytes"].as_u64().unwrap();
+    assert!(identity > 0 && download["gzip_wire_bytes"].as_u64().unwrap() * 3 < identity);
+    assert!(download["gzip_mb_per_s"].as_f64().unwrap() > 0.0);
 }
