@@ -93,16 +93,25 @@ impl App {
 }
 
 /// The export runtime, stopped without blocking an async thread: `stop` waits for its blocking
-/// tasks on the blocking pool; if `serve` is dropped before that, dropping this shuts it down
+/// tasks on a thread of its own; if `serve` is dropped before that, dropping this shuts it down
 /// in the background (dropping a runtime on an async thread would panic).
 struct ExportRuntime(Option<tokio::runtime::Runtime>);
 
 impl ExportRuntime {
     async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(runtime) = self.0.take() {
-            tokio::task::spawn_blocking(move || drop(runtime))
-                .await
-                .context("stop the export runtime")?;
+            // A thread of its own, not the blocking pool: when the caller's runtime is itself
+            // shutting down, a blocking task that has not started is dropped on a worker thread,
+            // and dropping a runtime there panics.
+            let (done, finished) = tokio::sync::oneshot::channel();
+            std::thread::Builder::new()
+                .name("bulkfhir-export-stop".to_owned())
+                .spawn(move || {
+                    drop(runtime);
+                    let _ = done.send(());
+                })
+                .context("start a thread to stop the export runtime")?;
+            finished.await.context("stop the export runtime")?;
         }
         Ok(())
     }

@@ -446,7 +446,7 @@ async fn bench(
     // and compressed on the fly for `Accept-Encoding: gzip`, in the same process.
     let download =
         match outcomes.iter().find(|o| o.scenario.name == "system").and_then(|o| o.runs.last()) {
-            Some(run) => Some(scenarios::download_rates(&http, &run.status_url).await?),
+            Some(run) => Some(scenarios::download_rates(&http, &run.job_id).await?),
             None => None,
         };
     if let Some(server) = slot.take() {

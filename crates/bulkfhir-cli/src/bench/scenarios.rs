@@ -653,11 +653,13 @@ pub(crate) struct DownloadRates {
     pub(crate) gzip_wire_bytes: u64,
 }
 
-/// Downloads every output file of the finished export at `status_url` twice, without and with
-/// `Accept-Encoding: gzip`, one file at a time.
-pub(crate) async fn download_rates(http: &Http, status_url: &str) -> anyhow::Result<DownloadRates> {
+/// Downloads every output file of the finished export `job_id` twice, without and with
+/// `Accept-Encoding: gzip`, one file at a time. Each scenario restarts the server on a new port,
+/// so the URLs are rebuilt on the current base.
+pub(crate) async fn download_rates(http: &Http, job_id: &str) -> anyhow::Result<DownloadRates> {
+    let status_url = http.url(&format!("$export-status/{job_id}"));
     let manifest = loop {
-        match poll_status(http, status_url).await? {
+        match poll_status(http, &status_url).await? {
             StatusAnswer::Done(manifest) => break manifest,
             StatusAnswer::Wait { retry_after, .. } => tokio::time::sleep(retry_after).await,
         }
@@ -666,8 +668,13 @@ pub(crate) async fn download_rates(http: &Http, status_url: &str) -> anyhow::Res
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|item| item["url"].as_str().map(str::to_owned))
+        .filter_map(|item| item["url"].as_str())
+        .filter_map(|url| url.split_once("/$export-file/"))
+        .map(|(_, file)| http.url(&format!("$export-file/{file}")))
         .collect();
+    if urls.is_empty() {
+        bail!("export {job_id} lists no output files");
+    }
     let pass = async |gzip: bool| -> anyhow::Result<(u64, f64)> {
         let started = Instant::now();
         let mut n_bytes = 0u64;

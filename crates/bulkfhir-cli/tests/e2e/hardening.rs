@@ -517,20 +517,23 @@ async fn a_full_store_says_storage_full_and_does_not_flood_the_log() {
     let server = SmallDiskServer::start(&data_dir, &data_dir, "3m", &log).await;
     let client = reqwest::Client::new();
     let padding = "x".repeat(8_000);
-    let mut full_at = None;
-    for idx in 0..2_000 {
+    let put_padded = async |id: &str| -> (u16, Value) {
         let body = format!(
-            r#"{{"resourceType":"Patient","id":"p{idx}","text":{{"status":"generated","div":"<div xmlns=\"http://www.w3.org/1999/xhtml\">{padding}</div>"}}}}"#
+            r#"{{"resourceType":"Patient","id":"{id}","text":{{"status":"generated","div":"<div xmlns=\"http://www.w3.org/1999/xhtml\">{padding}</div>"}}}}"#
         );
         let response = client
-            .put(format!("{}/Patient/p{idx}", server.base))
+            .put(format!("{}/Patient/{id}", server.base))
             .header("content-type", "application/fhir+json")
             .body(body)
             .send()
             .await
             .unwrap();
         let status = response.status().as_u16();
-        let outcome = body_json(response).await;
+        (status, body_json(response).await)
+    };
+    let mut full_at = None;
+    for idx in 0..2_000 {
+        let (status, outcome) = put_padded(&format!("p{idx}")).await;
         if status != 201 {
             assert_outcome(status, 503, &outcome);
             let text = outcome["issue"][0]["diagnostics"].as_str().unwrap();
@@ -544,14 +547,7 @@ async fn a_full_store_says_storage_full_and_does_not_flood_the_log() {
     let until = std::time::Instant::now() + Duration::from_secs(2);
     let mut n_refused = 0;
     while std::time::Instant::now() < until {
-        let response = client
-            .put(format!("{}/Patient/more", server.base))
-            .header("content-type", "application/fhir+json")
-            .body(format!(r#"{{"resourceType":"Patient","id":"more","text":{{"status":"generated","div":"<div xmlns=\"http://www.w3.org/1999/xhtml\">{padding}</div>"}}}}"#))
-            .send()
-            .await
-            .unwrap();
-        n_refused += u32::from(response.status().as_u16() == 503);
+        n_refused += u32::from(put_padded("more").await.0 == 503);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(n_refused > 10, "{n_refused}");
