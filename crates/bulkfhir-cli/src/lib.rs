@@ -12,6 +12,7 @@ use anyhow::Context;
 use bulkfhir_export::{ExportConfig, ExportService, Runner, Sweeper};
 use bulkfhir_output::OutputStore;
 use bulkfhir_server::{AppState, ServerConfig};
+use bulkfhir_store::{MeteredStore, ResourceStore};
 use bulkfhir_store_embedded::EmbeddedStore;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +34,8 @@ pub struct App {
     state: AppState,
     runner: Runner,
     sweeper: Sweeper,
+    /// A listener of its own for `GET /metrics`, when one was given.
+    metrics_listener: Option<TcpListener>,
     /// Held for the life of the server: one `serve` per data directory, because a restarted
     /// node takes over its predecessor's export leases at once.
     _lock: File,
@@ -46,17 +49,30 @@ impl App {
             .with_context(|| format!("create {}", data_dir.display()))?;
         let lock = lock_data_dir(data_dir)?;
         let node_id = node_id(data_dir)?;
-        let store = Arc::new(EmbeddedStore::open(data_dir).context("open the store")?);
+        let embedded = Arc::new(EmbeddedStore::open(data_dir).context("open the store")?);
+        // Every resource read and write is timed for `/metrics`; the job store is not wrapped.
+        let store: Arc<dyn ResourceStore> =
+            Arc::new(MeteredStore::new(Arc::clone(&embedded) as Arc<dyn ResourceStore>));
         // Local disk has no minimum part size: 4 MiB parts keep an open file's buffers near
         // 20 MiB (about five parts in flight or filling).
         let output = OutputStore::local(&data_dir.join("exports"))
             .context("open the export folder")?
             .with_part_size(4 * 1024 * 1024);
-        let exports = ExportService::new(store.clone(), store.clone(), output, options.export);
+        let exports = ExportService::new(Arc::clone(&store), embedded, output, options.export);
         let runner = exports.runner(&node_id);
         let sweeper = exports.sweeper();
         let state = AppState::new(store, exports, options.server);
-        Ok(App { state, runner, sweeper, _lock: lock })
+        Ok(App { state, runner, sweeper, metrics_listener: None, _lock: lock })
+    }
+
+    /// Serves `GET /metrics` on `listener` only (not on the API's listener), so that metrics
+    /// can stay on a private address.
+    pub fn with_metrics_listener(mut self, listener: TcpListener) -> Self {
+        let mut config = (*self.state.config).clone();
+        config.metrics_on_api_listener = false;
+        self.state.config = Arc::new(config);
+        self.metrics_listener = Some(listener);
+        self
     }
 
     /// Serves on `listener` with the export runner and sweeper until `shutdown` is cancelled;
@@ -80,11 +96,27 @@ impl App {
         let runner = runtime.handle().spawn(self.runner.run(shutdown.clone()));
         let export_runtime = ExportRuntime(Some(runtime));
         let sweeper = tokio::spawn(self.sweeper.run(shutdown.clone()));
+        let metrics = self.metrics_listener.map(|listener| {
+            let state = self.state.clone();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                let served = bulkfhir_server::serve_metrics(listener, state, async move {
+                    stop.cancelled().await;
+                })
+                .await;
+                if let Err(error) = served {
+                    tracing::warn!(%error, "the metrics listener stopped");
+                }
+            })
+        });
         let stop = shutdown.clone();
         let served =
             bulkfhir_server::serve(listener, self.state, async move { stop.cancelled().await })
                 .await;
         shutdown.cancel();
+        if let Some(metrics) = metrics {
+            let _ = metrics.await;
+        }
         let _ = runner.await;
         let _ = sweeper.await;
         export_runtime.stop().await?;

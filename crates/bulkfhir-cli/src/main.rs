@@ -32,8 +32,17 @@ use indicatif::{ProgressBar, ProgressStyle};
 #[derive(Parser, Debug)]
 #[command(name = "bulkfhir", version, about = "A FHIR R4 server built for Bulk Data export")]
 struct Cli {
+    /// Log lines as text (for people) or JSON (one object a line, for log collectors).
+    #[arg(long, global = true, env = "BULKFHIR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -75,6 +84,10 @@ struct ServeArgs {
     /// get 400. Default: any valid host[:port].
     #[arg(long, env = "BULKFHIR_ALLOWED_HOSTS", value_delimiter = ',')]
     allowed_hosts: Vec<String>,
+    /// Serve `GET /metrics` on this address only (for example 127.0.0.1:9090) instead of on the
+    /// API's listener, so that metrics are never public.
+    #[arg(long, env = "BULKFHIR_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// The most connections served at once; one more gets 503 and is closed.
     #[arg(long, env = "BULKFHIR_MAX_CONNECTIONS", default_value_t = 4096)]
     max_connections: usize,
@@ -193,7 +206,7 @@ fn limit_malloc_arenas() {}
 fn main() -> ExitCode {
     limit_malloc_arenas();
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -210,10 +223,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        // Each line carries its spans' fields (an export's `job_id` among them).
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(true).init(),
+        LogFormat::Text => builder.init(),
+    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -238,7 +256,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 server,
                 export: args.export.config(),
             };
-            serve(options, args.listen).await?;
+            serve(options, args.listen, args.metrics_listen).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Load(args) => {
@@ -277,7 +295,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 server: ServerConfig::default(),
                 export: ExportConfig::default(),
             };
-            serve(options, args.listen).await?;
+            serve(options, args.listen, None).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => bench::run(args).await,
@@ -290,8 +308,19 @@ fn open_store(data_dir: &Path) -> anyhow::Result<Arc<dyn ResourceStore>> {
     Ok(Arc::new(store))
 }
 
-async fn serve(options: ServeOptions, listen: SocketAddr) -> anyhow::Result<()> {
-    let app = App::open(options)?;
+async fn serve(
+    options: ServeOptions,
+    listen: SocketAddr,
+    metrics_listen: Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    let mut app = App::open(options)?;
+    if let Some(address) = metrics_listen {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("listen for metrics on {address}"))?;
+        tracing::info!(%address, "serving /metrics");
+        app = app.with_metrics_listener(listener);
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listen on {listen}"))?;

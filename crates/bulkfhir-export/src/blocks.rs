@@ -44,9 +44,10 @@ pub(crate) async fn run_blocks(
         }
         let n_resources = (lines.len() - 1) as u64;
         if file.lines > 0 && file.lines + n_resources > max_lines {
-            file.finish(&mut checkpoint, None).await?;
+            file.finish(ctx, &mut checkpoint, None).await?;
             checkpoint.member_idx = member_idx;
             save(ctx, unit_index, &checkpoint, false).await?;
+            ctx.check_draining()?;
         }
         if n_resources <= max_lines {
             file.append(ctx, &checkpoint, part, &block, n_resources).await?;
@@ -63,21 +64,21 @@ pub(crate) async fn run_blocks(
                 chunk.extend_from_slice(header);
                 chunk.extend_from_slice(&block[from..to]);
                 if file.lines > 0 {
-                    file.finish(&mut checkpoint, None).await?;
+                    file.finish(ctx, &mut checkpoint, None).await?;
                 }
                 file.append(ctx, &checkpoint, part, &chunk, (chunk_end - chunk_start) as u64)
                     .await?;
                 chunk_start = chunk_end;
                 if chunk_start < lines.len() {
                     let next = block_file_name(ctx, &checkpoint, part, 1);
-                    file.finish(&mut checkpoint, Some(next)).await?;
+                    file.finish(ctx, &mut checkpoint, Some(next)).await?;
                 }
             }
         }
         ctx.written.fetch_add(n_resources, Ordering::Relaxed);
     }
     if file.lines > 0 {
-        file.finish(&mut checkpoint, None).await?;
+        file.finish(ctx, &mut checkpoint, None).await?;
     }
     checkpoint.member_idx = end;
     save(ctx, unit_index, &checkpoint, true).await?;
@@ -114,11 +115,13 @@ impl BlockFile {
 
     async fn finish(
         &mut self,
+        ctx: &JobContext,
         checkpoint: &mut Checkpoint,
         continues_in: Option<String>,
     ) -> Result<(), ExportError> {
         let Some(writer) = self.writer.take() else { return Ok(()) };
         let finished = writer.finish().await?;
+        ctx.file_finished(&self.name, self.lines, finished.stored_bytes);
         checkpoint.files.push(FileEntry {
             name: std::mem::take(&mut self.name),
             resource_type: "Patient".to_owned(),

@@ -20,6 +20,9 @@ pub struct ExportConfig {
     pub lease: Duration,
     /// How often an idle runner looks for work.
     pub poll_interval: Duration,
+    /// On shutdown, how long running units may take to reach their next checkpoint (the end of
+    /// the file they write) before they are stopped where they are.
+    pub shutdown_grace: Duration,
     /// How long finished files are kept.
     pub retention: Duration,
     /// How often the sweeper runs.
@@ -46,6 +49,7 @@ impl Default for ExportConfig {
             max_active_jobs: 32,
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(30),
             retention: Duration::from_secs(24 * 3600),
             sweep_interval: Duration::from_secs(60),
             gzip_level: 1,

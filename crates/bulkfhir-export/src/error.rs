@@ -46,6 +46,9 @@ pub enum ExportError {
     /// A part of the export panicked (a bug); the job is marked failed.
     #[error("internal error: {0}")]
     Panicked(String),
+    /// This node is shutting down and takes no new export.
+    #[error("this server is shutting down and takes no new export; retry shortly")]
+    ShuttingDown,
     /// The work stopped because the job was cancelled or taken over.
     #[error("stopped: {0}")]
     Stopped(&'static str),
@@ -59,6 +62,7 @@ impl ExportError {
             ExportError::NotFound(_) => ErrorKind::NotFound,
             ExportError::Gone(_) => ErrorKind::Gone,
             ExportError::Busy(_) => ErrorKind::TooManyRequests,
+            ExportError::ShuttingDown => ErrorKind::Unavailable,
             ExportError::Store(StoreError::TooManyJobs { .. }) => ErrorKind::TooManyRequests,
             ExportError::Store(e) => e.kind(),
             ExportError::Output(e) => e.kind(),

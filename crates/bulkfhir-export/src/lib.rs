@@ -18,6 +18,7 @@ mod plan;
 mod runner;
 mod service;
 mod sweeper;
+pub mod telemetry;
 mod unit;
 
 pub use config::ExportConfig;

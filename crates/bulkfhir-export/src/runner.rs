@@ -21,6 +21,7 @@ use crate::{
     docs::{Checkpoint, FileEntry, FileKind, ManifestDoc, Note, Plan, StoredRequest, UnitSpec},
     error::corrupt,
     service::Shared,
+    telemetry,
     unit::{JobContext, run_unit, supporting_type_names},
 };
 
@@ -45,6 +46,7 @@ impl Runner {
         let slots = Arc::new(Semaphore::new(config.max_running_jobs));
         info!(owner = %self.owner, "export runner started");
         loop {
+            self.shared.runner_tick.store(Instant::now().as_micros(), Ordering::Relaxed);
             while let Ok(permit) = Arc::clone(&slots).try_acquire_owned() {
                 let claimed = self
                     .shared
@@ -52,7 +54,14 @@ impl Runner {
                     .claim(&self.owner, &self.node_prefix, config.lease, Instant::now())
                     .await;
                 match claimed {
-                    Ok(Some(job)) => self.spawn_job(job, permit, &shutdown),
+                    Ok(Some(job)) => {
+                        metrics::counter!(telemetry::LEASE_CLAIMS).increment(1);
+                        if let Some(previous) = &job.taken_over_from {
+                            metrics::counter!(telemetry::LEASE_TAKEOVERS).increment(1);
+                            info!(job_id = %job.id, previous = %previous, "took over an export lease");
+                        }
+                        self.spawn_job(job, permit, &shutdown)
+                    }
                     Ok(None) => break,
                     Err(error) => {
                         warn!(error = %error, "failed to claim an export job");
@@ -66,10 +75,24 @@ impl Runner {
                 () = tokio::time::sleep(config.poll_interval) => {}
             }
         }
+        // Draining: no new kick-offs; running units stop at their next checkpoint (the end of
+        // the file they write), within the grace period; after it, where they are.
+        self.shared.draining.store(true, Ordering::Relaxed);
         let all = u32::try_from(config.max_running_jobs).unwrap_or(u32::MAX);
-        if tokio::time::timeout(Duration::from_secs(30), slots.acquire_many(all)).await.is_err() {
-            warn!("export jobs did not stop within 30 s of shutdown");
+        let grace = config.shutdown_grace;
+        if tokio::time::timeout(grace, Arc::clone(&slots).acquire_many_owned(all)).await.is_err() {
+            warn!(
+                seconds = grace.as_secs_f64(),
+                "export units did not reach a checkpoint within the shutdown grace period; \
+                 stopping them where they are (they resume from their last checkpoint)"
+            );
+            self.shared.stop_all();
+            if tokio::time::timeout(Duration::from_secs(10), slots.acquire_many(all)).await.is_err()
+            {
+                warn!("export jobs did not stop within 10 s of being told to");
+            }
         }
+        self.shared.runner_tick.store(0, Ordering::Relaxed);
         info!("export runner stopped");
     }
 
@@ -79,7 +102,9 @@ impl Runner {
         permit: tokio::sync::OwnedSemaphorePermit,
         shutdown: &CancellationToken,
     ) {
-        let cancel = shutdown.child_token();
+        // Not a child of `shutdown`: on shutdown units first drain to a checkpoint (`drain`);
+        // this token stops them at once (cancellation, takeover, or the end of the grace).
+        let cancel = CancellationToken::new();
         self.shared.register(&job.id, cancel.clone());
         let span = info_span!("export", job_id = %job.id);
         let job_id = job.id.clone();
@@ -128,18 +153,29 @@ impl JobRun {
             () = heartbeat => Err(ExportError::Stopped("lease lost")),
         };
         let jobs = &self.shared.jobs;
+        let ended = |outcome: &'static str| {
+            metrics::counter!(telemetry::JOBS_ENDED, "outcome" => outcome).increment(1);
+        };
         match result {
-            Ok(()) => info!(
-                resources = written.load(Ordering::Relaxed),
-                seconds = started.elapsed().as_secs_f64(),
-                "export completed"
-            ),
+            Ok(()) => {
+                ended("completed");
+                let resources = written.load(Ordering::Relaxed);
+                let seconds = started.elapsed().as_secs_f64();
+                info!(
+                    resources,
+                    seconds,
+                    resources_per_second = (resources as f64 / seconds.max(1e-9)).round(),
+                    "export completed"
+                );
+            }
             Err(error) => {
                 let status = jobs.get(&self.job.id).await.map(|j| j.status);
                 if matches!(status, Ok(JobStatus::Cancelled)) {
+                    ended("cancelled");
                     info!("export cancelled; deleting its files");
                     self.shared.delete_files(&self.job.id).await;
                 } else if self.shutdown.is_cancelled() {
+                    ended("paused");
                     info!(
                         "export paused for shutdown; it resumes from its checkpoints on the next start"
                     );
@@ -152,6 +188,7 @@ impl JobRun {
                 ) {
                     warn!(error = %error, "export stopped: another runner holds it now");
                 } else {
+                    ended("failed");
                     error!(error = %error_chain(&error), "export failed");
                     let message = format!("export failed: {}", error.describe());
                     if let Err(e) =
@@ -184,6 +221,7 @@ impl JobRun {
             if let Err(error) =
                 jobs.renew(&self.job.id, &self.owner, config.lease, Instant::now()).await
             {
+                metrics::counter!(telemetry::HEARTBEAT_FAILURES).increment(1);
                 if matches!(error, StoreError::LeaseLost { .. }) {
                     self.cancel.cancel();
                     return;
@@ -261,6 +299,8 @@ impl JobRun {
             gzip: request.gzip,
             member_set: plan.members.iter().cloned().collect(),
             supporting_types: supporting_type_names(&plan),
+            level: telemetry::level_label(&request.level),
+            drain: self.shutdown.clone(),
             plan,
             cancel: self.cancel.clone(),
             written: Arc::clone(written),
@@ -339,7 +379,7 @@ async fn run_units(
     let limit = ctx.config.unit_concurrency.max(1);
     let mut running = JoinSet::new();
     loop {
-        while running.len() < limit {
+        while running.len() < limit && !ctx.drain.is_cancelled() {
             let Some((index, spec, checkpoint)) = units.pop_front() else { break };
             let (ctx, refs) = (Arc::clone(ctx), Arc::clone(supporting_refs));
             let span = tracing::Span::current();
@@ -347,6 +387,9 @@ async fn run_units(
                 async move {
                     let started = std::time::Instant::now();
                     let result = run_unit(&ctx, index, &spec, checkpoint, &refs).await;
+                    let outcome = if result.is_ok() { "done" } else { "stopped" };
+                    metrics::histogram!(telemetry::UNIT_SECONDS, "outcome" => outcome)
+                        .record(started.elapsed().as_secs_f64());
                     if let Ok(done) = &result {
                         debug!(
                             unit = index,
@@ -361,7 +404,10 @@ async fn run_units(
                 .instrument(span),
             );
         }
-        let Some(joined) = running.join_next().await else { return Ok(()) };
+        let Some(joined) = running.join_next().await else {
+            // Draining with units left: stop here; they run on the next start.
+            return if units.is_empty() { Ok(()) } else { Err(ExportError::Stopped("shutdown")) };
+        };
         let (index, checkpoint) = joined.map_err(|e| {
             if e.is_panic() {
                 ExportError::Panicked(format!("an export unit panicked: {e}"))

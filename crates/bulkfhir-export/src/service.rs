@@ -12,7 +12,7 @@ use bulkfhir_model::{
     export::{ExportLevel, ExportRequest, OutputFormat},
     search::SearchQuery,
 };
-use bulkfhir_output::{OutputError, OutputKey, OutputStore};
+use bulkfhir_output::{Compression, OutputError, OutputKey, OutputStore};
 use bulkfhir_store::{
     JobId, JobQuery, JobRecord, JobStatus, JobStore, NewJob, ResourceStore, Snapshot, StoreError,
 };
@@ -39,6 +39,12 @@ pub(crate) struct Shared {
     /// Jobs running in this process, with the token that stops each.
     running: Mutex<HashMap<JobId, CancellationToken>>,
     pub(crate) wake: Notify,
+    /// When the runner's loop last went round (µs since the epoch; 0 before it started, or
+    /// after it stopped), for readiness.
+    pub(crate) runner_tick: std::sync::atomic::AtomicI64,
+    /// Set once the runner is shutting down: kick-offs are refused (503), units stop at their
+    /// next checkpoint.
+    pub(crate) draining: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -47,6 +53,14 @@ impl Shared {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(id.clone(), token);
+    }
+
+    /// Stops every job running in this process at its next page.
+    pub(crate) fn stop_all(&self) {
+        let running = self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for token in running.values() {
+            token.cancel();
+        }
     }
 
     pub(crate) fn unregister(&self, id: &JobId) {
@@ -193,6 +207,39 @@ pub struct ExportService {
 }
 
 impl ExportService {
+    /// Whether this process's runner is running and went round its loop recently (it goes round
+    /// at least every `poll_interval`).
+    pub fn runner_alive(&self) -> bool {
+        let tick = self.shared.runner_tick.load(std::sync::atomic::Ordering::Relaxed);
+        let window = i64::try_from(self.shared.config.poll_interval.as_micros())
+            .unwrap_or(i64::MAX)
+            .saturating_mul(3)
+            .max(5_000_000);
+        tick > 0 && Instant::now().as_micros().saturating_sub(tick) <= window
+    }
+
+    /// Writes, reads back and deletes a small object in the output store: whether export files
+    /// can be written now.
+    pub async fn probe_output(&self) -> Result<(), ExportError> {
+        let prefix = OutputKey::parse("health")?;
+        let key = prefix.join("probe")?;
+        let mut writer = self.shared.output.create(&key, Compression::None).await?;
+        writer.write(b"ok\n").await?;
+        writer.finish().await?;
+        let size = self.shared.output.size(&key).await?;
+        self.shared.output.delete_prefix(&prefix).await?;
+        if size == 3 {
+            Ok(())
+        } else {
+            Err(ExportError::Corrupt(format!("the output probe read back {size} bytes, not 3")))
+        }
+    }
+
+    /// How many jobs are in each state, for metrics.
+    pub async fn job_counts(&self) -> Result<Vec<(JobStatus, u64)>, ExportError> {
+        Ok(self.shared.jobs.count_by_status().await?)
+    }
+
     /// A service over these backends.
     pub fn new(
         store: Arc<dyn ResourceStore>,
@@ -208,6 +255,8 @@ impl ExportService {
                 config,
                 running: Mutex::new(HashMap::new()),
                 wake: Notify::new(),
+                runner_tick: std::sync::atomic::AtomicI64::new(0),
+                draining: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -241,6 +290,9 @@ impl ExportService {
         check_parameters(&mut request, context.lenient)?;
         let started = std::time::Instant::now();
         let shared = &self.shared;
+        if shared.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(ExportError::ShuttingDown);
+        }
         let mut snapshot = shared.store.snapshot().await?;
         if let Some(until) = request.until
             && until < snapshot.time

@@ -24,6 +24,7 @@ use bulkfhir_store::{
 };
 use memchr::memmem;
 use tokio_util::sync::CancellationToken;
+use tracing::info;
 
 use crate::{
     ExportConfig, ExportError, blocks,
@@ -62,6 +63,10 @@ pub(crate) struct JobContext {
     pub(crate) filters: HashMap<ResourceType, Vec<SearchQuery>>,
     /// The types of the supporting resources the plan adds ([`supporting_type_names`]).
     pub(crate) supporting_types: HashSet<&'static str>,
+    /// The export level, as a metrics label.
+    pub(crate) level: &'static str,
+    /// Cancelled when the node shuts down: units stop at their next checkpoint.
+    pub(crate) drain: CancellationToken,
 }
 
 impl JobContext {
@@ -85,6 +90,12 @@ impl JobContext {
         Ok(false)
     }
 
+    /// After a checkpoint: stop here if the node is shutting down (the job resumes from this
+    /// checkpoint on the next start).
+    pub(crate) fn check_draining(&self) -> Result<(), ExportError> {
+        if self.drain.is_cancelled() { Err(ExportError::Stopped("shutdown")) } else { Ok(()) }
+    }
+
     pub(crate) fn check_cancelled(&self) -> Result<(), ExportError> {
         if self.cancel.is_cancelled() { Err(ExportError::Stopped("cancelled")) } else { Ok(()) }
     }
@@ -95,6 +106,13 @@ impl JobContext {
 
     pub(crate) fn extension(&self) -> &'static str {
         if self.gzip { ".ndjson.gz" } else { ".ndjson" }
+    }
+
+    /// Records a finished file in the metrics and the log.
+    pub(crate) fn file_finished(&self, name: &str, resources: u64, bytes: u64) {
+        let format = if self.gzip { "ndjson-gzip" } else { "ndjson" };
+        crate::telemetry::file_written(self.level, format, resources, bytes);
+        info!(file = name, resources, bytes, "export file finished");
     }
 
     pub(crate) fn compression(&self) -> Compression {
@@ -681,14 +699,22 @@ impl<'c> Roller<'c> {
         Ok(())
     }
 
-    /// Closes the current file (if it has lines) and checkpoints.
+    /// Closes the current file (if it has lines) and checkpoints; then stops the unit if the
+    /// node is shutting down.
     async fn end_file(&mut self) -> Result<(), ExportError> {
+        self.close_file().await?;
+        self.ctx.check_draining()
+    }
+
+    /// Closes the current file (if it has lines) and checkpoints.
+    async fn close_file(&mut self) -> Result<(), ExportError> {
         if self.lines_in_file == 0 {
             return Ok(());
         }
         self.flush().await?;
         let Some(writer) = self.writer.take() else { return Ok(()) };
         let finished = writer.finish().await?;
+        self.ctx.file_finished(&self.file_name, self.lines_in_file, finished.stored_bytes);
         self.checkpoint.files.push(FileEntry {
             name: std::mem::take(&mut self.file_name),
             resource_type: if self.deleted {
@@ -713,7 +739,7 @@ impl<'c> Roller<'c> {
     }
 
     async fn finish(mut self) -> Result<Checkpoint, ExportError> {
-        self.end_file().await?;
+        self.close_file().await?;
         self.checkpoint.issues.append(&mut self.pending_notes);
         let refs = std::mem::take(&mut self.pending_refs);
         merge_sorted(&mut self.checkpoint.references, refs);

@@ -9,6 +9,7 @@
 mod capability;
 mod extract;
 mod listener;
+mod ops;
 pub mod outcome;
 mod routes;
 
@@ -25,6 +26,7 @@ use bulkfhir_store::{JobId, ResourceStore};
 use tokio::net::TcpListener;
 
 pub use listener::ConnectionLimits;
+pub use ops::{HTTP_REQUESTS, HTTP_SECONDS, metrics_handle};
 
 /// Server settings.
 #[derive(Debug, Clone)]
@@ -40,6 +42,8 @@ pub struct ServerConfig {
     pub allowed_hosts: Vec<String>,
     /// Connection limits and slow-client timeouts.
     pub limits: ConnectionLimits,
+    /// Serve `GET /metrics` on the API's listener (false when it has a listener of its own).
+    pub metrics_on_api_listener: bool,
     /// The most resources one search page returns.
     pub max_page_size: usize,
 }
@@ -51,6 +55,7 @@ impl Default for ServerConfig {
             public_base_url: None,
             allowed_hosts: Vec::new(),
             limits: ConnectionLimits::default(),
+            metrics_on_api_listener: true,
             max_page_size: 1000,
         }
     }
@@ -68,6 +73,9 @@ pub struct AppState {
     /// When each running export was last polled, to answer 429 to clients that poll faster
     /// than `Retry-After` told them.
     pub(crate) polls: Arc<Mutex<HashMap<JobId, std::time::Instant>>>,
+    /// The Prometheus recorder's handle, when this process records metrics.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    pub(crate) ready: Arc<ops::ReadyCache>,
 }
 
 impl AppState {
@@ -77,7 +85,14 @@ impl AppState {
         exports: ExportService,
         config: ServerConfig,
     ) -> Self {
-        AppState { store, exports, config: Arc::new(config), polls: Arc::default() }
+        AppState {
+            store,
+            exports,
+            config: Arc::new(config),
+            polls: Arc::default(),
+            metrics: ops::metrics_handle(),
+            ready: ops::ready_cache(),
+        }
     }
 }
 
@@ -96,4 +111,14 @@ pub async fn serve(
     tracing::info!(address = ?local, "serving the FHIR API");
     let limits = state.config.limits.clone();
     listener::serve(listener, router(state), limits, shutdown).await
+}
+
+/// Serves only `GET /metrics` on `listener` (a private address) until `shutdown` completes.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let limits = state.config.limits.clone();
+    listener::serve(listener, ops::metrics_router(state), limits, shutdown).await
 }

@@ -73,6 +73,7 @@ impl From<bulkfhir_export::ExportError> for ApiError {
         use bulkfhir_export::ExportError;
         match error {
             ExportError::Store(store) => ApiError::from(store),
+            ExportError::ShuttingDown => ApiError::new(ErrorKind::Unavailable, error.to_string()),
             ExportError::Invalid { message, parameter } => {
                 let api = ApiError::invalid(message);
                 match parameter {

@@ -33,6 +33,7 @@ fn row_to_job(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
         expires_at: row.get::<_, Option<i64>>(13)?.map(Instant::from_micros),
         files_deleted: row.get(14)?,
         lease_owner: row.get(15)?,
+        taken_over_from: None,
     })
 }
 
@@ -113,6 +114,25 @@ impl JobStore for EmbeddedStore {
         self.with_reader("read an export job", move |conn| get_job(conn, &id)).await
     }
 
+    async fn count_by_status(&self) -> Result<Vec<(JobStatus, u64)>, StoreError> {
+        self.with_reader("count export jobs", move |conn| {
+            let sql = |e| sql_error("count export jobs", e);
+            let mut statement = conn
+                .prepare_cached("SELECT status, count(*) FROM export_job GROUP BY status")
+                .map_err(sql)?;
+            let rows = statement
+                .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))
+                .map_err(sql)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(sql)?;
+            Ok(rows
+                .into_iter()
+                .filter_map(|(status, n)| JobStatus::parse(&status).map(|s| (s, to_u64(n))))
+                .collect())
+        })
+        .await
+    }
+
     async fn search(&self, query: &JobQuery) -> Result<Vec<JobRecord>, StoreError> {
         let query = query.clone();
         self.with_reader("search export jobs", move |conn| {
@@ -151,27 +171,28 @@ impl JobStore for EmbeddedStore {
         self.with_writer("claim an export job", move |conn| {
             let sql = |e| sql_error("claim an export job", e);
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql)?;
-            let id: Option<String> = tx
+            let found: Option<(String, Option<String>)> = tx
                 .query_row(
-                    "SELECT id FROM export_job
+                    "SELECT id, lease_owner FROM export_job
                      WHERE status IN ('accepted', 'in-progress')
                        AND (lease_owner IS NULL OR lease_expires < ?1
                             OR (?2 <> '' AND substr(lease_owner, 1, length(?2)) = ?2 AND lease_owner <> ?3))
                      ORDER BY id LIMIT 1",
                     params![now.as_micros(), reclaim_prefix, owner],
-                    |row| row.get(0),
+                    |row| Ok((row.get(0)?, row.get(1)?)),
                 )
                 .optional()
                 .map_err(sql)?;
-            let Some(id) = id else { return Ok(None) };
+            let Some((id, previous_owner)) = found else { return Ok(None) };
             tx.execute(
                 "UPDATE export_job SET status = 'in-progress', lease_owner = ?2, lease_expires = ?3 WHERE id = ?1",
                 params![id, owner, lease_end(now, lease)],
             )
             .map_err(sql)?;
             let job_id = JobId::parse(&id).unwrap_or_default();
-            let job = get_job(&tx, &job_id)?;
+            let mut job = get_job(&tx, &job_id)?;
             tx.commit().map_err(sql)?;
+            job.taken_over_from = previous_owner.filter(|previous| *previous != owner);
             Ok(Some(job))
         })
         .await

@@ -148,6 +148,9 @@ pub struct JobRecord {
     pub files_deleted: bool,
     /// The runner holding the lease, if any.
     pub lease_owner: Option<String>,
+    /// Set only in what [`JobStore::claim`] returns: the runner whose lease (expired, or of an
+    /// earlier run of this node) the claim took over; `None` for a job nobody held.
+    pub taken_over_from: Option<String>,
 }
 
 /// One work unit of a job.
@@ -195,6 +198,9 @@ pub trait JobStore: Send + Sync + fmt::Debug {
 
     /// One job (`NotFound` if unknown).
     async fn get(&self, id: &JobId) -> Result<JobRecord, StoreError>;
+
+    /// How many jobs are in each state (states with none are left out).
+    async fn count_by_status(&self) -> Result<Vec<(JobStatus, u64)>, StoreError>;
 
     /// Jobs matching `query`, newest first.
     async fn search(&self, query: &JobQuery) -> Result<Vec<JobRecord>, StoreError>;

@@ -13,6 +13,7 @@ pub mod bundle;
 mod error;
 pub mod jobs;
 pub mod loader;
+mod metered;
 mod store;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
@@ -20,6 +21,7 @@ mod types;
 
 pub use error::StoreError;
 pub use jobs::{JobId, JobQuery, JobRecord, JobStatus, JobStore, NewJob, UnitRecord};
+pub use metered::{MeteredStore, STORE_OPERATION_SECONDS};
 pub use store::ResourceStore;
 pub use types::{
     Atomicity, HistoryEntry, ScanOptions, ScanPage, Snapshot, StoredResource, WriteOp, WriteOutcome,

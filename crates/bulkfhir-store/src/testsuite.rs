@@ -605,6 +605,7 @@ pub async fn leases_are_exclusive_and_fence_writes(jobs: Arc<dyn JobStore>) {
     let claimed =
         jobs.claim("node-a/1", "node-a/", lease, t0).await.expect("claim").expect("a job");
     assert_eq!((claimed.id.clone(), claimed.status), (job_id.clone(), JobStatus::InProgress));
+    assert_eq!(claimed.taken_over_from, None, "nobody held it");
     assert!(jobs.claim("node-b/1", "node-b/", lease, t0).await.expect("claim").is_none(), "leased");
     jobs.checkpoint(&job_id, "node-a/1", 0, "{\"c\":1}", false).await.expect("holder may write");
     assert!(matches!(
@@ -620,6 +621,7 @@ pub async fn leases_are_exclusive_and_fence_writes(jobs: Arc<dyn JobStore>) {
     let reclaimed =
         jobs.claim("node-a/2", "node-a/", lease, t0).await.expect("claim").expect("reclaimed");
     assert_eq!(reclaimed.id, job_id);
+    assert_eq!(reclaimed.taken_over_from.as_deref(), Some("node-a/1"));
     assert!(matches!(
         jobs.set_progress(&job_id, "node-a/1", 5, "x").await,
         Err(StoreError::LeaseLost { .. })
@@ -633,6 +635,10 @@ pub async fn leases_are_exclusive_and_fence_writes(jobs: Arc<dyn JobStore>) {
         .expect("claim")
         .expect("expired lease");
     assert_eq!(taken.id, job_id);
+    assert_eq!(taken.taken_over_from.as_deref(), Some("node-a/2"));
+    let counts = jobs.count_by_status().await.expect("count");
+    assert_eq!(counts, vec![(JobStatus::InProgress, 1)]);
+    assert_eq!(jobs.get(&job_id).await.expect("get").taken_over_from, None, "only claims say");
     assert!(matches!(
         jobs.checkpoint(&job_id, "node-a/2", 1, "{}", true).await,
         Err(StoreError::LeaseLost { .. })

@@ -12,5 +12,6 @@ mod crash;
 mod crud;
 mod export;
 mod hardening;
+mod operations;
 mod real_data;
 mod typefilter;

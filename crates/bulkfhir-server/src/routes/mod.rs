@@ -53,6 +53,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/fhir/{type}/{id}", get(crud::read).put(crud::update).delete(crud::delete))
         .route("/fhir/{type}/{id}/{sub}", get(instance_subpath))
         .route("/fhir/{type}/{id}/_history/{version}", get(crud::vread))
+        .route_layer(axum::middleware::from_fn(crate::ops::measure))
+        .merge(crate::ops::routes(state.config.metrics_on_api_listener))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(CatchPanicLayer::custom(panic_response))

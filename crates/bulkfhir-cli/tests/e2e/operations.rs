@@ -1,0 +1,297 @@
+//! Running it as a service, with the real binary: metrics, health, JSON logs, graceful shutdown.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+    time::Duration,
+};
+
+use serde_json::Value;
+
+use crate::common::{Dataset, TestServer, body_json, medium, small};
+
+/// `bulkfhir serve` on a free port, its log in a file, stopped (SIGKILL) on drop unless
+/// [`Served::terminate`] ended it.
+struct Served {
+    base: String,
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Served {
+    async fn start(data_dir: &Path, port: u16, log: &Path, extra: &[&str]) -> Self {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_bulkfhir"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap())
+            .spawn()
+            .expect("start bulkfhir serve");
+        let served =
+            Served { base: format!("http://127.0.0.1:{port}/fhir"), port, child: Some(child) };
+        let client = reqwest::Client::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(response) = client.get(format!("{}/metadata", served.base)).send().await
+                && response.status().is_success()
+            {
+                return served;
+            }
+            assert!(std::time::Instant::now() < deadline, "bulkfhir serve did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM, then the exit status (at most `within`).
+    async fn terminate(mut self, within: Duration) -> (std::process::ExitStatus, Duration) {
+        let mut child = self.child.take().unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        let started = std::time::Instant::now();
+        // SAFETY: kill(2) on our own child's pid; no memory is touched.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return (status, started.elapsed());
+            }
+            if started.elapsed() > within {
+                let _ = child.kill();
+                panic!("bulkfhir serve did not exit within {within:?} of SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A data directory with `dataset` loaded (what `bulkfhir load` does).
+async fn loaded_dir(dataset: &Dataset) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let store = bulkfhir_store_embedded::EmbeddedStore::open(dir.path()).unwrap();
+    let files = bulkfhir_store::loader::collect_files(std::slice::from_ref(&dataset.dir)).unwrap();
+    bulkfhir_store::loader::load_files(&store, files, Default::default(), &|_| {}).await.unwrap();
+    dir
+}
+
+async fn kickoff(client: &reqwest::Client, base: &str, query: &str) -> String {
+    let response = client
+        .get(format!("{base}/{query}"))
+        .header("accept", "application/fhir+json")
+        .header("prefer", "respond-async")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    response.headers()["content-location"].to_str().unwrap().to_owned()
+}
+
+/// Polls the job resource until it has `status`.
+async fn wait_job(client: &reqwest::Client, base: &str, job_id: &str, status: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let response = client.get(format!("{base}/BulkDataExport/{job_id}")).send().await.unwrap();
+        let job = body_json(response).await;
+        if job["status"] == status {
+            return job;
+        }
+        assert!(std::time::Instant::now() < deadline, "job never reached {status}: {job}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The value of a Prometheus series whose name and labels match (0 when absent).
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.rsplit_once(' '))
+        .filter(|(series, _)| {
+            let (series_name, series_labels) = series.split_once('{').unwrap_or((series, ""));
+            series_name == name
+                && labels.iter().all(|(k, v)| series_labels.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|(_, value)| value.parse::<f64>().unwrap())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_exactly_what_an_export_wrote_on_a_private_listener() {
+    let data = loaded_dir(small()).await;
+    let log = data.path().join("server.log");
+    let metrics_port = free_port();
+    let metrics_listen = format!("127.0.0.1:{metrics_port}");
+    let server =
+        Served::start(data.path(), free_port(), &log, &["--metrics-listen", &metrics_listen]).await;
+    let client = reqwest::Client::new();
+    let scrape = async || {
+        let response = client.get(format!("http://{metrics_listen}/metrics")).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        response.text().await.unwrap()
+    };
+    // Not on the public listener.
+    let public = client.get(format!("http://127.0.0.1:{}/metrics", server.port)).send().await;
+    assert_eq!(public.unwrap().status().as_u16(), 404);
+
+    let before = scrape().await;
+    let labels = [("level", "system"), ("format", "ndjson")];
+    let status_url = kickoff(&client, &server.base, "$export").await;
+    let during = scrape().await;
+    let job_id = status_url.rsplit('/').next().unwrap().to_owned();
+    wait_job(&client, &server.base, &job_id, "completed").await;
+    let manifest = body_json(client.get(&status_url).send().await.unwrap()).await;
+    let after = scrape().await;
+
+    let n_resources: f64 = manifest["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item["count"].as_f64().unwrap())
+        .sum();
+    assert_eq!(n_resources, small().count() as f64);
+    let written = |text: &str| sample(text, "bulkfhir_export_resources_total", &labels);
+    assert_eq!(written(&before), 0.0);
+    assert!(written(&during) <= n_resources);
+    assert_eq!(written(&after), n_resources, "the counter moved by exactly what was exported");
+    let n_files = manifest["output"].as_array().unwrap().len() as f64;
+    assert_eq!(sample(&after, "bulkfhir_export_files_total", &labels), n_files);
+    assert!(sample(&after, "bulkfhir_export_bytes_total", &labels) > n_resources * 100.0);
+    assert_eq!(sample(&after, "bulkfhir_export_jobs", &[("state", "completed")]), 1.0);
+    assert_eq!(sample(&after, "bulkfhir_export_queue_depth", &[]), 0.0);
+    assert_eq!(sample(&after, "bulkfhir_export_lease_claims_total", &[]), 1.0);
+    assert_eq!(
+        sample(&after, "bulkfhir_export_jobs_ended_total", &[("outcome", "completed")]),
+        1.0
+    );
+    let kickoffs = [("route", "/fhir/$export"), ("method", "GET"), ("status", "202")];
+    assert_eq!(sample(&after, "bulkfhir_http_requests_total", &kickoffs), 1.0);
+    assert!(after.contains("bulkfhir_http_request_duration_seconds_bucket"));
+    assert!(
+        sample(&after, "bulkfhir_store_operation_duration_seconds_count", &[("operation", "scan")])
+            > 0.0
+    );
+    assert!(sample(&after, "bulkfhir_export_unit_duration_seconds_count", &[]) > 0.0);
+    // The status poll was counted under its route template, not its job id.
+    assert!(after.contains("route=\"/fhir/$export-status/{job}\""), "{after}");
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_readiness_answer_for_a_load_balancer() {
+    let server = TestServer::start().await;
+    let root = server.base.trim_end_matches("/fhir").to_owned();
+    let healthz = server.client.get(format!("{root}/healthz")).send().await.unwrap();
+    assert_eq!(healthz.status().as_u16(), 200);
+    // The runner goes round its loop at start; readiness follows within a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = server.client.get(format!("{root}/readyz")).send().await.unwrap();
+        let status = response.status().as_u16();
+        let body = body_json(response).await;
+        if status == 200 {
+            assert_eq!(body["status"], "ready");
+            for check in ["store", "output", "runner"] {
+                assert_eq!(body["checks"][check]["status"], "ok", "{body}");
+            }
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never ready: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Cheap enough to call every second: 200 calls well within a few seconds.
+    let started = std::time::Instant::now();
+    for _ in 0..200 {
+        let response = server.client.get(format!("{root}/readyz")).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+    }
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_export_exits_zero_and_the_restarted_server_completes_it_exactly_once() {
+    let dataset = medium();
+    let data = loaded_dir(dataset).await;
+    let log = data.path().join("server.log");
+    let port = free_port();
+    // Small files: many checkpoints, so SIGTERM lands mid-export.
+    let extra = [
+        "--export-file-resources",
+        "100",
+        "--export-parallelism",
+        "1",
+        "--log-format",
+        "json",
+    ];
+    let server = Served::start(data.path(), port, &log, &extra).await;
+    let client = reqwest::Client::new();
+    let status_url = kickoff(&client, &server.base, "$export").await;
+    let job_id = status_url.rsplit('/').next().unwrap().to_owned();
+    // Wait until some files are finished, then stop.
+    let job_dir = data.path().join("exports").join("jobs").join(&job_id);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let n_files = std::fs::read_dir(&job_dir).map_or(0, |d| d.count());
+        if n_files >= 3 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no file was finished");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (exit, took) = server.terminate(Duration::from_secs(40)).await;
+    assert!(exit.success(), "exit status {exit:?} after SIGTERM");
+    assert!(took < Duration::from_secs(35), "{took:?}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    // JSON logs: every line an object; the lines about this export carry its job id.
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    let about_export: Vec<&Value> = lines
+        .iter()
+        .filter(|l| {
+            l["fields"]["message"].as_str().is_some_and(|m| m.contains("export file finished"))
+        })
+        .collect();
+    assert!(!about_export.is_empty(), "{text}");
+    for line in &about_export {
+        assert_eq!(line["span"]["job_id"], job_id.as_str(), "{line}");
+    }
+    assert!(text.contains("paused for shutdown"), "{text}");
+
+    // Restart on the same port: the same status URL completes, every resource exactly once.
+    let server = Served::start(data.path(), port, &log, &extra).await;
+    wait_job(&client, &server.base, &job_id, "completed").await;
+    let manifest = body_json(client.get(&status_url).send().await.unwrap()).await;
+    let mut got: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for item in manifest["output"].as_array().unwrap() {
+        let body = client.get(item["url"].as_str().unwrap()).send().await.unwrap();
+        for line in body.text().await.unwrap().lines() {
+            let resource: Value = serde_json::from_str(line).unwrap();
+            got.entry(resource["resourceType"].as_str().unwrap().to_owned())
+                .or_default()
+                .push(resource["id"].as_str().unwrap().to_owned());
+        }
+    }
+    for (type_name, lines) in &dataset.lines {
+        let ids = got.get(type_name).cloned().unwrap_or_default();
+        let unique: BTreeSet<&String> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len(), "{type_name}: each resource once");
+        assert_eq!(ids.len(), lines.len(), "{type_name}: every resource");
+    }
+    let finished = text.lines().filter(|l| l.contains("export completed")).count();
+    assert_eq!(finished, 0, "the first run did not complete it");
+    drop(server);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.lines().filter(|l| l.contains("\"export completed\"")).count(), 1);
+}
