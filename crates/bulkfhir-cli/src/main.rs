@@ -6,6 +6,7 @@
 //! - `demo`: generate, load and serve in one step, for a first look.
 
 mod bench;
+mod config;
 
 use std::{
     net::SocketAddr,
@@ -57,6 +58,19 @@ enum Command {
     Demo(DemoArgs),
     /// Benchmark ingest and every kind of export against this machine's copy and gzip limits.
     Bench(bench::BenchArgs),
+    /// Configuration files for `serve --config`.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Report every unknown key and invalid value of a configuration file, with its line
+    /// (exit code 2 when there is any).
+    Check {
+        /// The TOML file (keys as `serve`'s flags: `listen = "0.0.0.0:8080"`).
+        file: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -68,6 +82,10 @@ struct StoreArgs {
 
 #[derive(Args, Debug)]
 struct ServeArgs {
+    /// A TOML file with the same keys as these flags (`max-running-exports = 4`); flags and
+    /// environment variables override it. Check one with `bulkfhir config check FILE`.
+    #[arg(long, env = "BULKFHIR_CONFIG")]
+    config: Option<PathBuf>,
     /// Address and port to listen on.
     #[arg(long, env = "BULKFHIR_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -205,6 +223,16 @@ fn limit_malloc_arenas() {}
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
+    // `serve --config FILE`: the file's keys become environment variables before the command
+    // line is parsed (flags > environment > file > defaults).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(path) = config::config_path(&args) {
+        // SAFETY: no other thread has started yet.
+        if let Err(message) = unsafe { config::apply::<Cli>(Path::new(&path)) } {
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    }
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -299,6 +327,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => bench::run(args).await,
+        Command::Config(ConfigCommand::Check { file }) => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("read {}", file.display()))?;
+            match config::check::<Cli>(&text) {
+                Ok(settings) => {
+                    println!(
+                        "{}: {} setting(s), all valid",
+                        file.display(),
+                        settings.variables.len()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(problems) => {
+                    for problem in problems {
+                        println!("{}:{}: {}", file.display(), problem.line, problem.message);
+                    }
+                    Ok(ExitCode::from(2))
+                }
+            }
+        }
     }
 }
 

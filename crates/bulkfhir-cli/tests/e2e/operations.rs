@@ -225,14 +225,8 @@ async fn sigterm_mid_export_exits_zero_and_the_restarted_server_completes_it_exa
     let log = data.path().join("server.log");
     let port = free_port();
     // Small files: many checkpoints, so SIGTERM lands mid-export.
-    let extra = [
-        "--export-file-resources",
-        "100",
-        "--export-parallelism",
-        "1",
-        "--log-format",
-        "json",
-    ];
+    let extra =
+        ["--export-file-resources", "100", "--export-parallelism", "1", "--log-format", "json"];
     let server = Served::start(data.path(), port, &log, &extra).await;
     let client = reqwest::Client::new();
     let status_url = kickoff(&client, &server.base, "$export").await;
@@ -294,4 +288,106 @@ async fn sigterm_mid_export_exits_zero_and_the_restarted_server_completes_it_exa
     drop(server);
     let text = std::fs::read_to_string(&log).unwrap();
     assert_eq!(text.lines().filter(|l| l.contains("\"export completed\"")).count(), 1);
+}
+
+/// Starts `bulkfhir serve --config FILE` (plus `extra`, with `envs`) and returns its base URL
+/// from the file's `listen`.
+async fn serve_with_config(
+    config: &Path,
+    port: u16,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> Served {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_bulkfhir"));
+    command
+        .args(["serve", "--config"])
+        .arg(config)
+        .args(extra)
+        .env_remove("BULKFHIR_BASE_URL")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    for (name, value) in envs {
+        command.env(name, value);
+    }
+    let child = command.spawn().expect("start bulkfhir serve --config");
+    let served = Served { base: format!("http://127.0.0.1:{port}/fhir"), port, child: Some(child) };
+    let client = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(response) = client.get(format!("{}/metadata", served.base)).send().await
+            && response.status().is_success()
+        {
+            return served;
+        }
+        assert!(std::time::Instant::now() < deadline, "serve --config did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configuration_file_sets_serve_and_flags_and_environment_override_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("bulkfhir.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "# bulkfhir\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nbase-url = \"http://file.example/fhir\"\nallowed-hosts = [\"127.0.0.1:{port}\"]\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_bulkfhir"))
+        .args(["config", "check"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+
+    let client = reqwest::Client::new();
+    let location = async |base: &str| {
+        let url = kickoff(&client, base, "$export?_type=Patient").await;
+        url.split("/$export-status/").next().unwrap().to_owned()
+    };
+    // The file alone.
+    let server = serve_with_config(&config, port, &[], &[]).await;
+    assert_eq!(location(&server.base).await, "http://file.example/fhir");
+    let _ = server.terminate(Duration::from_secs(40)).await;
+    // The environment beats the file.
+    let env = [("BULKFHIR_BASE_URL", "http://env.example/fhir")];
+    let server = serve_with_config(&config, port, &[], &env).await;
+    assert_eq!(location(&server.base).await, "http://env.example/fhir");
+    let _ = server.terminate(Duration::from_secs(40)).await;
+    // A flag beats both.
+    let flag = ["--base-url", "http://flag.example/fhir"];
+    let server = serve_with_config(&config, port, &flag, &env).await;
+    assert_eq!(location(&server.base).await, "http://flag.example/fhir");
+    let _ = server.terminate(Duration::from_secs(40)).await;
+
+    // Unknown keys and invalid values are reported with their lines, and stop `serve`.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "listen = \"nowhere\"\n\nmax-running-exports = \"many\"\nlisten_port = 1\n",
+    )
+    .unwrap();
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_bulkfhir"))
+        .args(["config", "check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(2));
+    let report = String::from_utf8_lossy(&check.stdout);
+    let lines: Vec<&str> = report.lines().collect();
+    assert_eq!(lines.len(), 3, "{report}");
+    assert!(lines[0].contains("bad.toml:1: 'listen'"), "{report}");
+    assert!(lines[1].contains("bad.toml:3: 'max-running-exports'"), "{report}");
+    assert!(lines[2].contains("bad.toml:4: unknown key 'listen_port'"), "{report}");
+    let serve = std::process::Command::new(env!("CARGO_BIN_EXE_bulkfhir"))
+        .args(["serve", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(serve.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&serve.stderr).contains("bad.toml:4: unknown key"));
 }
