@@ -25,5 +25,8 @@ pub use config::ExportConfig;
 pub use docs::{FileEntry, FileKind, ManifestDoc, StoredRequest};
 pub use error::ExportError;
 pub use runner::Runner;
-pub use service::{ExportService, FileDownload, JobView, KickoffContext, StatusReport, StatusView};
+pub use service::{
+    ExportService, FileDownload, JobView, KickoffContext, LIVE_SAMPLES, LiveProgress, StatusReport,
+    StatusView,
+};
 pub use sweeper::Sweeper;

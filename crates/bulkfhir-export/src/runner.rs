@@ -20,7 +20,7 @@ use crate::{
     ExportError,
     docs::{Checkpoint, FileEntry, FileKind, ManifestDoc, Note, Plan, StoredRequest, UnitSpec},
     error::corrupt,
-    service::Shared,
+    service::{Live, Shared},
     telemetry,
     unit::{JobContext, run_unit, supporting_type_names},
 };
@@ -144,13 +144,16 @@ struct JobRun {
 impl JobRun {
     async fn run(self) {
         let started = std::time::Instant::now();
-        let written = Arc::new(AtomicU64::new(0));
-        let units_done = AtomicUsize::new(0);
-        let units_total = AtomicUsize::new(0);
-        let heartbeat = self.heartbeat(&written, &units_done, &units_total);
+        // The counters live in `Shared` while the job runs, for the live export page.
+        let live = Arc::new(Live::default());
+        self.shared.register_live(&self.job.id, Arc::clone(&live));
+        let (written, units_done, units_total) =
+            (&live.written, &live.units_done, &live.units_total);
+        let heartbeat = self.heartbeat(written, units_done, units_total);
         let result = tokio::select! {
-            result = self.execute(&written, &units_done, &units_total) => result,
+            result = self.execute(written, units_done, units_total) => result,
             () = heartbeat => Err(ExportError::Stopped("lease lost")),
+            () = live.sample_every_second() => Err(ExportError::Stopped("sampler ended")),
         };
         let jobs = &self.shared.jobs;
         let ended = |outcome: &'static str| {

@@ -45,6 +45,56 @@ pub(crate) struct Shared {
     /// Set once the runner is shutting down: kick-offs are refused (503), units stop at their
     /// next checkpoint.
     pub(crate) draining: std::sync::atomic::AtomicBool,
+    /// The counters of the jobs running in this process.
+    live: Mutex<HashMap<JobId, Arc<Live>>>,
+}
+
+/// A running job's counters, updated by its units.
+#[derive(Debug, Default)]
+pub(crate) struct Live {
+    pub(crate) written: Arc<std::sync::atomic::AtomicU64>,
+    pub(crate) units_done: std::sync::atomic::AtomicUsize,
+    pub(crate) units_total: std::sync::atomic::AtomicUsize,
+    /// `(µs since the epoch, resources written)` once a second, the last [`LIVE_SAMPLES`].
+    samples: Mutex<std::collections::VecDeque<(i64, u64)>>,
+}
+
+/// How many once-a-second samples of a running job are kept (two minutes).
+pub const LIVE_SAMPLES: usize = 120;
+
+impl Live {
+    /// Samples `written` once a second, for ever (the caller drops it with the job).
+    pub(crate) async fn sample_every_second(&self) {
+        let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            ticker.tick().await;
+            let sample = (
+                Instant::now().as_micros(),
+                self.written.load(std::sync::atomic::Ordering::Relaxed),
+            );
+            let mut samples =
+                self.samples.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if samples.len() == LIVE_SAMPLES {
+                samples.pop_front();
+            }
+            samples.push_back(sample);
+        }
+    }
+}
+
+/// Where a job running in this process is, now (its stored progress lags by a heartbeat).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveProgress {
+    /// Once-a-second samples of `(time, resources written)`, oldest first (at most
+    /// [`LIVE_SAMPLES`]).
+    pub samples: Vec<(Instant, u64)>,
+    /// Resources written by this run of the job.
+    pub resources: u64,
+    /// Units (types, key ranges, member batches) finished, including earlier runs'.
+    pub units_done: usize,
+    /// Units in the plan.
+    pub units_total: usize,
 }
 
 impl Shared {
@@ -63,7 +113,15 @@ impl Shared {
         }
     }
 
+    pub(crate) fn register_live(&self, id: &JobId, live: Arc<Live>) {
+        self.live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id.clone(), live);
+    }
+
     pub(crate) fn unregister(&self, id: &JobId) {
+        self.live.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id);
         self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id);
     }
 
@@ -235,6 +293,24 @@ impl ExportService {
         }
     }
 
+    /// The live counters of a job running in this process.
+    pub fn live_progress(&self, id: &JobId) -> Option<LiveProgress> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let live = self.shared.live.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        live.get(id).map(|l| LiveProgress {
+            samples: l
+                .samples
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .map(|(t, n)| (Instant::from_micros(*t), *n))
+                .collect(),
+            resources: l.written.load(Relaxed),
+            units_done: l.units_done.load(Relaxed),
+            units_total: l.units_total.load(Relaxed),
+        })
+    }
+
     /// How many jobs are in each state, for metrics.
     pub async fn job_counts(&self) -> Result<Vec<(JobStatus, u64)>, ExportError> {
         Ok(self.shared.jobs.count_by_status().await?)
@@ -257,6 +333,7 @@ impl ExportService {
                 wake: Notify::new(),
                 runner_tick: std::sync::atomic::AtomicI64::new(0),
                 draining: std::sync::atomic::AtomicBool::new(false),
+                live: Mutex::new(HashMap::new()),
             }),
         }
     }

@@ -54,7 +54,7 @@ pub(crate) struct JobContext {
     pub(crate) plan: Plan,
     pub(crate) member_set: HashSet<String>,
     pub(crate) cancel: CancellationToken,
-    /// Resources written by this run of the job, for progress.
+    /// Resources in the files this run of the job finished, for progress.
     pub(crate) written: Arc<AtomicU64>,
     /// `_elements`, when asked for.
     pub(crate) elements: Option<ElementSelection>,
@@ -619,13 +619,11 @@ impl<'c> Roller<'c> {
             .elements
             .as_ref()
             .filter(|e| self.resource_type.is_some_and(|t| e.applies_to(t)) && !self.deleted);
-        let mut n_written = 0u64;
         let filtering = self.apply_filters && !self.deleted;
         for resource in page.resources.iter() {
             if !keep(resource) || (filtering && !self.ctx.passes_filters(resource)?) {
                 continue;
             }
-            n_written += 1;
             if self.deleted {
                 write_deletion_line(&mut self.buffer, resource);
             } else {
@@ -671,7 +669,6 @@ impl<'c> Roller<'c> {
         if !self.buffer.is_empty() {
             self.flush().await?;
         }
-        self.ctx.written.fetch_add(n_written, Ordering::Relaxed);
         Ok(())
     }
 
@@ -715,6 +712,8 @@ impl<'c> Roller<'c> {
         let Some(writer) = self.writer.take() else { return Ok(()) };
         let finished = writer.finish().await?;
         self.ctx.file_finished(&self.file_name, self.lines_in_file, finished.stored_bytes);
+        // Progress counts the resources in finished files: a file of 1 or of 100,000.
+        self.ctx.written.fetch_add(self.lines_in_file, Ordering::Relaxed);
         self.checkpoint.files.push(FileEntry {
             name: std::mem::take(&mut self.file_name),
             resource_type: if self.deleted {

@@ -391,3 +391,107 @@ async fn a_configuration_file_sets_serve_and_flags_and_environment_override_it()
     assert_eq!(serve.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&serve.stderr).contains("bad.toml:4: unknown key"));
 }
+
+/// Headless Chromium: the page's DOM after it ran for a moment (`--dump-dom`), or a screenshot.
+fn chromium(url: &str, profile: &Path, output: Option<&Path>) -> String {
+    let mut command = std::process::Command::new("chromium");
+    command.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=900,1000",
+    ]);
+    command.arg("--virtual-time-budget=2500");
+    command.arg(format!("--user-data-dir={}", profile.display()));
+    match output {
+        Some(png) => command.arg(format!("--screenshot={}", png.display())),
+        None => command.arg("--dump-dom"),
+    };
+    let result = command.arg(url).stdin(std::process::Stdio::null()).output().unwrap_or_else(|e| {
+        panic!("run chromium ({e}); `bash .ci/run` installs it (Debian package chromium)")
+    });
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    String::from_utf8_lossy(&result.stdout).into_owned()
+}
+
+/// The `data-*` attributes of the job card of `job_id` in a dumped DOM.
+fn card_attributes(dom: &str, job_id: &str) -> Option<BTreeMap<String, String>> {
+    let at = dom.find(&format!("data-job-id=\"{job_id}\""))?;
+    let start = dom[..at].rfind('<')?;
+    let end = at + dom[at..].find('>')?;
+    let mut attributes = BTreeMap::new();
+    for part in dom[start..end].split("\" ") {
+        if let Some((name, value)) = part.split_once("=\"") {
+            let name = name.rsplit(' ').next().unwrap_or(name);
+            attributes.insert(name.to_owned(), value.trim_end_matches('"').to_owned());
+        }
+    }
+    Some(attributes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_export_page_shows_progress_rising_and_a_finished_jobs_files_in_a_real_browser() {
+    let dataset = small();
+    let data = loaded_dir(dataset).await;
+    let log = data.path().join("server.log");
+    // One resource per file: a few thousand files, so the export runs for seconds.
+    let extra = ["--export-file-resources", "1", "--export-parallelism", "1"];
+    let server = Served::start(data.path(), free_port(), &log, &extra).await;
+    let client = reqwest::Client::new();
+    let status_url = kickoff(&client, &server.base, "$export").await;
+    let job_id = status_url.rsplit('/').next().unwrap().to_owned();
+    let page = format!("{}/$export-jobs", server.base);
+    let profile = tempfile::tempdir().unwrap();
+    // Screenshots land in BULKFHIR_SCREENSHOT_DIR when set (to refresh docs/), else here.
+    let shots = std::env::var_os("BULKFHIR_SCREENSHOT_DIR")
+        .map_or_else(|| data.path().to_owned(), std::path::PathBuf::from);
+
+    let mut running: Vec<u64> = Vec::new();
+    let mut most_samples = 0;
+    let mut shot_taken = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let dom = chromium(&page, profile.path(), None);
+        let card = card_attributes(&dom, &job_id).unwrap_or_else(|| panic!("no card: {dom}"));
+        match card["data-status"].as_str() {
+            "in-progress" => {
+                running.push(card["data-resources"].parse().unwrap());
+                most_samples = most_samples.max(card["data-samples"].parse::<usize>().unwrap());
+                assert!(dom.contains(">Cancel<"), "a running job can be cancelled");
+                assert!(dom.contains("<canvas"), "a running job has its rate plot");
+                if most_samples >= 6 && !shot_taken {
+                    chromium(&page, profile.path(), Some(&shots.join("export-page-running.png")));
+                    shot_taken = true;
+                }
+            }
+            "completed" => break,
+            _ => {}
+        }
+        assert!(std::time::Instant::now() < deadline, "the export did not finish");
+    }
+    // The page saw the job running, its resource count rising.
+    assert!(running.len() >= 2, "seen running {} times", running.len());
+    assert!(running.windows(2).all(|w| w[0] <= w[1]), "{running:?}");
+    assert!(running.last() > running.first(), "progress rose: {running:?}");
+    assert!(most_samples >= 3, "the plot had {most_samples} samples");
+
+    // Finished: every file, with its count, adding up to the data set.
+    let dom = chromium(&page, profile.path(), None);
+    let card = card_attributes(&dom, &job_id).unwrap();
+    assert_eq!(card["data-status"], "completed");
+    assert_eq!(card["data-resources"], dataset.count().to_string());
+    let file_counts: Vec<u64> = dom
+        .split("data-file-count=\"")
+        .skip(1)
+        .map(|rest| rest[..rest.find('"').unwrap()].parse().unwrap())
+        .collect();
+    assert_eq!(file_counts.len(), dataset.count(), "one row per file");
+    assert_eq!(file_counts.iter().sum::<u64>(), dataset.count() as u64);
+    chromium(&page, profile.path(), Some(&shots.join("export-page-finished.png")));
+    assert!(shots.join("export-page-finished.png").is_file());
+}

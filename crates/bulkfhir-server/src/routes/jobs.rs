@@ -5,7 +5,7 @@ use axum::{
     http::StatusCode,
     response::Response,
 };
-use bulkfhir_export::{FileKind, JobView};
+use bulkfhir_export::{FileKind, JobView, LiveProgress};
 use bulkfhir_model::ErrorKind;
 use bulkfhir_store::{JobId, JobStatus};
 use serde_json::{Value, json};
@@ -24,7 +24,8 @@ pub(super) async fn read(
     let job_id = JobId::parse(&id)
         .ok_or_else(|| ApiError::new(ErrorKind::NotFound, format!("no export job {id}")))?;
     let view = state.exports.job(&job_id).await?;
-    Ok(json_response(StatusCode::OK, render(&view).to_string()))
+    let live = state.exports.live_progress(&view.record.id);
+    Ok(json_response(StatusCode::OK, render(&view, live).to_string()))
 }
 
 pub(super) async fn search(
@@ -62,14 +63,17 @@ pub(super) async fn search(
     let views = state.exports.search(status, None, count).await?;
     let entries: Vec<Value> = views
         .iter()
-        .map(|v| json!({"fullUrl": format!("{base}/BulkDataExport/{}", v.record.id), "resource": render(v), "search": {"mode": "match"}}))
+        .map(|v| {
+            let live = state.exports.live_progress(&v.record.id);
+            json!({"fullUrl": format!("{base}/BulkDataExport/{}", v.record.id), "resource": render(v, live), "search": {"mode": "match"}})
+        })
         .collect();
     let bundle = json!({"resourceType": "Bundle", "type": "searchset", "total": entries.len(), "entry": entries});
     Ok(json_response(StatusCode::OK, bundle.to_string()))
 }
 
 /// The job as a `BulkDataExport` resource (the shape of the Medplum and Aidbox seeds).
-fn render(view: &JobView) -> Value {
+fn render(view: &JobView, live: Option<LiveProgress>) -> Value {
     let record = &view.record;
     let request = &view.request;
     let base = &request.base_url;
@@ -106,6 +110,22 @@ fn render(view: &JobView) -> Value {
         "error": files(FileKind::Error),
         "filesDeleted": record.files_deleted,
     });
+    // A job running in this process reports its counters as they are now; the stored
+    // progress lags by a heartbeat.
+    if let Some(live) = live.filter(|l| l.units_total > 0) {
+        let percent = (live.units_done * 100 / live.units_total).min(99);
+        // `[ms since the epoch, resources written]` once a second: what the export page plots.
+        let samples: Vec<Value> =
+            live.samples.iter().map(|(at, n)| json!([at.as_micros() / 1000, n])).collect();
+        resource["progress"] = json!({
+            "percent": percent,
+            "text": record.progress_text,
+            "resources": live.resources,
+            "unitsDone": live.units_done,
+            "unitsTotal": live.units_total,
+            "samples": samples,
+        });
+    }
     if let Some(requester) = &record.requester {
         resource["requester"] = json!({"display": requester});
     }

@@ -6,6 +6,7 @@ mod bundle;
 mod crud;
 mod export;
 mod jobs;
+mod page;
 mod search;
 
 use std::any::Any;
@@ -47,6 +48,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/fhir/Group/{id}/$export", get(export::kickoff_group).post(export::kickoff_group))
         .route("/fhir/$export-status/{job}", get(export::status).delete(export::cancel))
         .route("/fhir/$export-file/{job}/{name}", get(export::download))
+        .route("/fhir/$export-jobs", get(page::export_jobs))
         .route("/fhir/BulkDataExport", get(jobs::search))
         .route("/fhir/BulkDataExport/{id}", get(jobs::read))
         .route("/fhir/{type}", get(search::list_type).post(crud::create))

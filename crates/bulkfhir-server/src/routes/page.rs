@@ -1,0 +1,28 @@
+//! `GET [base]/$export-jobs`: a page for people who wait for exports. One embedded HTML file
+//! (no build step, no CDN) that polls `GET [base]/BulkDataExport` every second and draws the
+//! jobs, a progress bar and a resources-per-second plot for each running one, the files of
+//! finished ones, and a cancel button. It lives under the FHIR base, beside the operations it
+//! shows, so whatever guards the API (a proxy today, authorization later) guards it too.
+
+use axum::{
+    http::{HeaderValue, header},
+    response::{IntoResponse, Response},
+};
+
+const PAGE: &str = include_str!("export_jobs.html");
+
+pub(super) async fn export_jobs() -> Response {
+    let mut response = PAGE.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    // Only this page's own inline script and style, and requests to this server.
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'; img-src 'self'; frame-ancestors 'none'",
+        ),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
