@@ -277,18 +277,33 @@ impl BinaryServer {
             .env("RUST_LOG", "warn")
             .spawn()
             .expect("start bulkfhir serve");
-        let server = BinaryServer { base: format!("http://127.0.0.1:{port}/fhir"), child };
-        let client = reqwest::Client::new();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            if let Ok(response) = client.get(format!("{}/metadata", server.base)).send().await
-                && response.status().is_success()
-            {
-                return server;
-            }
-            assert!(std::time::Instant::now() < deadline, "bulkfhir serve did not come up");
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let mut server = BinaryServer { base: format!("http://127.0.0.1:{port}/fhir"), child };
+        if let Err(status) = wait_until_serving(&server.base, &mut server.child).await {
+            panic!("bulkfhir serve exited with {status}");
         }
+        server
+    }
+}
+
+/// Waits (at most 60 s) until the server at `base`, run by `child`, answers `/metadata`; the
+/// exit status if the process ends first.
+pub(crate) async fn wait_until_serving(
+    base: &str,
+    child: &mut std::process::Child,
+) -> Result<(), std::process::ExitStatus> {
+    let client = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Ok(response) = client.get(format!("{base}/metadata")).send().await
+            && response.status().is_success()
+        {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(status);
+        }
+        assert!(std::time::Instant::now() < deadline, "bulkfhir serve did not come up at {base}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
 

@@ -12,7 +12,9 @@ use tokio::{
 };
 
 use crate::{
-    common::{TestServer, assert_outcome, body_json, small, test_export_config},
+    common::{
+        TestServer, assert_outcome, body_json, small, test_export_config, wait_until_serving,
+    },
     export::{kick, kick_raw, wait_manifest},
 };
 
@@ -424,23 +426,13 @@ impl SmallDiskServer {
             .spawn()
             .expect("run unshare (util-linux)");
         let mut server = SmallDiskServer { base: format!("http://127.0.0.1:{port}/fhir"), child };
-        let client = reqwest::Client::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(response) = client.get(format!("{}/metadata", server.base)).send().await
-                && response.status().is_success()
-            {
-                return server;
-            }
-            if let Ok(Some(status)) = server.child.try_wait() {
-                panic!(
-                    "bulkfhir serve on a tmpfs exited with {status} (mounting needs root or user namespaces): {}",
-                    std::fs::read_to_string(log).unwrap_or_default()
-                );
-            }
-            assert!(std::time::Instant::now() < deadline, "bulkfhir serve did not come up");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Err(status) = wait_until_serving(&server.base, &mut server.child).await {
+            panic!(
+                "bulkfhir serve on a tmpfs exited with {status} (mounting needs root or user namespaces): {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
         }
+        server
     }
 }
 

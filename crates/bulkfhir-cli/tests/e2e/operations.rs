@@ -8,7 +8,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::common::{Dataset, TestServer, body_json, medium, small};
+use crate::common::{Dataset, TestServer, body_json, medium, small, wait_until_serving};
 
 /// `bulkfhir serve` on a free port, its log in a file, stopped (SIGKILL) on drop unless
 /// [`Served::terminate`] ended it.
@@ -33,19 +33,15 @@ impl Served {
             .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap())
             .spawn()
             .expect("start bulkfhir serve");
-        let served =
-            Served { base: format!("http://127.0.0.1:{port}/fhir"), port, child: Some(child) };
-        let client = reqwest::Client::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(response) = client.get(format!("{}/metadata", served.base)).send().await
-                && response.status().is_success()
-            {
-                return served;
-            }
-            assert!(std::time::Instant::now() < deadline, "bulkfhir serve did not come up");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        Served::wait(port, child).await
+    }
+
+    async fn wait(port: u16, mut child: std::process::Child) -> Self {
+        let base = format!("http://127.0.0.1:{port}/fhir");
+        if let Err(status) = wait_until_serving(&base, &mut child).await {
+            panic!("bulkfhir serve exited with {status}");
         }
+        Served { base, port, child: Some(child) }
     }
 
     /// SIGTERM, then the exit status (at most `within`).
@@ -310,18 +306,7 @@ async fn serve_with_config(
         command.env(name, value);
     }
     let child = command.spawn().expect("start bulkfhir serve --config");
-    let served = Served { base: format!("http://127.0.0.1:{port}/fhir"), port, child: Some(child) };
-    let client = reqwest::Client::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(response) = client.get(format!("{}/metadata", served.base)).send().await
-            && response.status().is_success()
-        {
-            return served;
-        }
-        assert!(std::time::Instant::now() < deadline, "serve --config did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    Served::wait(port, child).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
