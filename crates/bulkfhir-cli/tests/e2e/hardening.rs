@@ -474,28 +474,15 @@ async fn a_full_export_disk_fails_the_job_with_its_cause_and_frees_its_space_at_
     // 1 MiB for export files; every type of `small` is about 4.8 MB.
     let server = SmallDiskServer::start(data_dir.path(), &exports, "1m", &log).await;
     let client = reqwest::Client::new();
-    let kick = |query: &'static str| {
-        let client = client.clone();
-        let url = format!("{}/{query}", server.base);
-        async move {
-            let response = client
-                .get(url)
-                .header("accept", "application/fhir+json")
-                .header("prefer", "respond-async")
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(response.status().as_u16(), 202);
-            response.headers()["content-location"].to_str().unwrap().to_owned()
-        }
-    };
-    let (status, outcome) = final_status(&client, &kick("$export").await).await;
+    let handle = TestServer::client_only(&server.base, client.clone());
+    let (status, outcome) = final_status(&client, &kick(&handle, "$export").await).await;
     assert_outcome(status, 500, &outcome);
     let text = outcome["issue"][0]["diagnostics"].as_str().unwrap();
     assert!(text.contains("storage full (no space left on the device)"), "{text}");
     assert!(!text.contains(&data_dir.path().display().to_string()), "no server paths: {text}");
     // The failed job's files are gone at once: the next (small) export fits.
-    let (status, manifest) = final_status(&client, &kick("$export?_type=Patient").await).await;
+    let (status, manifest) =
+        final_status(&client, &kick(&handle, "$export?_type=Patient").await).await;
     assert_eq!(status, 200, "{manifest}");
     assert_eq!(manifest["output"][0]["count"], 10);
 }

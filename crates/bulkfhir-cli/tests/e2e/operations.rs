@@ -83,15 +83,7 @@ async fn loaded_dir(dataset: &Dataset) -> tempfile::TempDir {
 }
 
 async fn kickoff(client: &reqwest::Client, base: &str, query: &str) -> String {
-    let response = client
-        .get(format!("{base}/{query}"))
-        .header("accept", "application/fhir+json")
-        .header("prefer", "respond-async")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 202);
-    response.headers()["content-location"].to_str().unwrap().to_owned()
+    crate::export::kick(&TestServer::client_only(base, client.clone()), query).await
 }
 
 /// Polls the job resource until it has `status`.
