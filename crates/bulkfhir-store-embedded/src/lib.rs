@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 mod checkpoint;
+mod clients;
 mod jobs;
 mod schema;
 mod sqlite;

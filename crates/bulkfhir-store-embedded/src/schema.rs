@@ -68,6 +68,23 @@ CREATE TABLE export_manifest_page (
     PRIMARY KEY (job_id, page_no)
 ) WITHOUT ROWID;
 "#,
+    r#"
+CREATE TABLE auth_client (
+    id       TEXT    PRIMARY KEY,
+    name     TEXT    NOT NULL,
+    jwks     TEXT,                         -- JWKS JSON, when registered inline
+    jwks_url TEXT,                         -- HTTPS URL, when registered by reference
+    scope    TEXT    NOT NULL,             -- space-separated SMART scopes
+    created  INTEGER NOT NULL              -- µs since the epoch
+) WITHOUT ROWID;
+CREATE TABLE auth_jti (
+    client  TEXT    NOT NULL,
+    jti     TEXT    NOT NULL,
+    expires INTEGER NOT NULL,              -- µs since the epoch
+    PRIMARY KEY (client, jti)
+) WITHOUT ROWID;
+CREATE INDEX auth_jti_expires ON auth_jti (expires);
+"#,
 ];
 
 /// Applies the migrations this database has not seen yet.

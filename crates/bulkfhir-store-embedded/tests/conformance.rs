@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use bulkfhir_model::ResourceType;
-use bulkfhir_store::{JobStore, ResourceStore, ScanOptions, testsuite};
+use bulkfhir_store::{ClientStore, JobStore, ResourceStore, ScanOptions, testsuite};
 use bulkfhir_store_embedded::EmbeddedStore;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -24,6 +24,21 @@ async fn embedded_store_passes_the_job_store_suite() {
         eprintln!("job conformance: {name}");
         test(store).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_store_passes_the_client_store_suite_and_keeps_clients_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store: Arc<dyn ClientStore> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        testsuite::clients_and_replays(store).await;
+    }
+    // Reopened: the client and the remembered assertion id are still there.
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert!(store.client("a").await.unwrap().is_some());
+    let t0 = bulkfhir_model::Instant::from_micros(1_800_000_000_000_000 + 302_000_000);
+    let expires = bulkfhir_model::Instant::from_micros(t0.as_micros() + 1_000_000);
+    assert!(!store.use_jti("a", "j1", expires, t0).await.unwrap(), "a replay after a restart");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

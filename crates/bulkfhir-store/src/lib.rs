@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod bundle;
+mod clients;
 mod error;
 pub mod jobs;
 pub mod loader;
@@ -19,6 +20,7 @@ mod store;
 pub mod testsuite;
 mod types;
 
+pub use clients::{ClientRecord, ClientStore};
 pub use error::StoreError;
 pub use jobs::{JobId, JobQuery, JobRecord, JobStatus, JobStore, NewJob, UnitRecord};
 pub use metered::{MeteredStore, STORE_OPERATION_SECONDS};

@@ -51,6 +51,38 @@ pub const JOB_TESTS: &[JobSuiteTest] = &[
     ("queue_limit_cancel_and_cleanup", |s| Box::pin(queue_limit_cancel_and_cleanup(s))),
 ];
 
+/// Clients persist, ids are unique, and a `jti` is accepted once until it expires.
+pub async fn clients_and_replays(clients: Arc<dyn crate::ClientStore>) {
+    let clients = clients.as_ref();
+    let t0 = Instant::from_micros(1_800_000_000_000_000);
+    let record = |id: &str| crate::ClientRecord {
+        id: id.to_owned(),
+        name: format!("client {id}"),
+        jwks: Some(r#"{"keys":[]}"#.to_owned()),
+        jwks_url: None,
+        scope: "system/*.rs".to_owned(),
+        created: t0,
+    };
+    assert!(clients.clients().await.expect("list").is_empty());
+    clients.add_client(record("b")).await.expect("add b");
+    clients.add_client(record("a")).await.expect("add a");
+    assert!(clients.add_client(record("a")).await.is_err(), "ids are unique");
+    assert_eq!(clients.client("a").await.expect("get"), Some(record("a")));
+    assert_eq!(clients.client("zz").await.expect("get"), None);
+    let ids: Vec<String> =
+        clients.clients().await.expect("list").into_iter().map(|c| c.id).collect();
+    assert_eq!(ids, ["a", "b"]);
+    assert!(clients.remove_client("b").await.expect("remove"));
+    assert!(!clients.remove_client("b").await.expect("remove again"));
+
+    let later = |seconds: i64| Instant::from_micros(t0.as_micros() + seconds * 1_000_000);
+    assert!(clients.use_jti("a", "j1", later(300), t0).await.expect("first use"));
+    assert!(!clients.use_jti("a", "j1", later(300), later(10)).await.expect("replay"));
+    assert!(clients.use_jti("b", "j1", later(300), later(10)).await.expect("another client's"));
+    // Once expired, the entry is forgotten (the assertion itself is refused for its exp).
+    assert!(clients.use_jti("a", "j1", later(700), later(301)).await.expect("after expiry"));
+}
+
 fn id(text: &str) -> ResourceId {
     ResourceId::parse(text).expect("test id is valid")
 }
