@@ -5,6 +5,7 @@
 //!   granted scope is the intersection of what a client asks for and what it is registered for.
 //! - [`assertion`]: checks a client's signed JWT (RS384 or ES384) against its JWKS.
 //! - [`token`]: the access tokens the server issues and checks.
+//! - [`keys`]: key generation for trying it out, JWKS checks, and signing a client assertion.
 //!
 //! The server wires these into its token endpoint and request checks; the client registry and
 //! the `jti` replay cache live in the store, so that they survive restarts.
@@ -12,9 +13,11 @@
 
 pub mod assertion;
 mod error;
+pub mod keys;
 pub mod scope;
 pub mod token;
 
 pub use error::{AuthError, OAuthError};
+pub use jsonwebtoken::Algorithm;
 pub use scope::{ADMIN_SCOPE, Action, Actions, Grant, ReadAccess, ScopeError, ScopeRule};
 pub use token::{AccessToken, MAX_TOKEN_SECONDS, TokenSigner};

@@ -6,6 +6,7 @@
 //! - `demo`: generate, load and serve in one step, for a first look.
 
 mod bench;
+mod clients;
 mod config;
 
 use std::{
@@ -61,6 +62,49 @@ enum Command {
     /// Configuration files for `serve --config`.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// SMART backend clients: register, list, remove, and make a key pair to try with.
+    #[command(subcommand)]
+    Client(ClientCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ClientCommand {
+    /// Register a client; prints its id (the iss and sub of its assertions).
+    Add {
+        /// A name for people.
+        #[arg(long)]
+        name: String,
+        /// Its public keys: a JWKS file (stored in the store).
+        #[arg(long, conflicts_with = "jwks_url", required_unless_present = "jwks_url")]
+        jwks: Option<PathBuf>,
+        /// Its public keys: a JWKS URL (https://), fetched when it authenticates.
+        #[arg(long)]
+        jwks_url: Option<String>,
+        /// The SMART scopes it may be granted, e.g. "system/*.rs" or
+        /// "system/Observation.rs?category=laboratory bulkfhir/admin".
+        #[arg(long)]
+        scope: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List the registered clients.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Remove a client.
+    Remove {
+        /// The client's id.
+        id: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Write an ES384 key pair for trying authorization: private-key.pem and jwks.json.
+    Keygen {
+        /// The folder to write them to.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -327,6 +371,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => bench::run(args).await,
+        Command::Client(command) => match command {
+            ClientCommand::Add { name, jwks, jwks_url, scope, store } => {
+                let keys = match (&jwks, &jwks_url) {
+                    (Some(path), _) => clients::KeySource::File(path),
+                    (None, Some(url)) => clients::KeySource::Url(url),
+                    (None, None) => anyhow::bail!("give --jwks FILE or --jwks-url URL"),
+                };
+                clients::add(&open_embedded(&store.data_dir)?, &name, keys, &scope).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            ClientCommand::List { store } => clients::list(&open_embedded(&store.data_dir)?).await,
+            ClientCommand::Remove { id, store } => {
+                clients::remove(&open_embedded(&store.data_dir)?, &id).await
+            }
+            ClientCommand::Keygen { out } => clients::keygen(&out),
+        },
         Command::Config(ConfigCommand::Check { file }) => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("read {}", file.display()))?;
@@ -348,6 +408,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
     }
+}
+
+fn open_embedded(data_dir: &Path) -> anyhow::Result<EmbeddedStore> {
+    EmbeddedStore::open(data_dir)
+        .with_context(|| format!("open the store in {}", data_dir.display()))
 }
 
 fn open_store(data_dir: &Path) -> anyhow::Result<Arc<dyn ResourceStore>> {

@@ -3,6 +3,7 @@
 // Test helpers fail loudly: an unexpected error is a test failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod auth;
 mod bad_input;
 mod bench_smoke;
 mod bundles;
