@@ -27,6 +27,7 @@ pub(crate) async fn plan(
     request: &ExportRequest,
     snapshot: Snapshot,
     key_range_span: u64,
+    lenient: bool,
 ) -> Result<(Plan, Vec<UnitSpec>), ExportError> {
     let since_seq = match request.since {
         Some(since) => store.seq_at(since).await?,
@@ -95,13 +96,20 @@ pub(crate) async fn plan(
                     .filter(|p| !member_set.contains(p))
                     .map(|p| format!("Patient/{p}"))
                     .collect();
-                if !outside.is_empty() {
+                if !outside.is_empty() && !lenient {
                     return Err(ExportError::invalid(
                         format!("not members of Group/{group_id}: {}", outside.join(", ")),
                         Some("patient"),
                     ));
                 }
-                request.patients.clone()
+                // Under handling=lenient, as at Patient level: left out, and reported.
+                for patient in &outside {
+                    plan.notes.push(Note::warning(
+                        "not-found",
+                        format!("{patient} is not a member of Group/{group_id}; it was left out"),
+                    ));
+                }
+                request.patients.iter().filter(|p| member_set.contains(p)).cloned().collect()
             };
             plan.members = existing_patients(store, snapshot, &members, &mut plan.notes).await?;
             true

@@ -377,8 +377,14 @@ impl ExportService {
             snapshot = Snapshot { seq: shared.store.seq_at(until).await?, time: until };
         }
         let snapshot_taken = started.elapsed();
-        let (plan, units) =
-            plan(shared.store.as_ref(), &request, snapshot, shared.config.key_range_span).await?;
+        let (plan, units) = plan(
+            shared.store.as_ref(),
+            &request,
+            snapshot,
+            shared.config.key_range_span,
+            context.lenient,
+        )
+        .await?;
         let planned = started.elapsed();
         let (level, group_id) = match &request.level {
             ExportLevel::System => ("system", None),

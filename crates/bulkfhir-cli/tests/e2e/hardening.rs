@@ -637,3 +637,31 @@ async fn fuzzed_writes_never_get_a_5xx_and_everything_stored_exports() {
     }
     assert_eq!(exported, stored);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_patients_that_are_not_members_are_reported_under_lenient_handling() {
+    let dataset = small();
+    let server = TestServer::start_loaded(dataset, test_export_config()).await;
+    let group: Value = serde_json::from_str(&dataset.lines["Group"][0]).unwrap();
+    let group_id = group["id"].as_str().unwrap();
+    let member = group["member"][0]["entity"]["reference"].as_str().unwrap();
+    let body = format!(
+        r#"{{"resourceType":"Parameters","parameter":[{{"name":"_type","valueString":"Patient"}},{{"name":"patient","valueReference":{{"reference":"{member}"}}}},{{"name":"patient","valueReference":{{"reference":"Patient/stranger"}}}}]}}"#
+    );
+    let path = format!("Group/{group_id}/$export");
+    // Strict: refused, naming the outsider.
+    let (status, _, outcome) =
+        kick_raw(&server, Method::POST, &path, &[], Some(body.clone())).await;
+    assert_outcome(status, 400, &outcome);
+    assert!(outcome.to_string().contains("Patient/stranger"), "{outcome}");
+    // Lenient: the member is exported, the outsider reported in the error file.
+    let lenient = [("prefer", "respond-async, handling=lenient")];
+    let (status, headers, body) =
+        kick_raw(&server, Method::POST, &path, &lenient, Some(body)).await;
+    assert_eq!(status, 202, "{body}");
+    let manifest = wait_manifest(&server, headers["content-location"].to_str().unwrap()).await;
+    assert_eq!(manifest["output"][0]["count"], 1, "{manifest}");
+    let errors = crate::export::output_by_type(&server, &manifest, "error").await;
+    let text = serde_json::to_string(&errors).unwrap();
+    assert!(text.contains("Patient/stranger is not a member"), "{text}");
+}
