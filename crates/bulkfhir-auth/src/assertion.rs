@@ -45,7 +45,8 @@ pub struct VerifiedAssertion {
     pub client_id: String,
     /// Its `jti`, to refuse a replay until `expires_at`.
     pub jti: String,
-    /// Its `exp` (seconds since the epoch).
+    /// The last moment this server would accept it (its `exp` plus the clock slack; seconds
+    /// since the epoch): its `jti` must be remembered until then.
     pub expires_at: u64,
 }
 
@@ -160,17 +161,18 @@ fn check_claims(
     if claims.iss != client_id || claims.sub != client_id {
         return Err(invalid_client("client_assertion's iss and sub must both be the client id"));
     }
-    if claims.exp + CLOCK_SKEW_SECONDS <= now {
+    let accepted_until = claims.exp.saturating_add(CLOCK_SKEW_SECONDS);
+    if accepted_until <= now {
         return Err(invalid_grant("client_assertion has expired"));
     }
-    if claims.exp > now + MAX_ASSERTION_SECONDS + CLOCK_SKEW_SECONDS {
+    if claims.exp > now.saturating_add(MAX_ASSERTION_SECONDS + CLOCK_SKEW_SECONDS) {
         return Err(invalid_grant("client_assertion's exp is more than five minutes ahead"));
     }
     let jti = claims
         .jti
         .filter(|j| !j.is_empty() && j.len() <= 256)
         .ok_or_else(|| invalid_grant("client_assertion needs a jti (at most 256 characters)"))?;
-    Ok(VerifiedAssertion { client_id: claims.iss, jti, expires_at: claims.exp })
+    Ok(VerifiedAssertion { client_id: claims.iss, jti, expires_at: accepted_until })
 }
 
 #[cfg(test)]
@@ -260,7 +262,7 @@ mod tests {
                 VerifiedAssertion {
                     client_id: "c1".to_owned(),
                     jti: "j1".to_owned(),
-                    expires_at: NOW + 240
+                    expires_at: NOW + 240 + CLOCK_SKEW_SECONDS
                 }
             );
         }

@@ -13,6 +13,8 @@ pub enum OAuthError {
     UnsupportedGrantType,
     /// The scope is malformed, or nothing of it can be granted.
     InvalidScope,
+    /// A bearer token on a request is missing its signature, expired or not ours (RFC 6750).
+    InvalidToken,
 }
 
 impl OAuthError {
@@ -24,12 +26,17 @@ impl OAuthError {
             OAuthError::InvalidGrant => "invalid_grant",
             OAuthError::UnsupportedGrantType => "unsupported_grant_type",
             OAuthError::InvalidScope => "invalid_scope",
+            OAuthError::InvalidToken => "invalid_token",
         }
     }
 
-    /// The HTTP status RFC 6749 gives it (401 for client authentication, else 400).
+    /// The HTTP status RFC 6749 and 6750 give it (401 for client authentication and bearer
+    /// tokens, else 400).
     pub fn status(self) -> u16 {
-        if self == OAuthError::InvalidClient { 401 } else { 400 }
+        match self {
+            OAuthError::InvalidClient | OAuthError::InvalidToken => 401,
+            _ => 400,
+        }
     }
 }
 

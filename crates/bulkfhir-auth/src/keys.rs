@@ -37,9 +37,11 @@ pub fn generate_es384(kid: &str) -> Result<(String, String), AuthError> {
     Ok((pem, format!("{jwks:#}\n")))
 }
 
-/// Checks a JWKS offered at registration: valid JSON, at least one public RS384 or ES384 key,
-/// and no private key material. Returns the number of usable keys.
+/// Checks a JWKS offered at registration: valid JSON, no private key material, and at least
+/// one key this server can verify assertions with (RSA of at least 2048 bits for RS384, EC
+/// P-384 for ES384; not marked `"use": "enc"`). Returns the number of such keys.
 pub fn check_jwks(text: &str) -> Result<usize, String> {
+    use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, PublicKeyUse};
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|e| format!("the JWKS is not JSON: {e}"))?;
     let keys = value["keys"].as_array().ok_or("the JWKS has no 'keys' array")?;
@@ -51,16 +53,22 @@ pub fn check_jwks(text: &str) -> Result<usize, String> {
     let usable = set
         .keys
         .iter()
-        .filter(|k| {
-            matches!(
-                &k.algorithm,
-                jsonwebtoken::jwk::AlgorithmParameters::RSA(_)
-                    | jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_)
-            )
+        .filter(|k| k.common.public_key_use != Some(PublicKeyUse::Encryption))
+        .filter(|k| match &k.algorithm {
+            AlgorithmParameters::RSA(rsa) => {
+                let bits = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(rsa.n.trim_end_matches('='))
+                    .map_or(0, |n| n.iter().skip_while(|b| **b == 0).count() * 8);
+                bits >= 2048
+            }
+            AlgorithmParameters::EllipticCurve(ec) => ec.curve == EllipticCurve::P384,
+            _ => false,
         })
         .count();
     if usable == 0 {
-        return Err("the JWKS has no RSA or EC public key".into());
+        return Err(
+            "the JWKS has no key for RS384 (RSA, 2048 bits or more) or ES384 (EC P-384)".into()
+        );
     }
     Ok(usable)
 }
@@ -127,6 +135,12 @@ mod tests {
         assert_eq!((checked.client_id.as_str(), checked.jti.as_str()), ("c1", "j1"));
         assert!(check_jwks("{}").is_err());
         assert!(check_jwks(r#"{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}"#).is_err());
+        // A P-256 key can never verify an ES384 assertion.
+        let p256 = r#"{"keys":[{"kty":"EC","crv":"P-256","x":"MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4","y":"4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM"}]}"#;
+        assert!(check_jwks(p256).is_err());
+        // An encryption key is not a signing key.
+        let enc = jwks.replace("\"sig\"", "\"enc\"");
+        assert!(check_jwks(&enc).is_err(), "{enc}");
         assert!(
             check_jwks(r#"{"keys":[{"kty":"EC","crv":"P-384","x":"a","y":"b","d":"c"}]}"#)
                 .unwrap_err()

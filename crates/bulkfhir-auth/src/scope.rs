@@ -13,7 +13,7 @@
 
 use std::fmt;
 
-use bulkfhir_model::ResourceType;
+use bulkfhir_model::{Instant, ResourceType};
 
 /// The scope that lets a client see every export job, whoever started it.
 pub const ADMIN_SCOPE: &str = "bulkfhir/admin";
@@ -200,6 +200,16 @@ impl Grant {
                     Some(ResourceType::parse(name).map_err(|_| error("unknown resource type"))?)
                 }
             };
+            // A query must be one the server can evaluate, on a named type: a scope whose query
+            // could not narrow anything would widen access.
+            if let Some(query) = &query {
+                let Some(resource_type) = resource_type else {
+                    return Err(error("a query needs a resource type, not *"));
+                };
+                let text = format!("{resource_type}?{query}");
+                bulkfhir_model::search::SearchQuery::parse_type_filter(&text, Instant::now())
+                    .map_err(|e| error(&format!("its query cannot be evaluated: {e}")))?;
+            }
             let rule = ScopeRule { resource_type, actions, query };
             if !grant.rules.contains(&rule) {
                 grant.rules.push(rule);
@@ -326,6 +336,8 @@ mod tests {
             "system/Patient.",
             "system/Nope.rs",
             "system/Observation.rs?",
+            "system/Observation.rs?nope=1",
+            "system/*.rs?category=laboratory",
         ] {
             let error = Grant::parse(bad).unwrap_err();
             assert_eq!(error.scope, bad);

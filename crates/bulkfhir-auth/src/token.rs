@@ -46,12 +46,21 @@ impl std::fmt::Debug for TokenSigner {
 }
 
 impl TokenSigner {
-    /// A signer over `secret` (at least 32 random bytes).
-    pub fn new(secret: &[u8]) -> Self {
-        TokenSigner {
+    /// The shortest secret accepted (HS256 wants at least its output size).
+    pub const MIN_SECRET_BYTES: usize = 32;
+
+    /// A signer over `secret` (at least [`Self::MIN_SECRET_BYTES`] random bytes).
+    pub fn new(secret: &[u8]) -> Result<Self, AuthError> {
+        if secret.len() < Self::MIN_SECRET_BYTES {
+            return Err(AuthError::new(
+                OAuthError::InvalidRequest,
+                "the token signing secret is shorter than 32 bytes",
+            ));
+        }
+        Ok(TokenSigner {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
-        }
+        })
     }
 
     /// A token for `client_id` with `grant`, valid `seconds` (at most [`MAX_TOKEN_SECONDS`])
@@ -80,7 +89,7 @@ impl TokenSigner {
 
     /// Checks a bearer token at `now`: this server's signature, not expired.
     pub fn verify(&self, token: &str, now: u64) -> Result<AccessToken, AuthError> {
-        let invalid = |message: &str| AuthError::new(OAuthError::InvalidClient, message);
+        let invalid = |message: &str| AuthError::new(OAuthError::InvalidToken, message);
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_issuer(&[ISSUER]);
         validation.set_required_spec_claims(&["exp", "iss", "sub"]);
@@ -105,7 +114,8 @@ mod tests {
 
     #[test]
     fn tokens_carry_their_scope_and_expire() {
-        let signer = TokenSigner::new(&[7; 32]);
+        assert!(TokenSigner::new(&[7; 16]).is_err(), "too short a secret");
+        let signer = TokenSigner::new(&[7; 32]).unwrap();
         let grant =
             Grant::parse("system/Patient.rs system/Observation.rs?category=laboratory").unwrap();
         let (token, lifetime) = signer.issue("client-1", &grant, 1_000, 10_000).unwrap();
@@ -116,7 +126,8 @@ mod tests {
         assert_eq!(checked.expires_at, 1_300);
         assert!(signer.verify(&token, 1_300).is_err(), "expired at exp");
         // Another server's secret, a tampered token, garbage: refused.
-        assert!(TokenSigner::new(&[8; 32]).verify(&token, 1_100).is_err());
+        let other = TokenSigner::new(&[8; 32]).unwrap().verify(&token, 1_100).unwrap_err();
+        assert_eq!(other.code, OAuthError::InvalidToken);
         let mut tampered = token.clone();
         tampered.pop();
         assert!(signer.verify(&tampered, 1_100).is_err());

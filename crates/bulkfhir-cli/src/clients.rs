@@ -36,14 +36,22 @@ pub(crate) async fn add(
                 .context(path.display().to_string())?;
             (Some(text), None)
         }
-        KeySource::Url(url) => {
-            let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"];
-            if !url.starts_with("https://") && !loopback.iter().any(|p| url.starts_with(p)) {
+        KeySource::Url(text) => {
+            let url = url::Url::parse(text).context("--jwks-url is not a URL")?;
+            let loopback = match url.host() {
+                Some(url::Host::Domain(name)) => name == "localhost",
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                None => false,
+            };
+            let allowed = url.scheme() == "https" || (url.scheme() == "http" && loopback);
+            if !allowed || !url.username().is_empty() || url.password().is_some() {
                 bail!(
-                    "--jwks-url must be an https:// URL (plain http only on loopback, for tests)"
+                    "--jwks-url must be an https:// URL without credentials (plain http only on \
+                     loopback, for tests)"
                 );
             }
-            (None, Some(url.to_owned()))
+            (None, Some(url.to_string()))
         }
     };
     let id = uuid::Uuid::new_v4().to_string();

@@ -9,7 +9,7 @@
 //! value checks all come from the clap definition of `serve`, so the file can never drift from
 //! the flags.
 
-use std::{ffi::OsString, path::Path};
+use std::path::Path;
 
 use clap::CommandFactory;
 use toml::de::{DeTable, DeValue};
@@ -120,24 +120,6 @@ pub(crate) fn check<C: CommandFactory>(text: &str) -> Result<Settings, Vec<Probl
     if problems.is_empty() { Ok(settings) } else { Err(problems) }
 }
 
-/// The `--config` file named on the command line (`--config F`, `--config=F`) or in
-/// `BULKFHIR_CONFIG`, for `serve` only.
-pub(crate) fn config_path(args: &[OsString]) -> Option<OsString> {
-    if args.get(1).is_none_or(|command| command != "serve") {
-        return None;
-    }
-    let mut iter = args.iter().skip(2);
-    while let Some(arg) = iter.next() {
-        if arg == "--config" {
-            return iter.next().cloned();
-        }
-        if let Some(path) = arg.to_str().and_then(|a| a.strip_prefix("--config=")) {
-            return Some(path.into());
-        }
-    }
-    std::env::var_os("BULKFHIR_CONFIG")
-}
-
 /// Reads the file and sets each key's environment variable unless the environment has it.
 ///
 /// # Safety
@@ -216,19 +198,5 @@ mod tests {
         let syntax = check::<TestCli>("listen = \n\"x\"").unwrap_err();
         assert_eq!(syntax.len(), 1);
         assert!(syntax[0].message.starts_with("not valid TOML"), "{syntax:?}");
-    }
-
-    #[test]
-    fn the_config_path_comes_from_serve_flags_only() {
-        let args = |list: &[&str]| list.iter().map(OsString::from).collect::<Vec<_>>();
-        assert_eq!(
-            config_path(&args(&["bulkfhir", "serve", "--config", "a.toml"])),
-            Some("a.toml".into())
-        );
-        assert_eq!(
-            config_path(&args(&["bulkfhir", "serve", "--listen", "x", "--config=b.toml"])),
-            Some("b.toml".into())
-        );
-        assert_eq!(config_path(&args(&["bulkfhir", "load", "--config", "a.toml"])), None);
     }
 }

@@ -269,8 +269,12 @@ fn main() -> ExitCode {
     limit_malloc_arenas();
     // `serve --config FILE`: the file's keys become environment variables before the command
     // line is parsed (flags > environment > file > defaults).
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if let Some(path) = config::config_path(&args) {
+    // A first parse finds `--config` (or BULKFHIR_CONFIG) wherever it stands.
+    let config_file = match Cli::try_parse() {
+        Ok(Cli { command: Command::Serve(ServeArgs { config: Some(path), .. }), .. }) => Some(path),
+        _ => None,
+    };
+    if let Some(path) = config_file {
         // SAFETY: no other thread has started yet.
         if let Err(message) = unsafe { config::apply::<Cli>(Path::new(&path)) } {
             eprintln!("error: {message}");

@@ -122,10 +122,12 @@ impl Runner {
             if let Err(join_error) = handle.await {
                 error!(job_id = %job_id, error = %join_error, "export job panicked");
                 let message = "the export failed with an internal error";
-                if let Err(e) = shared.jobs.fail(&job_id, &owner, message, Instant::now()).await {
-                    warn!(job_id = %job_id, error = %e, "failed to mark the export failed");
+                match shared.jobs.fail(&job_id, &owner, message, Instant::now()).await {
+                    Ok(()) => shared.delete_files(&job_id).await,
+                    Err(e) => {
+                        warn!(job_id = %job_id, error = %e, "failed to mark the export failed");
+                    }
                 }
-                shared.delete_files(&job_id).await;
             }
             shared.unregister(&job_id);
             drop(permit);
@@ -194,14 +196,13 @@ impl JobRun {
                     ended("failed");
                     error!(error = %error_chain(&error), "export failed");
                     let message = format!("export failed: {}", error.describe());
-                    if let Err(e) =
-                        jobs.fail(&self.job.id, &self.owner, &message, Instant::now()).await
-                    {
-                        warn!(error = %e, "failed to mark the export failed");
+                    match jobs.fail(&self.job.id, &self.owner, &message, Instant::now()).await {
+                        // Its manifest is gone: free its space now (a full disk would otherwise
+                        // fail every later export until the sweeper's next round). Only when
+                        // this runner still held the job: another may be writing its files.
+                        Ok(()) => self.shared.delete_files(&self.job.id).await,
+                        Err(e) => warn!(error = %e, "failed to mark the export failed"),
                     }
-                    // Its manifest is gone: free its space now (a full disk would otherwise
-                    // fail every later export until the sweeper's next round).
-                    self.shared.delete_files(&self.job.id).await;
                 }
             }
         }
@@ -381,6 +382,7 @@ async fn run_units(
 ) -> Result<(), ExportError> {
     let limit = ctx.config.unit_concurrency.max(1);
     let mut running = JoinSet::new();
+    let mut drained = false;
     loop {
         while running.len() < limit && !ctx.drain.is_cancelled() {
             let Some((index, spec, checkpoint)) = units.pop_front() else { break };
@@ -408,18 +410,31 @@ async fn run_units(
             );
         }
         let Some(joined) = running.join_next().await else {
-            // Draining with units left: stop here; they run on the next start.
-            return if units.is_empty() { Ok(()) } else { Err(ExportError::Stopped("shutdown")) };
+            // Draining, with units stopped at a checkpoint or not started: they go on at the
+            // next start.
+            return if units.is_empty() && !drained {
+                Ok(())
+            } else {
+                Err(ExportError::Stopped("shutdown"))
+            };
         };
-        let (index, checkpoint) = joined.map_err(|e| {
+        let result = joined.map_err(|e| {
             if e.is_panic() {
                 ExportError::Panicked(format!("an export unit panicked: {e}"))
             } else {
                 ExportError::Stopped("cancelled")
             }
-        })??;
-        units_done.fetch_add(1, Ordering::Relaxed);
-        finished.insert(index, checkpoint);
+        })?;
+        match result {
+            Ok((index, checkpoint)) => {
+                units_done.fetch_add(1, Ordering::Relaxed);
+                finished.insert(index, checkpoint);
+            }
+            // One unit reached its checkpoint for a shutdown: let the others reach theirs
+            // (returning now would drop the set and abort them mid-file).
+            Err(ExportError::Stopped("shutdown")) if ctx.drain.is_cancelled() => drained = true,
+            Err(error) => return Err(error),
+        }
     }
 }
 

@@ -279,7 +279,8 @@ impl ExportService {
     /// Writes, reads back and deletes a small object in the output store: whether export files
     /// can be written now.
     pub async fn probe_output(&self) -> Result<(), ExportError> {
-        let prefix = OutputKey::parse("health")?;
+        // A key of its own per probe: concurrent probes must not delete each other's upload.
+        let prefix = OutputKey::parse(&format!("health/{}", uuid::Uuid::new_v4()))?;
         let key = prefix.join("probe")?;
         let mut writer = self.shared.output.create(&key, Compression::None).await?;
         writer.write(b"ok\n").await?;

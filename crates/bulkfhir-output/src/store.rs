@@ -285,7 +285,11 @@ mod local {
         }
     }
 
+    /// The error names only the file or folder (an export's own name, never the output root:
+    /// failure messages reach the job's owner); the log has the whole path.
     fn io_error(verb: &str, path: &Path, source: std::io::Error) -> OutputError {
-        OutputError::io(format!("{verb} {}", path.display()), source)
+        tracing::warn!(path = %path.display(), error = %source, "{verb} failed");
+        let name = path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        OutputError::io(format!("{verb} {name}"), source)
     }
 }

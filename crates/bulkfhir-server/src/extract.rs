@@ -23,8 +23,9 @@ impl FromRequest<AppState> for FhirBody {
     }
 }
 
-/// The body of a request that may have none: `None` when it is empty (whatever its headers
-/// say), else the body, which must then declare a FHIR JSON media type.
+/// The body of a request that may have none: `None` when it is empty, else the body, which
+/// must then declare a FHIR JSON media type. A declared `Content-Type` must be a FHIR JSON one
+/// even for an empty body.
 pub(crate) async fn optional_fhir_body(
     request: Request,
     state: &AppState,
@@ -186,7 +187,8 @@ fn is_valid_host(host: &str) -> bool {
                 (label.is_empty() && idx > 0 && name.ends_with('.') && name.len() > 1)
                     || (!label.is_empty()
                         && label.len() <= 63
-                        && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                        // `_` is not in DNS host names, but container service names use it.
+                        && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
                         && !label.starts_with('-')
                         && !label.ends_with('-'))
             }));
@@ -264,6 +266,7 @@ mod tests {
             "[::1]:80",
             "[2001:db8::1]",
             "a-b.c",
+            "fhir_server:8080",
         ] {
             assert!(is_valid_host(good), "{good}");
         }

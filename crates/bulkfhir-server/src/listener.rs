@@ -3,10 +3,11 @@
 //!
 //! `axum::serve` has no header-read timeout and no cap on connections, so a client that sends
 //! half a request head held its connection (and a task) forever. Here each connection is served
-//! by hyper's HTTP/1 + HTTP/2 builder with a timer (headers must arrive within
-//! [`ConnectionLimits::header_read_timeout`]), at most [`ConnectionLimits::max_connections`] at
-//! once (the next one gets a 503 `OperationOutcome` and is closed), and in-flight requests are
-//! let finish on shutdown, within [`ConnectionLimits::shutdown_grace`]. Request bodies that stall
+//! by hyper's HTTP/1.1 builder with a timer (a request head must arrive within
+//! [`ConnectionLimits::header_read_timeout`], idle keep-alive connections included), at most
+//! [`ConnectionLimits::max_connections`] at once (the next one gets a 503 `OperationOutcome`
+//! and is closed), and in-flight requests are let finish on shutdown, within
+//! [`ConnectionLimits::shutdown_grace`]; then their connections are closed. Request bodies that stall
 //! are cut off by the router's body timeout layer (`routes::router`).
 //!
 //! hyper answers a request it cannot parse (a malformed request line or header, a URI too long,
@@ -31,15 +32,17 @@ use bulkfhir_model::{
     ErrorKind,
     outcome::{Issue, OperationOutcome},
 };
+use hyper::server::conn::http1;
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
+    rt::{TokioIo, TokioTimer},
+    server::graceful::GracefulShutdown,
     service::TowerToHyperService,
 };
 use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::{TcpListener, TcpStream},
     sync::Semaphore,
+    task::JoinSet,
 };
 use tracing::{debug, info, warn};
 
@@ -84,18 +87,25 @@ pub(crate) async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    // Refusals (503) are written by tasks of their own, a bounded number at once.
+    let refusals = Arc::new(Semaphore::new(64));
     let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // HTTP/1.1 only: its header-read timer runs from the first byte a connection is waited on,
+    // so a socket that sends nothing, or half a head, is closed in time. (An HTTP/1-or-2
+    // builder first reads to tell the two apart, with no timeout: a silent socket kept its
+    // slot for ever.)
+    let mut builder = http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .max_headers(limits.max_headers);
-    builder.http2().timer(TokioTimer::new());
     let service = TowerToHyperService::new(router);
+    let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
+        // Reap finished connection tasks, so the set stays as large as what is open.
+        while connections.try_join_next().is_some() {}
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -111,13 +121,17 @@ pub(crate) async fn serve(
         let _ = stream.set_nodelay(true);
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             warn!(peer = %peer, limit = limits.max_connections, "connection refused: too many open connections");
-            tokio::spawn(refuse_busy(stream));
+            if let Ok(permit) = refusals.clone().try_acquire_owned() {
+                tokio::spawn(async move {
+                    refuse_busy(stream).await;
+                    drop(permit);
+                });
+            }
             continue;
         };
         let io = TokioIo::new(OutcomeOnParseError::new(stream));
-        let connection = builder.serve_connection(io, service.clone()).into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
+        let connection = graceful.watch(builder.serve_connection(io, service.clone()));
+        connections.spawn(async move {
             if let Err(error) = connection.await {
                 debug!(peer = %peer, error = %error, "connection ended with an error");
             }
@@ -129,13 +143,20 @@ pub(crate) async fn serve(
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(limits.shutdown_grace) => {
-            warn!(seconds = limits.shutdown_grace.as_secs(), "requests still running after the shutdown grace period; closing their connections");
+            warn!(
+                seconds = limits.shutdown_grace.as_secs(),
+                open = connections.len(),
+                "requests still running after the shutdown grace period; closing their connections"
+            );
+            connections.abort_all();
         }
     }
     Ok(())
 }
 
-/// Answers a connection over the limit with 503 and closes it.
+/// Answers a connection over the limit with 503 and closes it: the response, then the write
+/// side shut, then what the client sent is read (at most 2 s) so that closing does not reset
+/// the connection before the client has read the answer.
 async fn refuse_busy(mut stream: TcpStream) {
     let response = outcome_http_response(
         503,
@@ -144,11 +165,14 @@ async fn refuse_busy(mut stream: TcpStream) {
         "the server has too many open connections; retry later",
         &["retry-after: 1"],
     );
-    let write = async {
+    let answer = async {
         stream.write_all(&response).await?;
-        stream.shutdown().await
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<(), io::Error>(())
     };
-    let _ = tokio::time::timeout(Duration::from_secs(5), write).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), answer).await;
 }
 
 /// A complete HTTP/1.1 response with an `OperationOutcome` body that closes the connection.

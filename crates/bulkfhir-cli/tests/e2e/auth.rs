@@ -62,6 +62,8 @@ async fn clients_are_registered_durably_and_their_generated_keys_sign_assertions
         vec!["--jwks", jwks.to_str().unwrap(), "--scope", "openid"],
         vec!["--jwks", keys.join("private-key.pem").to_str().unwrap(), "--scope", "system/*.rs"],
         vec!["--jwks-url", "http://keys.example/jwks.json", "--scope", "system/*.rs"],
+        vec!["--jwks-url", "http://127.0.0.1.evil.example/jwks.json", "--scope", "system/*.rs"],
+        vec!["--jwks-url", "http://127.0.0.1@evil.example/jwks.json", "--scope", "system/*.rs"],
     ] {
         let mut args = vec!["client", "add", "--name", "bad"];
         args.extend(bad.iter().copied());

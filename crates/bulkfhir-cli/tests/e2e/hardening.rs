@@ -357,6 +357,13 @@ async fn slow_clients_are_cut_off_and_connections_are_capped() {
         tokio::time::timeout(Duration::from_secs(10), partial.read_to_end(&mut sink)).await;
     assert!(closed.is_ok(), "a half-sent head is not held open");
     assert!(started.elapsed() < Duration::from_secs(5));
+    // A connection that sends nothing at all is closed too.
+    let started = std::time::Instant::now();
+    let mut silent = TcpStream::connect(address(&server)).await.unwrap();
+    let mut sink = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut sink)).await;
+    assert!(closed.is_ok(), "a silent connection is not held open");
+    assert!(started.elapsed() < Duration::from_secs(5));
     // A body that stops arriving: 408 with an OperationOutcome.
     let mut stalled = TcpStream::connect(address(&server)).await.unwrap();
     stalled

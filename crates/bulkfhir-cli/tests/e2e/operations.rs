@@ -287,8 +287,9 @@ async fn serve_with_config(
     envs: &[(&str, &str)],
 ) -> Served {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_bulkfhir"));
+    // A global flag first: the file is found wherever `--config` stands.
     command
-        .args(["serve", "--config"])
+        .args(["--log-format", "text", "serve", "--config"])
         .arg(config)
         .args(extra)
         .env_remove("BULKFHIR_BASE_URL")
@@ -322,8 +323,14 @@ async fn a_configuration_file_sets_serve_and_flags_and_environment_override_it()
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
 
     let client = reqwest::Client::new();
+    // The base URL the server hands out, whatever it is.
     let location = async |base: &str| {
-        let url = kickoff(&client, base, "$export?_type=Patient").await;
+        let handle = TestServer::client_only(base, client.clone());
+        let query = "$export?_type=Patient";
+        let (status, headers, _) =
+            crate::export::kick_raw(&handle, reqwest::Method::GET, query, &[], None).await;
+        assert_eq!(status, 202);
+        let url = headers["content-location"].to_str().unwrap();
         url.split("/$export-status/").next().unwrap().to_owned()
     };
     // The file alone.

@@ -56,11 +56,12 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/fhir/{type}/{id}/{sub}", get(instance_subpath))
         .route("/fhir/{type}/{id}/_history/{version}", get(crud::vread))
         .route_layer(axum::middleware::from_fn(crate::ops::measure))
+        // The FHIR routes only: probes and scrapers address a node by its IP.
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), check_host_header))
         .merge(crate::ops::routes(state.config.metrics_on_api_listener))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), check_host_header))
         .layer(RequestBodyTimeoutLayer::new(state.config.limits.body_read_timeout))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
