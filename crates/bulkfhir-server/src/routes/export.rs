@@ -247,7 +247,10 @@ async fn job_status(
                 let url = format!("{}/$export-status/{job_id}?page={next}", request.base_url);
                 body["link"] = json!([{"relation": "next", "url": url}]);
             }
-            if !is_page {
+            if complete {
+                // Nothing left to rate-limit: do not keep an entry per finished job.
+                forget_polls(state, &job_id);
+            } else if !is_page {
                 let mut polls =
                     state.polls.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 polls.insert(job_id.clone(), std::time::Instant::now());
