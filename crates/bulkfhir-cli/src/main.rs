@@ -276,7 +276,7 @@ fn main() -> ExitCode {
     };
     if let Some(path) = config_file {
         // SAFETY: no other thread has started yet.
-        if let Err(message) = unsafe { config::apply::<Cli>(Path::new(&path)) } {
+        if let Err(message) = unsafe { config::apply::<Cli>(&path) } {
             eprintln!("error: {message}");
             return ExitCode::from(2);
         }

@@ -20,7 +20,7 @@ use crate::{
     ExportError,
     docs::{Checkpoint, FileEntry, FileKind, ManifestDoc, Note, Plan, StoredRequest, UnitSpec},
     error::corrupt,
-    service::{Live, Shared},
+    service::{Live, Shared, units_percent},
     telemetry,
     unit::{JobContext, run_unit, supporting_type_names},
 };
@@ -105,7 +105,9 @@ impl Runner {
         // Not a child of `shutdown`: on shutdown units first drain to a checkpoint (`drain`);
         // this token stops them at once (cancellation, takeover, or the end of the grace).
         let cancel = CancellationToken::new();
-        self.shared.register(&job.id, cancel.clone());
+        // The counters live in `Shared` while the job runs, for the live export page.
+        let live = Arc::new(Live::default());
+        self.shared.register(&job.id, cancel.clone(), Arc::clone(&live));
         let span = info_span!("export", job_id = %job.id);
         let job_id = job.id.clone();
         let run = JobRun {
@@ -114,6 +116,7 @@ impl Runner {
             job,
             cancel,
             shutdown: shutdown.clone(),
+            live,
         };
         let handle = tokio::spawn(run.run().instrument(span));
         let shared = Arc::clone(&self.shared);
@@ -141,14 +144,13 @@ struct JobRun {
     job: JobRecord,
     cancel: CancellationToken,
     shutdown: CancellationToken,
+    live: Arc<Live>,
 }
 
 impl JobRun {
     async fn run(self) {
         let started = std::time::Instant::now();
-        // The counters live in `Shared` while the job runs, for the live export page.
-        let live = Arc::new(Live::default());
-        self.shared.register_live(&self.job.id, Arc::clone(&live));
+        let live = &self.live;
         let (written, units_done, units_total) =
             (&live.written, &live.units_done, &live.units_total);
         let heartbeat = self.heartbeat(written, units_done, units_total);
@@ -235,7 +237,7 @@ impl JobRun {
             }
             let (done, total) =
                 (units_done.load(Ordering::Relaxed), units_total.load(Ordering::Relaxed).max(1));
-            let percent = u8::try_from((done * 100 / total).min(99)).unwrap_or(99);
+            let percent = units_percent(done, total);
             let text = format!(
                 "{percent}% exporting: {} resources written, {done} of {total} parts done",
                 written.load(Ordering::Relaxed)

@@ -36,8 +36,8 @@ pub(crate) struct Shared {
     pub(crate) jobs: Arc<dyn JobStore>,
     pub(crate) output: OutputStore,
     pub(crate) config: ExportConfig,
-    /// Jobs running in this process, with the token that stops each.
-    running: Mutex<HashMap<JobId, CancellationToken>>,
+    /// Jobs running in this process: the token that stops each, and its live counters.
+    running: Mutex<HashMap<JobId, (CancellationToken, Arc<Live>)>>,
     pub(crate) wake: Notify,
     /// When the runner's loop last went round (µs since the epoch; 0 before it started, or
     /// after it stopped), for readiness.
@@ -45,8 +45,6 @@ pub(crate) struct Shared {
     /// Set once the runner is shutting down: kick-offs are refused (503), units stop at their
     /// next checkpoint.
     pub(crate) draining: std::sync::atomic::AtomicBool,
-    /// The counters of the jobs running in this process.
-    live: Mutex<HashMap<JobId, Arc<Live>>>,
 }
 
 /// A running job's counters, updated by its units.
@@ -61,6 +59,11 @@ pub(crate) struct Live {
 
 /// How many once-a-second samples of a running job are kept (two minutes).
 pub const LIVE_SAMPLES: usize = 120;
+
+/// A progress percentage from units done: never 100 before the job has completed.
+pub(crate) fn units_percent(done: usize, total: usize) -> u8 {
+    u8::try_from((done * 100 / total.max(1)).min(99)).unwrap_or(99)
+}
 
 impl Live {
     /// Samples `written` once a second, for ever (the caller drops it with the job).
@@ -97,36 +100,36 @@ pub struct LiveProgress {
     pub units_total: usize,
 }
 
+impl LiveProgress {
+    /// Percent of the units done (at most 99 while it runs).
+    pub fn percent(&self) -> u8 {
+        units_percent(self.units_done, self.units_total)
+    }
+}
+
 impl Shared {
-    pub(crate) fn register(&self, id: &JobId, token: CancellationToken) {
+    pub(crate) fn register(&self, id: &JobId, token: CancellationToken, live: Arc<Live>) {
         self.running
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(id.clone(), token);
+            .insert(id.clone(), (token, live));
     }
 
     /// Stops every job running in this process at its next page.
     pub(crate) fn stop_all(&self) {
         let running = self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        for token in running.values() {
+        for (token, _) in running.values() {
             token.cancel();
         }
     }
 
-    pub(crate) fn register_live(&self, id: &JobId, live: Arc<Live>) {
-        self.live
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(id.clone(), live);
-    }
-
     pub(crate) fn unregister(&self, id: &JobId) {
-        self.live.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id);
         self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id);
     }
 
     fn running_token(&self, id: &JobId) -> Option<CancellationToken> {
-        self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(id).cloned()
+        let running = self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        running.get(id).map(|(token, _)| token.clone())
     }
 
     pub(crate) fn is_running(&self, id: &JobId) -> bool {
@@ -297,8 +300,8 @@ impl ExportService {
     /// The live counters of a job running in this process.
     pub fn live_progress(&self, id: &JobId) -> Option<LiveProgress> {
         use std::sync::atomic::Ordering::Relaxed;
-        let live = self.shared.live.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        live.get(id).map(|l| LiveProgress {
+        let running = self.shared.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        running.get(id).map(|(_, l)| LiveProgress {
             samples: l
                 .samples
                 .lock()
@@ -334,7 +337,6 @@ impl ExportService {
                 wake: Notify::new(),
                 runner_tick: std::sync::atomic::AtomicI64::new(0),
                 draining: std::sync::atomic::AtomicBool::new(false),
-                live: Mutex::new(HashMap::new()),
             }),
         }
     }

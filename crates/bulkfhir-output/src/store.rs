@@ -242,8 +242,6 @@ impl OutputStore {
     }
 }
 
-/// Cleanup of `LocalFileSystem`'s staged uploads.
-///
 /// How much of a local file one read takes.
 const LOCAL_READ_CHUNK: usize = 1024 * 1024;
 
@@ -258,9 +256,8 @@ fn local_chunks(
         OutputError::io(format!("read {key}"), source)
     };
     stream::try_unfold(
-        (Some(file), range.start, range.end, key),
+        (file, range.start, range.end, key),
         move |(file, position, end, key)| async move {
-            let Some(file) = file else { return Ok(None) };
             if position >= end {
                 return Ok(None);
             }
@@ -294,11 +291,13 @@ fn local_chunks(
                 ));
             }
             let next = position + buffer.len() as u64;
-            Ok(Some((Bytes::from(buffer), (Some(file), next, end, key))))
+            Ok(Some((Bytes::from(buffer), (file, next, end, key))))
         },
     )
 }
 
+/// Cleanup of `LocalFileSystem`'s staged uploads.
+///
 /// `LocalFileSystem` writes an upload to `<destination>#<n>` (`n` = 1, 2, ... the first free
 /// number) in the destination's directory and renames it into place on completion. Names whose
 /// part after the first `#` is all digits are hidden from `list` and cannot be addressed through

@@ -30,18 +30,15 @@ pub(crate) async fn optional_fhir_body(
     request: Request,
     state: &AppState,
 ) -> Result<Option<Bytes>, ApiError> {
-    let declared_type = request.headers().contains_key(header::CONTENT_TYPE);
-    if declared_type {
-        check_json_content_type(request.headers())?;
+    let type_check = check_json_content_type(request.headers());
+    if type_check.is_err() && request.headers().contains_key(header::CONTENT_TYPE) {
+        return type_check.map(|()| None);
     }
     let body = read_body(request, state.config.max_body_bytes).await?;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    if !declared_type {
-        check_json_content_type(&HeaderMap::new())?;
-    }
-    Ok(Some(body))
+    type_check.map(|()| Some(body))
 }
 
 /// Reads a whole request body of at most `limit` bytes.
@@ -155,44 +152,34 @@ fn is_valid_host(host: &str) -> bool {
     if host.is_empty() || host.len() > 261 {
         return false;
     }
-    let (name, port) = if let Some(rest) = host.strip_prefix('[') {
-        let Some((inside, after)) = rest.split_once(']') else { return false };
-        if inside.parse::<std::net::Ipv6Addr>().is_err() {
-            return false;
-        }
-        match after {
-            "" => return true,
-            _ => match after.strip_prefix(':') {
-                Some(port) => ("", Some(port)),
-                None => return false,
-            },
-        }
-    } else {
-        match host.rsplit_once(':') {
-            Some((name, port)) => (name, Some(port)),
-            None => (host, None),
-        }
+    let port_ok = |port: &str| {
+        !port.is_empty()
+            && port.len() <= 5
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && port.parse::<u32>().is_ok_and(|n| n <= 65535)
     };
-    let port_ok = port.is_none_or(|p| {
-        !p.is_empty()
-            && p.len() <= 5
-            && p.bytes().all(|b| b.is_ascii_digit())
-            && p.parse::<u32>().is_ok_and(|n| n <= 65535)
-    });
-    let name_ok = host.starts_with('[')
-        || (!name.is_empty()
-            && name.len() <= 253
-            && name.split('.').enumerate().all(|(idx, label)| {
-                // A trailing dot (`example.org.`) leaves one empty last label.
-                (label.is_empty() && idx > 0 && name.ends_with('.') && name.len() > 1)
-                    || (!label.is_empty()
-                        && label.len() <= 63
-                        // `_` is not in DNS host names, but container service names use it.
-                        && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                        && !label.starts_with('-')
-                        && !label.ends_with('-'))
-            }));
-    port_ok && name_ok
+    if let Some(rest) = host.strip_prefix('[') {
+        let Some((inside, after)) = rest.split_once(']') else { return false };
+        return inside.parse::<std::net::Ipv6Addr>().is_ok()
+            && (after.is_empty() || after.strip_prefix(':').is_some_and(port_ok));
+    }
+    let (name, port) = match host.rsplit_once(':') {
+        Some((name, port)) => (name, Some(port)),
+        None => (host, None),
+    };
+    // One trailing dot (`example.org.`) is allowed; every label is non-empty.
+    let name = name.strip_suffix('.').unwrap_or(name);
+    port.is_none_or(port_ok)
+        && !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                // `_` is not in DNS host names, but container service names use it.
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 /// The `Prefer: return=` choice.
@@ -280,6 +267,9 @@ mod tests {
             "host:8a",
             "-a.b",
             "a..b",
+            "a..b.",
+            ".",
+            "[::1]x",
             "[::1",
             "[nope]:80",
             "a b",

@@ -91,7 +91,7 @@ impl AppState {
             config: Arc::new(config),
             polls: Arc::default(),
             metrics: ops::metrics_handle(),
-            ready: ops::ready_cache(),
+            ready: Arc::default(),
         }
     }
 }

@@ -3,7 +3,7 @@
 //! (Prometheus text), plus the middleware that measures every FHIR request.
 
 use std::{
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Mutex, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -137,9 +137,8 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 fn json_answer(status: StatusCode, body: serde_json::Value) -> Response {
     let mut response = (status, body.to_string()).into_response();
-    if let Ok(value) = header::HeaderValue::from_str("application/json") {
-        response.headers_mut().insert(header::CONTENT_TYPE, value);
-    }
+    let json = header::HeaderValue::from_static("application/json");
+    response.headers_mut().insert(header::CONTENT_TYPE, json);
     response
 }
 
@@ -174,13 +173,7 @@ async fn render_metrics(State(state): State<AppState>) -> Response {
     }
     handle.run_upkeep();
     let mut response = handle.render().into_response();
-    if let Ok(value) = header::HeaderValue::from_str("text/plain; version=0.0.4") {
-        response.headers_mut().insert(header::CONTENT_TYPE, value);
-    }
+    let text = header::HeaderValue::from_static("text/plain; version=0.0.4");
+    response.headers_mut().insert(header::CONTENT_TYPE, text);
     response
-}
-
-/// Shared readiness state.
-pub(crate) fn ready_cache() -> Arc<ReadyCache> {
-    Arc::new(ReadyCache::default())
 }

@@ -101,11 +101,21 @@ impl TestServer {
         path: &str,
         body: &str,
     ) -> (u16, reqwest::header::HeaderMap, Value) {
+        self.send_bytes(method, path, body.as_bytes().to_vec()).await
+    }
+
+    /// Sends `body` (any bytes, even invalid UTF-8) as `application/fhir+json`.
+    pub(crate) async fn send_bytes(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
         let response = self
             .client
             .request(method, self.url(path))
             .header("content-type", "application/fhir+json")
-            .body(body.to_owned())
+            .body(body)
             .send()
             .await
             .unwrap();

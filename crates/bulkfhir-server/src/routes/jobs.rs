@@ -113,12 +113,11 @@ fn render(view: &JobView, live: Option<LiveProgress>) -> Value {
     // A job running in this process reports its counters as they are now; the stored
     // progress lags by a heartbeat.
     if let Some(live) = live.filter(|l| l.units_total > 0) {
-        let percent = (live.units_done * 100 / live.units_total).min(99);
         // `[ms since the epoch, resources written]` once a second: what the export page plots.
         let samples: Vec<Value> =
             live.samples.iter().map(|(at, n)| json!([at.as_micros() / 1000, n])).collect();
         resource["progress"] = json!({
-            "percent": percent,
+            "percent": live.percent(),
             "text": record.progress_text,
             "resources": live.resources,
             "unitsDone": live.units_done,
