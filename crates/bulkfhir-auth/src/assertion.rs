@@ -54,22 +54,36 @@ fn invalid_client(message: impl Into<String>) -> AuthError {
     AuthError::new(OAuthError::InvalidClient, message)
 }
 
-/// The `alg` of an assertion's header, if it is one this server accepts.
-fn accepted_algorithm(assertion: &str) -> Result<(Algorithm, Option<String>), AuthError> {
+/// The `alg` of an assertion's header, if it is one this server accepts, its `kid` and `jku`.
+fn accepted_algorithm(
+    assertion: &str,
+) -> Result<(Algorithm, Option<String>, Option<String>), AuthError> {
     let header = jsonwebtoken::decode_header(assertion)
         .map_err(|_| invalid_client("client_assertion is not a JWT"))?;
     match header.alg {
-        Algorithm::RS384 | Algorithm::ES384 => Ok((header.alg, header.kid)),
+        Algorithm::RS384 | Algorithm::ES384 => Ok((header.alg, header.kid, header.jku)),
         other => Err(invalid_client(format!(
             "client_assertion is signed with {other:?}; this server accepts RS384 and ES384"
         ))),
     }
 }
 
-/// The client id an assertion claims (its `iss`), read before the signature is checked so that
-/// the caller can find the client's keys. Never trust it until [`verify_assertion`] says so.
-pub fn peek_client_id(assertion: &str) -> Result<String, AuthError> {
-    accepted_algorithm(assertion)?;
+/// What an assertion claims before its signature is checked: enough for the caller to find
+/// the client's keys. Never trust it until [`verify_assertion`] says so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssertionHeader {
+    /// The client it claims to be (`iss`).
+    pub client_id: String,
+    /// The key it names (`kid`).
+    pub kid: Option<String>,
+    /// The JWKS URL it names (`jku`): SMART lets a server use it only when it is the URL the
+    /// client registered.
+    pub jku: Option<String>,
+}
+
+/// Reads an assertion's `iss`, `kid` and `jku` (see [`AssertionHeader`]).
+pub fn peek(assertion: &str) -> Result<AssertionHeader, AuthError> {
+    let (_, kid, jku) = accepted_algorithm(assertion)?;
     let payload = assertion
         .split('.')
         .nth(1)
@@ -79,10 +93,16 @@ pub fn peek_client_id(assertion: &str) -> Result<String, AuthError> {
         .map_err(|_| invalid_client("client_assertion is not a JWT"))?;
     let claims: IssuerOnly = serde_json::from_slice(&bytes)
         .map_err(|_| invalid_client("client_assertion's claims are not JSON"))?;
-    claims
+    let client_id = claims
         .iss
         .filter(|iss| !iss.is_empty())
-        .ok_or_else(|| invalid_client("client_assertion has no iss"))
+        .ok_or_else(|| invalid_client("client_assertion has no iss"))?;
+    Ok(AssertionHeader { client_id, kid, jku })
+}
+
+/// The client id an assertion claims (its `iss`); see [`peek`].
+pub fn peek_client_id(assertion: &str) -> Result<String, AuthError> {
+    peek(assertion).map(|h| h.client_id)
 }
 
 /// Whether `jwk` is a key for `alg`: RSA for RS384, EC P-384 for ES384; a key that names its
@@ -110,7 +130,7 @@ pub fn verify_assertion(
     token_url: &str,
     now: u64,
 ) -> Result<VerifiedAssertion, AuthError> {
-    let (alg, kid) = accepted_algorithm(assertion)?;
+    let (alg, kid, _) = accepted_algorithm(assertion)?;
     let candidates: Vec<&Jwk> = match &kid {
         Some(kid) => keys.keys.iter().filter(|k| k.common.key_id.as_deref() == Some(kid)).collect(),
         None => keys.keys.iter().collect(),

@@ -8,6 +8,21 @@ use serde_json::json;
 
 use crate::{AuthError, OAuthError};
 
+/// PKCS#8 DER as PEM.
+fn pkcs8_pem(der: &[u8]) -> String {
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(64)
+        .map(|chunk| std::str::from_utf8(chunk).unwrap_or_default())
+        .collect();
+    format!("-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n", lines.join("\n"))
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
 /// A new ES384 key pair: the private key as PKCS#8 PEM, and a JWKS holding its public key
 /// under `kid`.
 pub fn generate_es384(kid: &str) -> Result<(String, String), AuthError> {
@@ -23,18 +38,28 @@ pub fn generate_es384(kid: &str) -> Result<(String, String), AuthError> {
     if point.len() != 97 {
         return Err(failed());
     }
-    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
     let jwks = json!({"keys": [{"kty": "EC", "crv": "P-384", "kid": kid, "alg": "ES384",
         "use": "sig", "key_ops": ["verify"], "x": b64(&point[1..49]), "y": b64(&point[49..97])}]});
-    let body = base64::engine::general_purpose::STANDARD.encode(pkcs8.as_ref());
-    let lines: Vec<&str> = body
-        .as_bytes()
-        .chunks(64)
-        .map(|chunk| std::str::from_utf8(chunk).unwrap_or_default())
-        .collect();
-    let pem =
-        format!("-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n", lines.join("\n"));
-    Ok((pem, format!("{jwks:#}\n")))
+    Ok((pkcs8_pem(pkcs8.as_ref()), format!("{jwks:#}\n")))
+}
+
+/// A new RS384 key pair (RSA 3072): the private key as PKCS#8 PEM, and a JWKS holding its
+/// public key under `kid`.
+pub fn generate_rs384(kid: &str) -> Result<(String, String), AuthError> {
+    use aws_lc_rs::{
+        encoding::{AsDer, Pkcs8V1Der},
+        rsa::{KeyPair, KeySize},
+        signature::KeyPair as _,
+    };
+    let failed = || AuthError::new(OAuthError::InvalidRequest, "could not generate a key");
+    let pair = KeyPair::generate(KeySize::Rsa3072).map_err(|_| failed())?;
+    let der = AsDer::<Pkcs8V1Der>::as_der(&pair).map_err(|_| failed())?;
+    let public = pair.public_key();
+    let jwks = json!({"keys": [{"kty": "RSA", "kid": kid, "alg": "RS384", "use": "sig",
+        "key_ops": ["verify"],
+        "n": b64(public.modulus().big_endian_without_leading_zero()),
+        "e": b64(public.exponent().big_endian_without_leading_zero())}]});
+    Ok((pkcs8_pem(der.as_ref()), format!("{jwks:#}\n")))
 }
 
 /// Checks a JWKS offered at registration: valid JSON, no private key material, and at least
@@ -71,6 +96,25 @@ pub fn check_jwks(text: &str) -> Result<usize, String> {
         );
     }
     Ok(usable)
+}
+
+/// Checks a JWKS URL offered at registration or about to be fetched: `https://` without
+/// credentials, or plain `http://` on a loopback address (for tests). Returns it normalized.
+pub fn check_jwks_url(text: &str) -> Result<String, String> {
+    let url = url::Url::parse(text).map_err(|e| format!("the JWKS URL is not a URL: {e}"))?;
+    let loopback = match url.host() {
+        Some(url::Host::Domain(name)) => name == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    let allowed = url.scheme() == "https" || (url.scheme() == "http" && loopback);
+    if !allowed || !url.username().is_empty() || url.password().is_some() {
+        return Err("the JWKS URL must be https:// without credentials (plain http only on \
+                    loopback, for tests)"
+            .to_owned());
+    }
+    Ok(url.to_string())
 }
 
 /// What a client assertion says.
@@ -113,6 +157,25 @@ pub fn sign_assertion(key_pem: &str, assertion: &ClientAssertion<'_>) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_generated_rs384_key_signs_assertions_its_jwks_verifies() {
+        let (pem, jwks) = generate_rs384("r1").unwrap();
+        assert_eq!(check_jwks(&jwks), Ok(1));
+        let url = "https://fhir.example.org/fhir/auth/token";
+        let claims = ClientAssertion {
+            alg: Algorithm::RS384,
+            kid: Some("r1"),
+            client_id: "c1",
+            token_url: url,
+            now: 1_000,
+            seconds: 60,
+            jti: "j1",
+        };
+        let assertion = sign_assertion(&pem, &claims).unwrap();
+        let set: JwkSet = serde_json::from_str(&jwks).unwrap();
+        assert!(crate::assertion::verify_assertion(&assertion, "c1", &set, url, 1_000).is_ok());
+    }
 
     #[test]
     fn a_generated_key_signs_assertions_its_jwks_verifies() {

@@ -18,6 +18,6 @@ pub mod scope;
 pub mod token;
 
 pub use error::{AuthError, OAuthError};
-pub use jsonwebtoken::Algorithm;
+pub use jsonwebtoken::{Algorithm, jwk::JwkSet};
 pub use scope::{ADMIN_SCOPE, Action, Actions, Grant, ReadAccess, ScopeError, ScopeRule};
 pub use token::{AccessToken, MAX_TOKEN_SECONDS, TokenSigner};

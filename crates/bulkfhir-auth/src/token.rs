@@ -49,6 +49,16 @@ impl TokenSigner {
     /// The shortest secret accepted (HS256 wants at least its output size).
     pub const MIN_SECRET_BYTES: usize = 32;
 
+    /// A new random secret of [`Self::MIN_SECRET_BYTES`] bytes, from the system's generator.
+    pub fn random_secret() -> Result<Vec<u8>, AuthError> {
+        use aws_lc_rs::rand::SecureRandom;
+        let mut secret = vec![0u8; Self::MIN_SECRET_BYTES];
+        aws_lc_rs::rand::SystemRandom::new().fill(&mut secret).map_err(|_| {
+            AuthError::new(OAuthError::InvalidRequest, "the system random generator failed")
+        })?;
+        Ok(secret)
+    }
+
     /// A signer over `secret` (at least [`Self::MIN_SECRET_BYTES`] random bytes).
     pub fn new(secret: &[u8]) -> Result<Self, AuthError> {
         if secret.len() < Self::MIN_SECRET_BYTES {

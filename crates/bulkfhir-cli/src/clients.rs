@@ -37,21 +37,9 @@ pub(crate) async fn add(
             (Some(text), None)
         }
         KeySource::Url(text) => {
-            let url = url::Url::parse(text).context("--jwks-url is not a URL")?;
-            let loopback = match url.host() {
-                Some(url::Host::Domain(name)) => name == "localhost",
-                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-                None => false,
-            };
-            let allowed = url.scheme() == "https" || (url.scheme() == "http" && loopback);
-            if !allowed || !url.username().is_empty() || url.password().is_some() {
-                bail!(
-                    "--jwks-url must be an https:// URL without credentials (plain http only on \
-                     loopback, for tests)"
-                );
-            }
-            (None, Some(url.to_string()))
+            let url =
+                keys::check_jwks_url(text).map_err(anyhow::Error::msg).context("--jwks-url")?;
+            (None, Some(url))
         }
     };
     let id = uuid::Uuid::new_v4().to_string();
@@ -103,8 +91,116 @@ pub(crate) async fn remove(store: &dyn ClientStore, id: &str) -> anyhow::Result<
     }
 }
 
-/// Writes `private-key.pem` (mode 0600) and `jwks.json` into `out`.
-pub(crate) fn keygen(out: &Path) -> anyhow::Result<ExitCode> {
+/// What `bulkfhir client token` needs.
+#[derive(Debug)]
+pub(crate) struct TokenRequest<'a> {
+    pub(crate) base_url: &'a str,
+    pub(crate) client_id: &'a str,
+    pub(crate) key: &'a Path,
+    pub(crate) kid: Option<&'a str>,
+    pub(crate) scope: &'a str,
+}
+
+/// Asks the server's token endpoint for an access token with a freshly signed assertion.
+pub(crate) async fn token(request: &TokenRequest<'_>) -> anyhow::Result<String> {
+    let pem = std::fs::read_to_string(request.key)
+        .with_context(|| format!("read {}", request.key.display()))?;
+    // The key's id and algorithm: given, or from the jwks.json `client keygen` wrote beside it.
+    let beside = request.key.with_file_name("jwks.json");
+    let jwks: Option<serde_json::Value> =
+        std::fs::read_to_string(&beside).ok().and_then(|t| serde_json::from_str(&t).ok());
+    let first = jwks.as_ref().map(|j| &j["keys"][0]);
+    let kid = match (request.kid, first.and_then(|k| k["kid"].as_str())) {
+        (Some(kid), _) | (None, Some(kid)) => kid.to_owned(),
+        (None, None) => bail!("give --kid (no jwks.json beside {})", request.key.display()),
+    };
+    let alg = if pem.contains("RSA") || first.is_some_and(|k| k["kty"] == "RSA") {
+        bulkfhir_auth::Algorithm::RS384
+    } else {
+        bulkfhir_auth::Algorithm::ES384
+    };
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .context("build an HTTP client")?;
+    let base = request.base_url.trim_end_matches('/');
+    let discovery = format!("{base}/.well-known/smart-configuration");
+    let config: serde_json::Value = http
+        .get(&discovery)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .with_context(|| format!("GET {discovery}"))?
+        .json()
+        .await
+        .with_context(|| format!("read {discovery}"))?;
+    let token_url =
+        config["token_endpoint"].as_str().context("the server names no token_endpoint")?;
+    let now = u64::try_from(Instant::now().as_micros() / 1_000_000).unwrap_or(0);
+    let jti = uuid::Uuid::new_v4().to_string();
+    let assertion = keys::sign_assertion(
+        &pem,
+        &keys::ClientAssertion {
+            alg,
+            kid: Some(&kid),
+            client_id: request.client_id,
+            token_url,
+            now,
+            seconds: 120,
+            jti: &jti,
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e}: is {} the client's private key?", request.key.display()))?;
+    let form = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([
+            ("grant_type", "client_credentials"),
+            ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+            ("client_assertion", assertion.as_str()),
+            ("scope", request.scope),
+        ])
+        .finish();
+    let response = http
+        .post(token_url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .with_context(|| format!("POST {token_url}"))?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!(
+            "the token endpoint refused: {} {} ({status})",
+            body["error"].as_str().unwrap_or("?"),
+            body["error_description"].as_str().unwrap_or("")
+        );
+    }
+    if let Some(granted) = body["scope"].as_str() {
+        eprintln!("granted: {granted} (expires in {} s)", body["expires_in"]);
+    }
+    body["access_token"].as_str().map(str::to_owned).context("no access_token in the answer")
+}
+
+/// The algorithm a generated key is for.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyAlg {
+    /// ECDSA on P-384 with SHA-384.
+    Es384,
+    /// RSA (3072 bits) with SHA-384.
+    Rs384,
+}
+
+impl KeyAlg {
+    fn name(self) -> &'static str {
+        match self {
+            KeyAlg::Es384 => "ES384",
+            KeyAlg::Rs384 => "RS384",
+        }
+    }
+}
+
+/// Writes `private-key.pem` (mode 0600) and `jwks.json` for `alg` into `out`.
+pub(crate) fn keygen(out: &Path, alg: KeyAlg) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(out).with_context(|| format!("create {}", out.display()))?;
     let key_path = out.join("private-key.pem");
     let jwks_path = out.join("jwks.json");
@@ -112,7 +208,10 @@ pub(crate) fn keygen(out: &Path) -> anyhow::Result<ExitCode> {
         bail!("{} exists already; choose another --out", key_path.display());
     }
     let kid = uuid::Uuid::new_v4().to_string();
-    let (pem, jwks) = keys::generate_es384(&kid)?;
+    let (pem, jwks) = match alg {
+        KeyAlg::Es384 => keys::generate_es384(&kid)?,
+        KeyAlg::Rs384 => keys::generate_rs384(&kid)?,
+    };
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -126,7 +225,7 @@ pub(crate) fn keygen(out: &Path) -> anyhow::Result<ExitCode> {
         .and_then(|mut file| file.write_all(pem.as_bytes()))
         .with_context(|| format!("write {}", key_path.display()))?;
     std::fs::write(&jwks_path, jwks).with_context(|| format!("write {}", jwks_path.display()))?;
-    println!("ES384 key {kid}");
+    println!("{} key {kid}", alg.name());
     println!("private key: {} (keep it secret)", key_path.display());
     println!("public JWKS: {} (register it: bulkfhir client add --jwks ...)", jwks_path.display());
     Ok(ExitCode::SUCCESS)

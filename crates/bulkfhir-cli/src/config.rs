@@ -71,8 +71,15 @@ fn flag_text(value: &DeValue<'_>) -> Result<String, String> {
 }
 
 /// Reads and checks `text` against the flags of `C`'s `serve`: every unknown key, every value
-/// the flag would refuse, and TOML syntax errors, each with its line.
+/// the flag would refuse, a key whose partner is missing (`tls-cert` without `tls-key`, unless
+/// the environment has it), and TOML syntax errors, each with its line.
 pub(crate) fn check<C: CommandFactory>(text: &str) -> Result<Settings, Vec<Problem>> {
+    check_keys::<C>(text, true)
+}
+
+/// [`check`]; with `whole` false, a key whose partner is missing is let through (the partner may
+/// be a flag on the command line, which the final parse sees and checks).
+fn check_keys<C: CommandFactory>(text: &str, whole: bool) -> Result<Settings, Vec<Problem>> {
     let table = DeTable::parse(text).map_err(|error| {
         let line = error.span().map_or(1, |span| line_of(text, span.start));
         vec![Problem { line, message: format!("not valid TOML: {}", error.message()) }]
@@ -80,6 +87,9 @@ pub(crate) fn check<C: CommandFactory>(text: &str) -> Result<Settings, Vec<Probl
     let keys = serve_keys::<C>();
     let mut problems = Vec::new();
     let mut settings = Settings::default();
+    // Keys that need another key (clap `requires`), checked once all keys are known.
+    let mut needs_partner = Vec::new();
+    let mut all_flags = vec!["bulkfhir".to_owned(), "serve".to_owned()];
     for (key, value) in table.get_ref() {
         let line = line_of(text, key.span().start);
         let name = key.get_ref().replace('_', "-");
@@ -99,15 +109,18 @@ pub(crate) fn check<C: CommandFactory>(text: &str) -> Result<Settings, Vec<Probl
             }
         };
         // The flag's own parser decides whether the value is valid.
-        let args = ["bulkfhir".to_owned(), "serve".to_owned(), format!("--{long}={text_value}")];
+        let flag = format!("--{long}={text_value}");
+        let args = ["bulkfhir".to_owned(), "serve".to_owned(), flag.clone()];
         if let Err(error) = C::command().try_get_matches_from(args) {
-            let first = error.to_string().lines().next().unwrap_or_default().to_owned();
-            problems.push(Problem {
-                line,
-                message: format!("'{name}': {}", first.trim_start_matches("error: ")),
-            });
-            continue;
+            let message = format!("'{name}': {}", first_paragraph(&error));
+            if error.kind() != clap::error::ErrorKind::MissingRequiredArgument {
+                problems.push(Problem { line, message });
+                continue;
+            }
+            // Alone it lacks its partner; the file may hold that too.
+            needs_partner.push(Problem { line, message });
         }
+        all_flags.push(flag);
         match env {
             Some(env) => settings.variables.push((env.clone(), text_value)),
             None => problems.push(Problem {
@@ -116,8 +129,24 @@ pub(crate) fn check<C: CommandFactory>(text: &str) -> Result<Settings, Vec<Probl
             }),
         }
     }
+    if whole
+        && !needs_partner.is_empty()
+        && C::command()
+            .try_get_matches_from(all_flags)
+            .is_err_and(|error| error.kind() == clap::error::ErrorKind::MissingRequiredArgument)
+    {
+        problems.extend(needs_partner);
+    }
     problems.sort_by_key(|p| p.line);
     if problems.is_empty() { Ok(settings) } else { Err(problems) }
+}
+
+/// A clap error's message up to its first blank line, on one line, without `error: `.
+fn first_paragraph(error: &clap::Error) -> String {
+    let text = error.to_string();
+    let lines: Vec<&str> =
+        text.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
+    lines.join(" ").trim_start_matches("error: ").to_owned()
 }
 
 /// Reads the file and sets each key's environment variable unless the environment has it.
@@ -127,7 +156,7 @@ pub(crate) fn check<C: CommandFactory>(text: &str) -> Result<Settings, Vec<Probl
 pub(crate) unsafe fn apply<C: CommandFactory>(path: &Path) -> Result<(), String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read the configuration file {}: {e}", path.display()))?;
-    let settings = check::<C>(&text).map_err(|problems| {
+    let settings = check_keys::<C>(&text, false).map_err(|problems| {
         let lines: Vec<String> = problems
             .iter()
             .map(|p| format!("{}:{}: {}", path.display(), p.line, p.message))
@@ -172,6 +201,10 @@ mod tests {
         allowed_hosts: Vec<String>,
         #[arg(long)]
         no_env: Option<u32>,
+        #[arg(long, env = "T_CERT", requires = "key")]
+        cert: Option<std::path::PathBuf>,
+        #[arg(long, env = "T_KEY", requires = "cert")]
+        key: Option<std::path::PathBuf>,
     }
 
     #[test]
@@ -198,5 +231,26 @@ mod tests {
         let syntax = check::<TestCli>("listen = \n\"x\"").unwrap_err();
         assert_eq!(syntax.len(), 1);
         assert!(syntax[0].message.starts_with("not valid TOML"), "{syntax:?}");
+    }
+
+    #[test]
+    fn keys_that_need_each_other_are_checked_together() {
+        let both = "cert = \"/etc/tls/cert.pem\"\nkey = \"/etc/tls/key.pem\"\n";
+        let mut variables = check::<TestCli>(both).unwrap().variables;
+        variables.sort();
+        assert_eq!(
+            variables,
+            [
+                ("T_CERT".to_owned(), "/etc/tls/cert.pem".to_owned()),
+                ("T_KEY".to_owned(), "/etc/tls/key.pem".to_owned()),
+            ]
+        );
+        let alone = "listen = \"127.0.0.1:1\"\ncert = \"cert.pem\"\n";
+        let problems = check::<TestCli>(alone).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].line, 2);
+        assert!(problems[0].message.contains("--key"), "{problems:?}");
+        // When serving, the partner may still come as a flag: the final parse checks it.
+        assert!(check_keys::<TestCli>(alone, false).is_ok());
     }
 }

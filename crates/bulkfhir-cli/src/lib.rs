@@ -9,10 +9,11 @@ use std::{
 };
 
 use anyhow::Context;
+use bulkfhir_auth::TokenSigner;
 use bulkfhir_export::{ExportConfig, ExportService, Runner, Sweeper};
 use bulkfhir_output::OutputStore;
-use bulkfhir_server::{AppState, ServerConfig};
-use bulkfhir_store::{MeteredStore, ResourceStore};
+use bulkfhir_server::{AppState, AuthSettings, ServerConfig};
+use bulkfhir_store::{ClientStore, MeteredStore, ResourceStore};
 use bulkfhir_store_embedded::EmbeddedStore;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +27,19 @@ pub struct ServeOptions {
     pub server: ServerConfig,
     /// Export settings.
     pub export: ExportConfig,
+    /// Whether requests need SMART Backend Services access tokens.
+    pub authorization: Authorization,
+}
+
+/// Whether the server checks access tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Authorization {
+    /// SMART Backend Services: every request but discovery and the token endpoint needs a
+    /// token; clients are the ones registered with `bulkfhir client add`.
+    #[default]
+    Smart,
+    /// No checks: anyone who reaches the port can do anything.
+    Off,
 }
 
 /// A server ready to run.
@@ -58,10 +72,18 @@ impl App {
         let output = OutputStore::local(&data_dir.join("exports"))
             .context("open the export folder")?
             .with_part_size(4 * 1024 * 1024);
+        let mut server = options.server;
+        if options.authorization == Authorization::Smart {
+            let secret = token_secret(data_dir)?;
+            let settings =
+                AuthSettings::new(&secret, Arc::clone(&embedded) as Arc<dyn ClientStore>)
+                    .map_err(|e| anyhow::anyhow!("start authorization: {e}"))?;
+            server.auth = Some(Arc::new(settings));
+        }
         let exports = ExportService::new(Arc::clone(&store), embedded, output, options.export);
         let runner = exports.runner(&node_id);
         let sweeper = exports.sweeper();
-        let state = AppState::new(store, exports, options.server);
+        let state = AppState::new(store, exports, server);
         Ok(App { state, runner, sweeper, metrics_listener: None, _lock: lock })
     }
 
@@ -170,6 +192,40 @@ fn lock_data_dir(data_dir: &Path) -> anyhow::Result<File> {
             Err(error).with_context(|| format!("lock {}", path.display()))
         }
     }
+}
+
+/// The key that signs access tokens: made on first start, kept in the data directory (owner
+/// read-only), so that tokens stay valid across a restart until they expire.
+fn token_secret(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
+    let path = data_dir.join("token-signing.key");
+    match std::fs::read(&path) {
+        Ok(secret) if secret.len() >= TokenSigner::MIN_SECRET_BYTES => return Ok(secret),
+        Ok(_) => anyhow::bail!(
+            "{} is shorter than {} bytes; remove it to make a new key (tokens issued so far stop working)",
+            path.display(),
+            TokenSigner::MIN_SECRET_BYTES
+        ),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error).with_context(|| format!("read {}", path.display())),
+    }
+    let secret = TokenSigner::random_secret().map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Written whole under a temporary name, then renamed: a crash leaves no half key.
+    let partial = data_dir.join("token-signing.key.partial");
+    {
+        use std::io::Write;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file =
+            options.open(&partial).with_context(|| format!("create {}", partial.display()))?;
+        file.write_all(&secret)
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("write {}", partial.display()))?;
+    }
+    std::fs::rename(&partial, &path).with_context(|| format!("create {}", path.display()))?;
+    tracing::info!(path = %path.display(), "made the access token signing key");
+    Ok(secret)
 }
 
 /// A stable id for this node, kept in the data directory.

@@ -18,17 +18,17 @@ use std::{
 };
 
 use anyhow::Context;
-use bulkfhir_app::{App, ServeOptions};
+use bulkfhir_app::{App, Authorization, ServeOptions};
 use bulkfhir_export::ExportConfig;
 use bulkfhir_generator::{GenerateOptions, generate_to_dir};
 use bulkfhir_model::ResourceType;
-use bulkfhir_server::{ConnectionLimits, ServerConfig};
+use bulkfhir_server::{ConnectionLimits, ServerConfig, TlsSettings};
 use bulkfhir_store::{
     ResourceStore, ScanOptions,
     loader::{LoadOptions, LoadProgress, LoadReport, collect_files, load_files},
 };
 use bulkfhir_store_embedded::EmbeddedStore;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser, Debug)]
@@ -49,7 +49,7 @@ enum LogFormat {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Serve the FHIR API (base URL http://LISTEN/fhir) on the embedded store.
+    /// Serve the FHIR API (base URL http://LISTEN/fhir, or https with --tls-cert) on the embedded store.
     Serve(ServeArgs),
     /// Load NDJSON files (or folders of them) straight into the store.
     Load(LoadArgs),
@@ -99,11 +99,35 @@ enum ClientCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
-    /// Write an ES384 key pair for trying authorization: private-key.pem and jwks.json.
+    /// Write a key pair for trying authorization: private-key.pem and jwks.json.
     Keygen {
         /// The folder to write them to.
         #[arg(long)]
         out: PathBuf,
+        /// The signing algorithm the key is for.
+        #[arg(long, value_enum, default_value_t = clients::KeyAlg::Es384)]
+        alg: clients::KeyAlg,
+    },
+    /// Get an access token from a server (SMART Backend Services) and print it, for curl and
+    /// scripts: TOKEN=$(bulkfhir client token ...).
+    Token {
+        /// The server's FHIR base URL; its token endpoint is read from
+        /// .well-known/smart-configuration.
+        #[arg(long)]
+        base_url: String,
+        /// The client id `bulkfhir client add` printed.
+        #[arg(long)]
+        client_id: String,
+        /// The private key (PKCS#8 PEM, as `client keygen` writes it).
+        #[arg(long)]
+        key: PathBuf,
+        /// The key's id in the registered JWKS [default: the first key of jwks.json beside
+        /// the private key].
+        #[arg(long)]
+        kid: Option<String>,
+        /// The scopes to ask for.
+        #[arg(long, default_value = "system/*.rs")]
+        scope: String,
     },
 }
 
@@ -138,7 +162,8 @@ struct ServeArgs {
     /// The largest request body accepted, in bytes.
     #[arg(long, env = "BULKFHIR_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
     max_body_bytes: usize,
-    /// Public base URL of the FHIR API (default: http://HOST/fhir from each request's Host).
+    /// Public base URL of the FHIR API (default: http://HOST/fhir from each request's Host,
+    /// https with --tls-cert).
     /// Set it in production: then no request header goes into the URLs the server hands out.
     #[arg(long, env = "BULKFHIR_BASE_URL")]
     base_url: Option<String>,
@@ -159,8 +184,33 @@ struct ServeArgs {
     /// The longest pause in seconds between two parts of a request body (then 408).
     #[arg(long, env = "BULKFHIR_BODY_TIMEOUT_SECS", default_value_t = 60)]
     body_timeout_secs: u64,
+    /// Serve HTTPS with this PEM certificate chain (the server's certificate first); needs
+    /// --tls-key. Without it the API is plain HTTP (for a TLS-terminating proxy in front).
+    #[arg(long, env = "BULKFHIR_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key (PKCS#8, PKCS#1 or SEC1, unencrypted) of --tls-cert.
+    #[arg(long, env = "BULKFHIR_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// `smart`: every request needs a SMART Backend Services access token (register clients
+    /// with `bulkfhir client add`). `none`: no checks at all; allowed only on a loopback
+    /// address unless --insecure-no-auth-on-network is also given.
+    #[arg(long, env = "BULKFHIR_AUTH", value_enum, default_value_t = AuthMode::Smart)]
+    auth: AuthMode,
+    /// With `--auth none`, listen on a non-loopback address anyway: anyone who reaches the
+    /// port can read, change and export everything.
+    #[arg(long)]
+    insecure_no_auth_on_network: bool,
     #[command(flatten)]
     export: ExportArgs,
+}
+
+/// `serve --auth`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum AuthMode {
+    /// SMART Backend Services.
+    Smart,
+    /// No authorization.
+    None,
 }
 
 #[derive(Args, Debug)]
@@ -269,11 +319,12 @@ fn main() -> ExitCode {
     limit_malloc_arenas();
     // `serve --config FILE`: the file's keys become environment variables before the command
     // line is parsed (flags > environment > file > defaults).
-    // A first parse finds `--config` (or BULKFHIR_CONFIG) wherever it stands.
-    let config_file = match Cli::try_parse() {
-        Ok(Cli { command: Command::Serve(ServeArgs { config: Some(path), .. }), .. }) => Some(path),
-        _ => None,
-    };
+    // A first parse finds `--config` (or BULKFHIR_CONFIG) wherever it stands. It ignores
+    // errors: the file may hold what the flags still lack (`tls-cert` for a `--tls-key`).
+    let config_file =
+        Cli::command().ignore_errors(true).try_get_matches().ok().and_then(|matches| {
+            matches.subcommand_matches("serve")?.get_one::<PathBuf>("config").cloned()
+        });
     if let Some(path) = config_file {
         // SAFETY: no other thread has started yet.
         if let Err(message) = unsafe { config::apply::<Cli>(&path) } {
@@ -325,12 +376,30 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     body_read_timeout: Duration::from_secs(args.body_timeout_secs.max(1)),
                     ..ConnectionLimits::default()
                 },
+                tls: match (&args.tls_cert, &args.tls_key) {
+                    (Some(cert), Some(key)) => Some(TlsSettings::load(cert, key)?),
+                    _ => None,
+                },
                 ..ServerConfig::default()
+            };
+            let authorization = match args.auth {
+                AuthMode::Smart => Authorization::Smart,
+                AuthMode::None => {
+                    if !args.listen.ip().is_loopback() && !args.insecure_no_auth_on_network {
+                        anyhow::bail!(
+                            "refusing to serve {} with --auth none: anyone who reaches it could read, change and export every record. Use --auth smart, listen on a loopback address, or pass --insecure-no-auth-on-network if something in front of this server authorizes every request",
+                            args.listen
+                        );
+                    }
+                    tracing::warn!(listen = %args.listen, "authorization is off (--auth none): every request is allowed");
+                    Authorization::Off
+                }
             };
             let options = ServeOptions {
                 data_dir: args.store.data_dir,
                 server,
                 export: args.export.config(),
+                authorization,
             };
             serve(options, args.listen, args.metrics_listen).await?;
             Ok(ExitCode::SUCCESS)
@@ -362,14 +431,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             println!(
-                "bulkfhir demo: FHIR API at http://{0}/fhir (try /fhir/metadata, /fhir/Patient?_count=5, \
+                "bulkfhir demo: FHIR API at http://{0}/fhir, authorization off (loopback only; `bulkfhir serve` is the one for networks). Try /fhir/metadata, /fhir/Patient?_count=5, \
                  or a bulk export: curl -i -H 'Accept: application/fhir+json' -H 'Prefer: respond-async' http://{0}/fhir/$export)",
                 args.listen
             );
+            if !args.listen.ip().is_loopback() {
+                anyhow::bail!(
+                    "the demo runs without authorization, so it listens on loopback addresses only (not {}); use `bulkfhir serve` to put a server on a network",
+                    args.listen
+                );
+            }
             let options = ServeOptions {
                 data_dir: args.data_dir,
                 server: ServerConfig::default(),
                 export: ExportConfig::default(),
+                authorization: Authorization::Off,
             };
             serve(options, args.listen, None).await?;
             Ok(ExitCode::SUCCESS)
@@ -389,7 +465,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ClientCommand::Remove { id, store } => {
                 clients::remove(&open_embedded(&store.data_dir)?, &id).await
             }
-            ClientCommand::Keygen { out } => clients::keygen(&out),
+            ClientCommand::Keygen { out, alg } => clients::keygen(&out, alg),
+            ClientCommand::Token { base_url, client_id, key, kid, scope } => {
+                let request = clients::TokenRequest {
+                    base_url: &base_url,
+                    client_id: &client_id,
+                    key: &key,
+                    kid: kid.as_deref(),
+                    scope: &scope,
+                };
+                println!("{}", clients::token(&request).await?);
+                Ok(ExitCode::SUCCESS)
+            }
         },
         Command::Config(ConfigCommand::Check { file }) => {
             let text = std::fs::read_to_string(&file)

@@ -41,6 +41,10 @@ pub struct StoredRequest {
     /// `organizeOutputBy` (v3), when honoured: `Patient`.
     #[serde(default)]
     pub organize_output_by: Option<String>,
+    /// The caller's narrowing queries ([`ExportBound::required`](crate::ExportBound)), as
+    /// `Type?params`: AND-ed with `_typeFilter`, applied to supporting resources too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scope_filters: Vec<String>,
 }
 
 /// What a job does, fixed at kick-off.

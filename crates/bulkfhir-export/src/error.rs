@@ -17,6 +17,9 @@ pub enum ExportError {
     /// No such job, Group or file.
     #[error("{0}")]
     NotFound(String),
+    /// The caller may not export what it asked for (a type its access does not cover).
+    #[error("{0}")]
+    Forbidden(String),
     /// The job's files have expired and were deleted.
     #[error("{0}")]
     Gone(String),
@@ -60,6 +63,7 @@ impl ExportError {
         match self {
             ExportError::Invalid { .. } => ErrorKind::Invalid,
             ExportError::NotFound(_) => ErrorKind::NotFound,
+            ExportError::Forbidden(_) => ErrorKind::Forbidden,
             ExportError::Gone(_) => ErrorKind::Gone,
             ExportError::Busy(_) => ErrorKind::TooManyRequests,
             ExportError::ShuttingDown => ErrorKind::Unavailable,

@@ -10,6 +10,7 @@
 //! - [`Sweeper`]: deletes the files of expired, cancelled and failed jobs.
 #![warn(missing_docs)]
 
+mod access;
 mod blocks;
 mod config;
 mod docs;
@@ -21,6 +22,7 @@ mod sweeper;
 pub mod telemetry;
 mod unit;
 
+pub use access::{ExportBound, JobAccess};
 pub use config::ExportConfig;
 pub use docs::{FileEntry, FileKind, ManifestDoc, StoredRequest};
 pub use error::ExportError;

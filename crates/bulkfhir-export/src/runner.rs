@@ -294,6 +294,13 @@ impl JobRun {
                 .map_err(|e| ExportError::Corrupt(format!("_typeFilter '{text}': {e}")))?;
             filters.entry(query.resource_type()).or_default().push(query);
         }
+        let mut scope_filters: HashMap<bulkfhir_model::ResourceType, Vec<SearchQuery>> =
+            HashMap::new();
+        for text in &request.scope_filters {
+            let query = SearchQuery::parse_type_filter(text, job.request_time)
+                .map_err(|e| ExportError::Corrupt(format!("scope query '{text}': {e}")))?;
+            scope_filters.entry(query.resource_type()).or_default().push(query);
+        }
         let ctx = Arc::new(JobContext {
             store: Arc::clone(&shared.store),
             jobs: Arc::clone(&shared.jobs),
@@ -312,6 +319,7 @@ impl JobRun {
             written: Arc::clone(written),
             elements,
             filters,
+            scope_filters,
         });
         // Each unit runs as its own task, so units (types, key ranges) use every core: a unit
         // copies every byte it writes, and one task polling them all kept the export on one

@@ -7,7 +7,7 @@ use std::{
 };
 
 use bulkfhir_model::{
-    Instant,
+    Instant, ResourceType,
     elements::ElementSelection,
     export::{ExportLevel, ExportRequest, OutputFormat},
     search::SearchQuery,
@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::{
-    ExportConfig, ExportError, Runner, Sweeper,
+    ExportBound, ExportConfig, ExportError, FileKind, JobAccess, Runner, Sweeper,
     docs::{FileEntry, ManifestDoc, StoredRequest},
     error::corrupt,
     plan::plan,
@@ -226,6 +226,9 @@ pub struct FileDownload {
     pub total_size: u64,
     /// True when the stored file is gzip-compressed.
     pub gzip: bool,
+    /// The resource type of an output or deleted file of one type (`None` for error files and
+    /// files that mix types), so that the edge can check the caller may still read it.
+    pub resource_type: Option<String>,
 }
 
 impl std::fmt::Debug for FileDownload {
@@ -248,8 +251,10 @@ pub struct KickoffContext {
     pub request_url: String,
     /// The FHIR base URL.
     pub base_url: String,
-    /// The authenticated client, if any.
+    /// The authenticated client, if any: the job's owner.
     pub requester: Option<String>,
+    /// What the client may export ([`ExportBound::everything`] without authorization).
+    pub bound: ExportBound,
 }
 
 /// A status answer: the job's state and how the client asked to receive it.
@@ -368,6 +373,7 @@ impl ExportService {
         context: KickoffContext,
     ) -> Result<JobId, ExportError> {
         check_parameters(&mut request, context.lenient)?;
+        apply_bound(&mut request, &context.bound, context.lenient)?;
         let started = std::time::Instant::now();
         let shared = &self.shared;
         if shared.draining.load(std::sync::atomic::Ordering::Relaxed) {
@@ -412,6 +418,7 @@ impl ExportService {
             elements: request.elements.clone(),
             type_filters: request.type_filters.clone(),
             organize_output_by: request.organize_output_by.clone(),
+            scope_filters: context.bound.required.clone(),
         };
         let id = JobId::new();
         let job = NewJob {
@@ -442,8 +449,13 @@ impl ExportService {
     }
 
     /// What a status poll answers; `page` is a partial-manifest page number (from 1).
-    pub async fn status(&self, id: &JobId, page: Option<u32>) -> Result<StatusReport, ExportError> {
-        let record = self.record(id).await?;
+    pub async fn status(
+        &self,
+        id: &JobId,
+        page: Option<u32>,
+        access: &JobAccess,
+    ) -> Result<StatusReport, ExportError> {
+        let record = self.record(id, access).await?;
         let request: StoredRequest = serde_json::from_str(&record.request).map_err(corrupt)?;
         let separate_status = request.separate_status;
         if page.is_some() && !request.partial_manifests {
@@ -565,7 +577,8 @@ impl ExportService {
     }
 
     /// Cancels an export and deletes its files (`NotFound` when unknown or already cancelled).
-    pub async fn cancel(&self, id: &JobId) -> Result<(), ExportError> {
+    pub async fn cancel(&self, id: &JobId, access: &JobAccess) -> Result<(), ExportError> {
+        self.record(id, access).await?;
         let shared = &self.shared;
         shared.jobs.cancel(id, Instant::now()).await.map_err(|e| match e {
             StoreError::JobNotFound { .. } => not_found(id),
@@ -586,8 +599,9 @@ impl ExportService {
         id: &JobId,
         name: &str,
         range: Option<Range<u64>>,
+        access: &JobAccess,
     ) -> Result<FileDownload, ExportError> {
-        let record = self.record(id).await?;
+        let record = self.record(id, access).await?;
         if record.status != JobStatus::Completed {
             return Err(ExportError::NotFound(format!(
                 "export {id} has no files (status {})",
@@ -602,33 +616,50 @@ impl ExportService {
         if !listed {
             return Err(ExportError::NotFound(format!("export {id} has no file '{name}'")));
         }
+        let resource_type = view
+            .manifest
+            .as_ref()
+            .and_then(|m| m.files.iter().find(|f| f.name == name))
+            .filter(|f| match f.kind {
+                FileKind::Error => false,
+                FileKind::Output => view.request.organize_output_by.is_none(),
+                FileKind::Deleted => true,
+            })
+            .map(|f| f.resource_type.clone());
         let key = OutputKey::parse(&format!("jobs/{id}/{name}"))?;
         let (body, total_size) = self.shared.output.read(&key, range).await?;
-        Ok(FileDownload { body, total_size, gzip: name.ends_with(".gz") })
+        Ok(FileDownload { body, total_size, gzip: name.ends_with(".gz"), resource_type })
     }
 
     /// One job with its documents (cancelled ones included).
-    pub async fn job(&self, id: &JobId) -> Result<JobView, ExportError> {
-        let record = self.record(id).await?;
+    pub async fn job(&self, id: &JobId, access: &JobAccess) -> Result<JobView, ExportError> {
+        let record = self.record(id, access).await?;
         self.view(record)
     }
 
-    /// Jobs, newest first.
+    /// The jobs `access` sees, newest first.
     pub async fn search(
         &self,
         status: Option<JobStatus>,
-        requester: Option<String>,
+        access: &JobAccess,
         limit: usize,
     ) -> Result<Vec<JobView>, ExportError> {
-        let records = self.shared.jobs.search(&JobQuery { status, requester, limit }).await?;
+        let query = JobQuery { status, requester: access.requester(), limit };
+        let records = self.shared.jobs.search(&query).await?;
         records.into_iter().map(|r| self.view(r)).collect()
     }
 
-    async fn record(&self, id: &JobId) -> Result<JobRecord, ExportError> {
-        self.shared.jobs.get(id).await.map_err(|e| match e {
+    /// A job's record, when `access` sees it: another client's job is "not found", exactly as
+    /// an unknown one.
+    async fn record(&self, id: &JobId, access: &JobAccess) -> Result<JobRecord, ExportError> {
+        let record = self.shared.jobs.get(id).await.map_err(|e| match e {
             StoreError::JobNotFound { .. } => not_found(id),
             other => other.into(),
-        })
+        })?;
+        if !access.sees(record.requester.as_deref()) {
+            return Err(not_found(id));
+        }
+        Ok(record)
     }
 
     fn view(&self, record: JobRecord) -> Result<JobView, ExportError> {
@@ -643,6 +674,68 @@ impl ExportService {
 
 fn not_found(id: &JobId) -> ExportError {
     ExportError::NotFound(format!("no export job {id}"))
+}
+
+/// Bounds the request by what the caller may export: no `_type` becomes the permitted types; a
+/// `_type` naming a type outside them is refused (403), or under lenient handling dropped with
+/// a note; so is `includeAssociatedData` without access to Provenance.
+fn apply_bound(
+    request: &mut ExportRequest,
+    bound: &ExportBound,
+    lenient: bool,
+) -> Result<(), ExportError> {
+    bound.check()?;
+    let Some(allowed) = &bound.types else { return Ok(()) };
+    let refuse =
+        |message: String| -> Result<(), ExportError> { Err(ExportError::Forbidden(message)) };
+    match request.types.as_mut() {
+        None => request.types = Some(allowed.iter().copied().collect()),
+        Some(types) => {
+            let denied: Vec<&str> =
+                types.iter().filter(|t| !allowed.contains(t)).map(|t| t.as_str()).collect();
+            if !denied.is_empty() {
+                let listed = denied.join(", ");
+                if !lenient {
+                    return refuse(format!(
+                        "_type names {listed}, which this client's scopes do not allow it to export"
+                    ));
+                }
+                request.lenient_notes.push(format!(
+                    "_type {listed} was left out: this client's scopes do not allow it to export it"
+                ));
+                types.retain(|t| allowed.contains(t));
+            }
+        }
+    }
+    if request.types.as_ref().is_some_and(Vec::is_empty) {
+        return refuse(
+            "this client's scopes allow it to export none of the types asked for".into(),
+        );
+    }
+    let provenance = ResourceType::parse("Provenance").ok();
+    if !request.include_associated_data.is_empty()
+        && !provenance.is_some_and(|p| allowed.contains(&p))
+    {
+        if !lenient {
+            return refuse(
+                "includeAssociatedData needs access to Provenance, which this client's scopes do not allow"
+                    .into(),
+            );
+        }
+        request.lenient_notes.push(
+            "includeAssociatedData was ignored: this client's scopes do not allow Provenance"
+                .into(),
+        );
+        request.include_associated_data.clear();
+    }
+    if request.since.is_some() {
+        for resource_type in request.types.iter().flatten().filter(|t| bound.narrows(**t)) {
+            request.lenient_notes.push(format!(
+                "deleted {resource_type} resources are not listed: this client's scopes cover only some {resource_type} resources, and a deleted one can no longer be matched against them"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Checks the parameters the model parser cannot check alone (`_typeFilter` queries, `_elements`

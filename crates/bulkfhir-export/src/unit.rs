@@ -61,6 +61,9 @@ pub(crate) struct JobContext {
     /// `_typeFilter` queries by type; a resource of a listed type is exported only if one of its
     /// type's queries matches.
     pub(crate) filters: HashMap<ResourceType, Vec<SearchQuery>>,
+    /// The caller's narrowing queries by type (granular scopes), AND-ed with `filters`; a
+    /// resource of a listed type is exported only if one of its type's queries matches.
+    pub(crate) scope_filters: HashMap<ResourceType, Vec<SearchQuery>>,
     /// The types of the supporting resources the plan adds ([`supporting_type_names`]).
     pub(crate) supporting_types: HashSet<&'static str>,
     /// The export level, as a metrics label.
@@ -69,25 +72,41 @@ pub(crate) struct JobContext {
     pub(crate) drain: CancellationToken,
 }
 
+/// Whether one of `queries` matches `resource`; true when there are none.
+fn any_matches(
+    queries: Option<&Vec<SearchQuery>>,
+    resource: &StoredResource,
+) -> Result<bool, ExportError> {
+    let Some(queries) = queries else { return Ok(true) };
+    for query in queries {
+        match query.matches(&resource.body) {
+            Ok(true) => return Ok(true),
+            Ok(false) => {}
+            Err(error) => {
+                return Err(ExportError::Unfilterable {
+                    resource: format!("{}/{}", resource.resource_type, resource.id),
+                    message: error.message,
+                });
+            }
+        }
+    }
+    Ok(false)
+}
+
 impl JobContext {
-    /// Whether `resource` passes `_typeFilter` (resources of types without a filter always do).
+    /// Whether `resource` passes `_typeFilter` (resources of types without a filter always do)
+    /// and the caller's narrowing queries ([`Self::passes_scope`]).
     /// A resource the evaluator cannot read is an error, never "no match": leaving it out
     /// silently would make the export inexact.
     pub(crate) fn passes_filters(&self, resource: &StoredResource) -> Result<bool, ExportError> {
-        let Some(queries) = self.filters.get(&resource.resource_type) else { return Ok(true) };
-        for query in queries {
-            match query.matches(&resource.body) {
-                Ok(true) => return Ok(true),
-                Ok(false) => {}
-                Err(error) => {
-                    return Err(ExportError::Unfilterable {
-                        resource: format!("{}/{}", resource.resource_type, resource.id),
-                        message: error.message,
-                    });
-                }
-            }
-        }
-        Ok(false)
+        Ok(any_matches(self.filters.get(&resource.resource_type), resource)?
+            && self.passes_scope(resource)?)
+    }
+
+    /// Whether `resource` is within the caller's narrowing queries: what every exported
+    /// resource must pass, supporting ones included.
+    pub(crate) fn passes_scope(&self, resource: &StoredResource) -> Result<bool, ExportError> {
+        any_matches(self.scope_filters.get(&resource.resource_type), resource)
     }
 
     /// After a checkpoint: stop here if the node is shutting down (the job resumes from this
@@ -619,9 +638,22 @@ impl<'c> Roller<'c> {
             .elements
             .as_ref()
             .filter(|e| self.resource_type.is_some_and(|t| e.applies_to(t)) && !self.deleted);
-        let filtering = self.apply_filters && !self.deleted;
+        // A deleted resource has no body to match against narrowing queries: a type they
+        // narrow lists no deletions (the kick-off says so in the error file).
+        let narrowed = self.resource_type.is_some_and(|t| self.ctx.scope_filters.contains_key(&t));
+        if self.deleted && narrowed {
+            return Ok(());
+        }
         for resource in page.resources.iter() {
-            if !keep(resource) || (filtering && !self.ctx.passes_filters(resource)?) {
+            if !keep(resource) {
+                continue;
+            }
+            let passes = match (self.deleted, self.apply_filters) {
+                (true, _) => true,
+                (false, true) => self.ctx.passes_filters(resource)?,
+                (false, false) => self.ctx.passes_scope(resource)?,
+            };
+            if !passes {
                 continue;
             }
             if self.deleted {

@@ -15,6 +15,8 @@ pub enum ErrorKind {
     Conflict,
     /// A precondition such as `If-Match` does not hold (412).
     PreconditionFailed,
+    /// The caller did not authenticate, or its credentials are not valid (401).
+    Unauthorized,
     /// The caller may not do this (403).
     Forbidden,
     /// The request is valid FHIR but this server does not support it (422 or 400, by context).

@@ -72,6 +72,7 @@ pub fn issue_code(kind: ErrorKind) -> &'static str {
         ErrorKind::Gone => "deleted",
         ErrorKind::Conflict => "conflict",
         ErrorKind::PreconditionFailed => "conflict",
+        ErrorKind::Unauthorized => "login",
         ErrorKind::Forbidden => "forbidden",
         ErrorKind::Unsupported => "not-supported",
         ErrorKind::TooLarge => "too-costly",
@@ -115,6 +116,7 @@ impl OperationOutcome {
 pub fn http_status(kind: ErrorKind) -> u16 {
     match kind {
         ErrorKind::Invalid => 400,
+        ErrorKind::Unauthorized => 401,
         ErrorKind::Forbidden => 403,
         ErrorKind::NotFound => 404,
         ErrorKind::Conflict => 409,
@@ -135,6 +137,7 @@ pub fn status_line(code: u16) -> String {
         201 => "Created",
         204 => "No Content",
         400 => "Bad Request",
+        401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         409 => "Conflict",

@@ -119,7 +119,8 @@ impl FromRequestParts<AppState> for BaseUrl {
         let host = request_host(&parts.headers, &parts.uri)
             .ok_or_else(|| ApiError::invalid("request has no Host header"))?;
         check_host(host, &state.config.allowed_hosts)?;
-        Ok(BaseUrl(format!("http://{host}/fhir")))
+        let scheme = if state.config.tls.is_some() { "https" } else { "http" };
+        Ok(BaseUrl(format!("{scheme}://{host}/fhir")))
     }
 }
 

@@ -6,12 +6,14 @@
 //! names axum; backends arrive as `Arc<dyn ResourceStore>`.
 #![warn(missing_docs)]
 
+mod auth;
 mod capability;
 mod extract;
 mod listener;
 mod ops;
 pub mod outcome;
 mod routes;
+mod tls;
 
 use std::{
     collections::HashMap,
@@ -24,9 +26,12 @@ use axum::Router;
 use bulkfhir_export::ExportService;
 use bulkfhir_store::{JobId, ResourceStore};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
+pub use auth::AuthSettings;
 pub use listener::ConnectionLimits;
 pub use ops::{HTTP_REQUESTS, HTTP_SECONDS, metrics_handle};
+pub use tls::{TlsError, TlsSettings};
 
 /// Server settings.
 #[derive(Debug, Clone)]
@@ -34,8 +39,9 @@ pub struct ServerConfig {
     /// The largest request body accepted, in bytes (a larger one gets 413).
     pub max_body_bytes: usize,
     /// The public base URL (e.g. `https://fhir.example.org/fhir`); when unset, absolute URLs
-    /// are built from the request's `Host` header as `http://HOST/fhir`. Production servers set
-    /// it, so that no request header ever goes into a URL the server hands out.
+    /// are built from the request's `Host` header as `http://HOST/fhir` (`https://` with
+    /// [`ServerConfig::tls`]). Production servers set it, so that no request header ever goes
+    /// into a URL the server hands out.
     pub public_base_url: Option<String>,
     /// The `Host` header values (`host` or `host:port`, compared case-insensitively) this server
     /// answers; empty: any syntactically valid one. Others get 400.
@@ -46,6 +52,11 @@ pub struct ServerConfig {
     pub metrics_on_api_listener: bool,
     /// The most resources one search page returns.
     pub max_page_size: usize,
+    /// SMART Backend Services authorization; `None` (`--auth none`): every request is allowed.
+    pub auth: Option<Arc<AuthSettings>>,
+    /// Serve the API over HTTPS with this certificate and key (None: plain HTTP, for a
+    /// deployment behind a TLS-terminating proxy). The metrics-only listener stays plain HTTP.
+    pub tls: Option<TlsSettings>,
 }
 
 impl Default for ServerConfig {
@@ -57,6 +68,8 @@ impl Default for ServerConfig {
             limits: ConnectionLimits::default(),
             metrics_on_api_listener: true,
             max_page_size: 1000,
+            auth: None,
+            tls: None,
         }
     }
 }
@@ -108,9 +121,16 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let local: Option<SocketAddr> = listener.local_addr().ok();
-    tracing::info!(address = ?local, "serving the FHIR API");
+    let tls = state.config.tls.as_ref().map(|tls| TlsAcceptor::from(tls.server_config()));
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    match local {
+        Some(address) => {
+            tracing::info!(%address, "serving the FHIR API at {scheme}://{address}/fhir")
+        }
+        None => tracing::info!(scheme, "serving the FHIR API"),
+    }
     let limits = state.config.limits.clone();
-    listener::serve(listener, router(state), limits, shutdown).await
+    listener::serve(listener, router(state), limits, tls, shutdown).await
 }
 
 /// Serves only `GET /metrics` on `listener` (a private address) until `shutdown` completes.
@@ -120,5 +140,5 @@ pub async fn serve_metrics(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let limits = state.config.limits.clone();
-    listener::serve(listener, ops::metrics_router(state), limits, shutdown).await
+    listener::serve(listener, ops::metrics_router(state), limits, None, shutdown).await
 }

@@ -17,6 +17,12 @@
 //! every one of ours carries an `OperationOutcome`, and NDJSON or JSON bodies never hold a
 //! `\r\n\r\n`) with the same status and an `OperationOutcome` body. hyper closes the connection
 //! after such a response, so the different length is never read as the start of another one.
+//!
+//! With TLS, the handshake runs in the connection's own task (a slow or silent client never
+//! holds up the accept loop), holding the connection's slot, within the header-read timeout;
+//! a failed or late handshake closes the connection. [`OutcomeOnParseError`] wraps the TLS
+//! stream, so it sees the same plaintext responses. A connection over the limit is closed
+//! without a 503 (answering would need a handshake first).
 
 use std::{
     future::Future,
@@ -44,6 +50,7 @@ use tokio::{
     sync::Semaphore,
     task::JoinSet,
 };
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 /// Limits on connections and slow clients.
@@ -78,12 +85,13 @@ impl Default for ConnectionLimits {
     }
 }
 
-/// Serves `router` on `listener` until `shutdown` completes, then lets in-flight requests finish
-/// within the grace period.
+/// Serves `router` on `listener` (over TLS when `tls` is given) until `shutdown` completes, then
+/// lets in-flight requests finish within the grace period.
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ConnectionLimits,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -121,7 +129,10 @@ pub(crate) async fn serve(
         let _ = stream.set_nodelay(true);
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             warn!(peer = %peer, limit = limits.max_connections, "connection refused: too many open connections");
-            if let Ok(permit) = refusals.clone().try_acquire_owned() {
+            // Over TLS a 503 would need a handshake first: just close.
+            if tls.is_none()
+                && let Ok(permit) = refusals.clone().try_acquire_owned()
+            {
                 tokio::spawn(async move {
                     refuse_busy(stream).await;
                     drop(permit);
@@ -129,10 +140,35 @@ pub(crate) async fn serve(
             }
             continue;
         };
-        let io = TokioIo::new(OutcomeOnParseError::new(stream));
-        let connection = graceful.watch(builder.serve_connection(io, service.clone()));
+        let Some(acceptor) = &tls else {
+            let io = TokioIo::new(OutcomeOnParseError::new(stream));
+            let connection = graceful.watch(builder.serve_connection(io, service.clone()));
+            connections.spawn(async move {
+                if let Err(error) = connection.await {
+                    debug!(peer = %peer, error = %error, "connection ended with an error");
+                }
+                drop(slot);
+            });
+            continue;
+        };
+        // The handshake runs in the connection's task, holding its slot; the watcher keeps
+        // shutdown waiting for it (bounded by the timeout) like for a served connection.
+        let handshake = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream));
+        let (builder, service, watcher) = (builder.clone(), service.clone(), graceful.watcher());
         connections.spawn(async move {
-            if let Err(error) = connection.await {
+            let stream = match handshake.await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    debug!(peer = %peer, error = %error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    debug!(peer = %peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let io = TokioIo::new(OutcomeOnParseError::new(stream));
+            if let Err(error) = watcher.watch(builder.serve_connection(io, service)).await {
                 debug!(peer = %peer, error = %error, "connection ended with an error");
             }
             drop(slot);

@@ -39,6 +39,11 @@ impl ApiError {
         self
     }
 
+    /// The message for the client.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     /// Adds the location of the problem.
     pub fn at(mut self, expression: impl Into<String>) -> Self {
         self.expression = Some(expression.into());

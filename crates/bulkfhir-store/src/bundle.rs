@@ -25,11 +25,39 @@ pub enum BundleKind {
     Batch,
 }
 
+/// What a Bundle entry does, for [`BundleOptions::authorize`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryInteraction {
+    /// POST: create.
+    Create,
+    /// GET: read or vread.
+    Read,
+    /// PUT: update (or create with a client id).
+    Update,
+    /// DELETE.
+    Delete,
+}
+
+/// Whether the caller may do an interaction on a type; `Err` says why not.
+pub type Authorize<'a> = &'a (dyn Fn(ResourceType, EntryInteraction) -> Result<(), String> + Sync);
+
 /// Options of one Bundle submission.
-#[derive(Debug, Clone, Copy)]
-pub struct BundleOptions {
+#[derive(Clone, Copy)]
+pub struct BundleOptions<'a> {
     /// Include each written resource in its response entry (`Prefer: return=representation`).
     pub return_resources: bool,
+    /// Checked for every entry before anything runs: a refused entry fails a transaction
+    /// (nothing is written) or gets a 403 outcome in a batch.
+    pub authorize: Option<Authorize<'a>>,
+}
+
+impl std::fmt::Debug for BundleOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BundleOptions")
+            .field("return_resources", &self.return_resources)
+            .field("authorize", &self.authorize.is_some())
+            .finish()
+    }
 }
 
 #[derive(Deserialize)]
@@ -122,7 +150,7 @@ struct ResponseOut {
 pub async fn process(
     store: &dyn ResourceStore,
     body: &[u8],
-    options: BundleOptions,
+    options: BundleOptions<'_>,
 ) -> Result<Vec<u8>, StoreError> {
     let text = std::str::from_utf8(body)
         .map_err(|e| StoreError::Invalid(format!("body is not UTF-8: {e}")))?;
@@ -149,7 +177,8 @@ pub async fn process(
         .collect();
     let mut actions: Vec<Result<Action, StoreError>> = Vec::with_capacity(n_entries);
     for (entry_idx, entry) in bundle.entry.iter().enumerate() {
-        let action = check_entry(entry, entry_idx, &assigned, &urn_map, kind);
+        let action = check_entry(entry, entry_idx, &assigned, &urn_map, kind)
+            .and_then(|action| authorize(action, entry_idx, options.authorize));
         if kind == BundleKind::Transaction
             && let Err(error) = action
         {
@@ -234,6 +263,30 @@ pub async fn process(
         entry: responses.into_iter().map(Option::unwrap_or_default).collect(),
     };
     serde_json::to_vec(&out).map_err(|e| StoreError::backend("serialize response Bundle", e))
+}
+
+/// The entry's action when `authorize` allows it.
+fn authorize(
+    action: Action,
+    entry_idx: usize,
+    authorize: Option<Authorize<'_>>,
+) -> Result<Action, StoreError> {
+    let Some(authorize) = authorize else { return Ok(action) };
+    let (resource_type, interaction) = match &action {
+        Action::Write(WriteOp::Create { resource, .. }) => {
+            (resource.resource_type(), EntryInteraction::Create)
+        }
+        Action::Write(WriteOp::Update { resource, .. }) => {
+            (resource.resource_type(), EntryInteraction::Update)
+        }
+        Action::Write(WriteOp::Delete { resource_type, .. }) => {
+            (*resource_type, EntryInteraction::Delete)
+        }
+        Action::Read { resource_type, .. } => (*resource_type, EntryInteraction::Read),
+    };
+    authorize(resource_type, interaction)
+        .map_err(|why| StoreError::Forbidden(format!("Bundle.entry[{entry_idx}]: {why}")))?;
+    Ok(action)
 }
 
 /// What [`assign_ids`] decided for one entry.
@@ -442,7 +495,10 @@ fn rewrite_urn_references<'t>(
     Ok(std::borrow::Cow::Owned(out))
 }
 
-fn write_response(outcome: &WriteOutcome, options: BundleOptions) -> Result<EntryOut, StoreError> {
+fn write_response(
+    outcome: &WriteOutcome,
+    options: BundleOptions<'_>,
+) -> Result<EntryOut, StoreError> {
     let status = if outcome.body.is_none() {
         200
     } else if outcome.created {

@@ -55,6 +55,9 @@ pub enum StoreError {
     /// The input is not acceptable (bad resource, bad bundle, bad parameter).
     #[error("{0}")]
     Invalid(String),
+    /// The caller may not do this (a Bundle entry its access does not cover).
+    #[error("{0}")]
+    Forbidden(String),
     /// The input was a resource the model layer refused.
     #[error(transparent)]
     Model(#[from] ModelError),
@@ -127,6 +130,7 @@ impl StoreError {
             StoreError::AlreadyExists { .. } => ErrorKind::Conflict,
             StoreError::PreconditionFailed { .. } => ErrorKind::PreconditionFailed,
             StoreError::Invalid(_) => ErrorKind::Invalid,
+            StoreError::Forbidden(_) => ErrorKind::Forbidden,
             StoreError::Model(e) => e.kind(),
             StoreError::OpFailed { source, .. } => source.kind(),
             StoreError::LeaseLost { .. } => ErrorKind::Conflict,

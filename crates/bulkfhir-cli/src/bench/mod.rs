@@ -14,6 +14,7 @@
 //! 6. the limits on the plain system export's files: copy file to file, gzip on all cores;
 //! 7. kick-off and status-poll latency while a system export runs.
 
+mod auth;
 mod latency;
 mod limits;
 mod report;
@@ -164,7 +165,8 @@ async fn restart<'a>(
         server.stop().await?;
     }
     let server =
-        Server::start(exe, &work.join("data"), &work.join("server.log"), &http.client).await?;
+        Server::start(exe, &work.join("data"), &work.join("server.log"), &http.client, false)
+            .await?;
     http.base = server.base.clone();
     Ok(slot.insert(server))
 }
@@ -583,6 +585,9 @@ async fn bench(
     if let Some(server) = slot.take() {
         server.stop().await?;
     }
+    // 7b. What authorization costs: the same polls and kick-offs with tokens and without.
+    eprintln!("bench: authorization: status polls and kick-offs with --auth smart and none");
+    let auth_cost = auth::measure(&exe, work, Duration::from_secs(3), KICKOFFS, 2).await?;
 
     // 8. Report.
     let rows: Vec<Row> = outcomes.iter().map(|o| o.row(plain_bytes, &limits)).collect();
@@ -709,6 +714,20 @@ async fn bench(
         latency.window_s,
         latency.exports_completed
     );
+    let (polls_off, polls_on) =
+        (median(&auth_cost.off.polls_per_s), median(&auth_cost.on.polls_per_s));
+    let (kick_off, kick_on) = (
+        report::percentile(&auth_cost.off.kickoff_ms, 50.0),
+        report::percentile(&auth_cost.on.kickoff_ms, 50.0),
+    );
+    println!(
+        "auth      status polls/s (16 clients, a finished export): {} with --auth smart, {} with \
+         none: ratio {:.2}; kick-off p50 {kick_on:.1} ms vs {kick_off:.1} ms: ratio {:.2}",
+        thousands(polls_on.round() as u64),
+        thousands(polls_off.round() as u64),
+        polls_on / polls_off.max(1e-9),
+        kick_on / kick_off.max(1e-9)
+    );
     println!(
         "notes     wall = kick-off sent → job finishedTime; MB = 10^6 bytes of NDJSON (the gzip \
          row counts uncompressed bytes; MB out is what was stored); RSS = the server's VmHWM, \
@@ -824,6 +843,14 @@ async fn bench(
             "identity_bytes": d.identity_bytes,
             "gzip_wire_bytes": d.gzip_wire_bytes,
         })),
+        "authorization": {
+            "status_polls_per_s_on": auth_cost.on.polls_per_s,
+            "status_polls_per_s_off": auth_cost.off.polls_per_s,
+            "polls_ratio": polls_on / polls_off.max(1e-9),
+            "kickoff_on": latency_json(&auth_cost.on.kickoff_ms),
+            "kickoff_off": latency_json(&auth_cost.off.kickoff_ms),
+            "kickoff_p50_ratio": kick_on / kick_off.max(1e-9),
+        },
         "latency": {
             "window_s": round(latency.window_s, 3),
             "pollers": latency.pollers,

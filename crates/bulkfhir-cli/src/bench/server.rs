@@ -30,12 +30,14 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    /// Starts `exe serve` on a free loopback port over `data_dir` and waits until it answers.
+    /// Starts `exe serve` on a free loopback port over `data_dir` and waits until it answers;
+    /// with SMART authorization when `smart`, else with `--auth none`.
     pub(crate) async fn start(
         exe: &Path,
         data_dir: &Path,
         log: &Path,
         client: &reqwest::Client,
+        smart: bool,
     ) -> anyhow::Result<Server> {
         let port = free_port()?;
         let log_file = File::options()
@@ -46,6 +48,7 @@ impl Server {
         let log_err = log_file.try_clone().context("duplicate the server log handle")?;
         let child = tokio::process::Command::new(exe)
             .arg("serve")
+            .args(["--auth", if smart { "smart" } else { "none" }])
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")

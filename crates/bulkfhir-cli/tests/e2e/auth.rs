@@ -10,7 +10,7 @@ use bulkfhir_auth::{
 };
 use bulkfhir_store::ClientStore;
 
-fn bulkfhir(args: &[&str], data_dir: &Path) -> Output {
+pub(crate) fn bulkfhir(args: &[&str], data_dir: &Path) -> Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_bulkfhir"))
         .args(args)
         .env("BULKFHIR_DATA_DIR", data_dir)
@@ -18,7 +18,7 @@ fn bulkfhir(args: &[&str], data_dir: &Path) -> Output {
         .expect("run bulkfhir")
 }
 
-fn stdout(output: &Output) -> String {
+pub(crate) fn stdout(output: &Output) -> String {
     assert!(
         output.status.success(),
         "{}{}",

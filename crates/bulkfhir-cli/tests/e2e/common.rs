@@ -6,7 +6,7 @@ use std::{
     sync::OnceLock,
 };
 
-use bulkfhir_app::{App, ServeOptions};
+use bulkfhir_app::{App, Authorization, ServeOptions};
 use bulkfhir_export::ExportConfig;
 use bulkfhir_server::ServerConfig;
 use serde_json::Value;
@@ -60,7 +60,13 @@ impl TestServer {
             let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("info").try_init();
         }
         let data_path = data_dir.path().to_owned();
-        let app = App::open(ServeOptions { data_dir: data_path.clone(), server, export }).unwrap();
+        let app = App::open(ServeOptions {
+            data_dir: data_path.clone(),
+            server,
+            export,
+            authorization: Authorization::Off,
+        })
+        .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let shutdown = tokio_util::sync::CancellationToken::new();
@@ -274,8 +280,24 @@ impl BinaryServer {
         Self::start_with(data_dir, None, &[]).await
     }
 
-    /// Starts `bulkfhir serve` on `port` (a free one when None) with extra flags.
+    /// Starts `bulkfhir serve` with no flags but the address and data directory: authorization
+    /// as shipped.
+    pub(crate) async fn start_as_shipped(data_dir: &Path, port: Option<u16>) -> Self {
+        Self::spawn(data_dir, port, &[]).await
+    }
+
+    /// Starts `bulkfhir serve` on `port` (a free one when None) with extra flags; without an
+    /// `--auth` among them, with `--auth none`.
     pub(crate) async fn start_with(data_dir: &Path, port: Option<u16>, extra: &[&str]) -> Self {
+        let mut args = Vec::new();
+        if !extra.contains(&"--auth") {
+            args.extend(["--auth", "none"]);
+        }
+        args.extend(extra);
+        Self::spawn(data_dir, port, &args).await
+    }
+
+    async fn spawn(data_dir: &Path, port: Option<u16>, extra: &[&str]) -> Self {
         let port = port.unwrap_or_else(|| {
             let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             probe.local_addr().unwrap().port()

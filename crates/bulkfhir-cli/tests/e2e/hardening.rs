@@ -429,7 +429,14 @@ impl SmallDiskServer {
             .arg(size)
             .arg(mount_at)
             .arg(env!("CARGO_BIN_EXE_bulkfhir"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .args([
+                "serve",
+                "--auth",
+                "none",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
             .arg(data_dir)
             .env("RUST_LOG", "info")
             .stderr(std::fs::File::create(log).unwrap())

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod auth;
+mod authz;
 mod bad_input;
 mod bench_smoke;
 mod bundles;
@@ -15,4 +16,5 @@ mod export;
 mod hardening;
 mod operations;
 mod real_data;
+mod tls;
 mod typefilter;

@@ -27,6 +27,7 @@ impl Served {
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_bulkfhir"))
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
             .arg(data_dir)
+            .args(if extra.contains(&"--auth") { &[][..] } else { &["--auth", "none"][..] })
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::null())
@@ -293,6 +294,7 @@ async fn serve_with_config(
         .arg(config)
         .args(extra)
         .env_remove("BULKFHIR_BASE_URL")
+        .env("BULKFHIR_AUTH", "none")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     for (name, value) in envs {

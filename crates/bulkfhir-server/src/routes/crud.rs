@@ -5,6 +5,7 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::Response,
 };
+use bulkfhir_auth::Action;
 use bulkfhir_model::{
     ErrorKind, PreparedResource, ResourceId,
     outcome::{Issue, OperationOutcome},
@@ -14,23 +15,30 @@ use bulkfhir_store::{Atomicity, StoredResource, WriteOp, WriteOutcome, bundle::p
 use super::{FhirPath, json_response, parse_id, parse_type};
 use crate::{
     AppState,
+    auth::{Caller, Narrowing},
     extract::{BaseUrl, FhirBody, ReturnPreference, check_accept, query_pairs, return_preference},
     outcome::{ApiError, outcome_response},
 };
 
 pub(super) async fn read(
     State(state): State<AppState>,
+    caller: Caller,
     FhirPath((type_name, id)): FhirPath<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     check_accept(&headers, &[])?;
     let (resource_type, id) = (parse_type(&type_name)?, parse_id(&id)?);
+    let narrowing = caller.narrowing(resource_type, Action::Read)?;
     let stored = state.store.read(resource_type, &id).await?;
+    if !narrowing.admits(&stored.body) {
+        return Err(out_of_scope(&type_name, &id));
+    }
     Ok(resource_response(StatusCode::OK, &stored))
 }
 
 pub(super) async fn vread(
     State(state): State<AppState>,
+    caller: Caller,
     FhirPath((type_name, id, version)): FhirPath<(String, String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -39,13 +47,18 @@ pub(super) async fn vread(
     let version = version.parse::<u64>().map_err(|_| {
         ApiError::new(ErrorKind::NotFound, format!("'{version}' is not a version number"))
     })?;
+    let narrowing = caller.narrowing(resource_type, Action::Read)?;
     let stored = state.store.vread(resource_type, &id, version).await?;
+    if !narrowing.admits(&stored.body) {
+        return Err(out_of_scope(&type_name, &id));
+    }
     Ok(resource_response(StatusCode::OK, &stored))
 }
 
 pub(super) async fn create(
     State(state): State<AppState>,
     BaseUrl(base): BaseUrl,
+    caller: Caller,
     FhirPath(type_name): FhirPath<String>,
     headers: HeaderMap,
     FhirBody(body): FhirBody,
@@ -58,7 +71,9 @@ pub(super) async fn create(
         )
         .with_status(StatusCode::BAD_REQUEST));
     }
+    let narrowing = caller.narrowing(resource_type, Action::Create)?;
     let resource = prepare(&body, &type_name)?;
+    check_written(&narrowing, &body)?;
     // FHIR create ignores a client id: the server assigns one.
     let id = ResourceId::new_random();
     let outcome = write_one(&state, WriteOp::Create { resource, id }).await?;
@@ -69,13 +84,17 @@ pub(super) async fn create(
 pub(super) async fn update(
     State(state): State<AppState>,
     BaseUrl(base): BaseUrl,
+    caller: Caller,
     FhirPath((type_name, id)): FhirPath<(String, String)>,
     headers: HeaderMap,
     FhirBody(body): FhirBody,
 ) -> Result<Response, ApiError> {
-    parse_type(&type_name)?;
+    let resource_type = parse_type(&type_name)?;
     let id = parse_id(&id)?;
+    let narrowing = caller.narrowing(resource_type, Action::Update)?;
     let resource = prepare(&body, &type_name)?;
+    check_written(&narrowing, &body)?;
+    check_current(&state, &narrowing, resource_type, &id).await?;
     match resource.id() {
         Some(body_id) if *body_id == id => {}
         Some(body_id) => {
@@ -97,10 +116,13 @@ pub(super) async fn update(
 
 pub(super) async fn delete(
     State(state): State<AppState>,
+    caller: Caller,
     FhirPath((type_name, id)): FhirPath<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (resource_type, id) = (parse_type(&type_name)?, parse_id(&id)?);
+    let narrowing = caller.narrowing(resource_type, Action::Delete)?;
+    check_current(&state, &narrowing, resource_type, &id).await?;
     let if_match = if_match(&headers)?;
     let outcome = write_one(&state, WriteOp::Delete { resource_type, id, if_match }).await?;
     let message = match outcome.seq {
@@ -118,6 +140,7 @@ pub(super) async fn delete(
 pub(super) async fn history(
     State(state): State<AppState>,
     BaseUrl(base): BaseUrl,
+    caller: Caller,
     type_name: String,
     id: String,
     request: Request,
@@ -144,7 +167,16 @@ pub(super) async fn history(
             }
         }
     }
-    let entries = state.store.history(resource_type, &id, count).await?;
+    let narrowing = caller.narrowing(resource_type, Action::Read)?;
+    let mut entries = state.store.history(resource_type, &id, count).await?;
+    if !narrowing.is_none() {
+        // Versions outside the scope are left out; so are deletions, which have no body to
+        // match.
+        entries.retain(|e| e.body.as_ref().is_some_and(|body| narrowing.admits(body)));
+        if entries.is_empty() {
+            return Err(out_of_scope(&type_name, &id));
+        }
+    }
     let mut out = Vec::with_capacity(1024);
     out.extend_from_slice(br#"{"resourceType":"Bundle","type":"history","entry":["#);
     for (idx, entry) in entries.iter().enumerate() {
@@ -173,6 +205,45 @@ pub(super) async fn history(
     }
     out.extend_from_slice(b"]}");
     Ok(json_response(StatusCode::OK, out))
+}
+
+/// What a narrowed read answers for a resource outside the scope: the same as for one that
+/// does not exist.
+fn out_of_scope(type_name: &str, id: &ResourceId) -> ApiError {
+    ApiError::new(ErrorKind::NotFound, format!("{type_name}/{id} is not known"))
+}
+
+/// A written resource must be within the scope that allows the write.
+fn check_written(narrowing: &Narrowing, body: &[u8]) -> Result<(), ApiError> {
+    if narrowing.admits(body) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorKind::Forbidden,
+            "the resource is outside what this client's scopes allow it to write",
+        ))
+    }
+}
+
+/// The current version of a resource an update or delete replaces must be within the scope
+/// too (else a narrowed client could overwrite anything of the type).
+async fn check_current(
+    state: &AppState,
+    narrowing: &Narrowing,
+    resource_type: bulkfhir_model::ResourceType,
+    id: &ResourceId,
+) -> Result<(), ApiError> {
+    if narrowing.is_none() {
+        return Ok(());
+    }
+    match state.store.read(resource_type, id).await {
+        Ok(current) if !narrowing.admits(&current.body) => {
+            Err(out_of_scope(resource_type.as_str(), id))
+        }
+        Ok(_) => Ok(()),
+        Err(error) if matches!(error.kind(), ErrorKind::NotFound | ErrorKind::Gone) => Ok(()),
+        Err(error) => Err(error.into()),
+    }
 }
 
 fn prepare(body: &[u8], type_name: &str) -> Result<PreparedResource, ApiError> {

@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use super::{FhirPath, parse_id};
 use crate::{
     AppState,
+    auth::Caller,
     extract::{BaseUrl, optional_fhir_body, query_pairs},
     outcome::{ApiError, outcome_response},
 };
@@ -30,32 +31,36 @@ const NDJSON: &str = "application/fhir+ndjson";
 pub(super) async fn kickoff_system(
     state: State<AppState>,
     base: BaseUrl,
+    caller: Caller,
     request: Request,
 ) -> Result<Response, ApiError> {
-    kickoff(state, base, ExportLevel::System, request).await
+    kickoff(state, base, caller, ExportLevel::System, request).await
 }
 
 pub(super) async fn kickoff_patient(
     state: State<AppState>,
     base: BaseUrl,
+    caller: Caller,
     request: Request,
 ) -> Result<Response, ApiError> {
-    kickoff(state, base, ExportLevel::Patient, request).await
+    kickoff(state, base, caller, ExportLevel::Patient, request).await
 }
 
 pub(super) async fn kickoff_group(
     state: State<AppState>,
     base: BaseUrl,
+    caller: Caller,
     FhirPath(group_id): FhirPath<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
     let group_id = parse_id(&group_id)?;
-    kickoff(state, base, ExportLevel::Group(group_id), request).await
+    kickoff(state, base, caller, ExportLevel::Group(group_id), request).await
 }
 
 async fn kickoff(
     State(state): State<AppState>,
     BaseUrl(base): BaseUrl,
+    caller: Caller,
     level: ExportLevel,
     request: Request,
 ) -> Result<Response, ApiError> {
@@ -106,7 +111,8 @@ async fn kickoff(
         separate_status,
         request_url,
         base_url: base.clone(),
-        requester: None,
+        requester: caller.client_id().map(str::to_owned),
+        bound: caller.export_bound(),
     };
     let kicked = state.exports.kickoff(export_request, context).await;
     let job_id = match kicked {
@@ -144,6 +150,7 @@ fn parse_job_id(text: &str) -> Result<JobId, ApiError> {
 
 pub(super) async fn status(
     State(state): State<AppState>,
+    caller: Caller,
     FhirPath(job): FhirPath<String>,
     uri: axum::http::Uri,
 ) -> Result<Response, ApiError> {
@@ -164,7 +171,7 @@ pub(super) async fn status(
             }
         }
     }
-    let report = state.exports.status(&job_id, page).await?;
+    let report = state.exports.status(&job_id, page, &caller.job_access()).await?;
     let response = match job_status(&state, &job_id, report.view, page.is_some()).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
@@ -176,7 +183,12 @@ pub(super) async fn status(
 }
 
 /// The manifest JSON for a manifest (or partial-manifest page), with absolute URLs.
-fn manifest_json(manifest: &ManifestDoc, base_url: &str, job_id: &JobId) -> Value {
+fn manifest_json(
+    manifest: &ManifestDoc,
+    base_url: &str,
+    job_id: &JobId,
+    requires_access_token: bool,
+) -> Value {
     let url = |name: &str| format!("{base_url}/$export-file/{job_id}/{name}");
     let organized = manifest.organized_by.is_some();
     let items = |kind: FileKind| -> Vec<Value> {
@@ -201,7 +213,7 @@ fn manifest_json(manifest: &ManifestDoc, base_url: &str, job_id: &JobId) -> Valu
     let mut body = json!({
         "transactionTime": manifest.transaction_time,
         "request": manifest.request,
-        "requiresAccessToken": manifest.requires_access_token,
+        "requiresAccessToken": requires_access_token,
         "output": items(FileKind::Output),
         "deleted": items(FileKind::Deleted),
         "error": items(FileKind::Error),
@@ -242,7 +254,8 @@ async fn job_status(
     let retry_after = state.exports.config().retry_after;
     match view {
         StatusView::Partial { page, request, next, complete, percent, text, expires_at } => {
-            let mut body = manifest_json(&page, &request.base_url, &job_id);
+            let mut body =
+                manifest_json(&page, &request.base_url, &job_id, state.config.auth.is_some());
             if let Some(next) = next {
                 let url = format!("{}/$export-status/{job_id}?page={next}", request.base_url);
                 body["link"] = json!([{"relation": "next", "url": url}]);
@@ -305,7 +318,8 @@ async fn job_status(
         }
         StatusView::Completed { manifest, request, expires_at } => {
             forget_polls(state, &job_id);
-            let body = manifest_json(&manifest, &request.base_url, &job_id);
+            let body =
+                manifest_json(&manifest, &request.base_url, &job_id, state.config.auth.is_some());
             let mut response = (StatusCode::OK, body.to_string()).into_response();
             set_header(&mut response, header::CONTENT_TYPE.as_str(), "application/json");
             if let Some(expires) = expires_at {
@@ -345,10 +359,11 @@ fn set_header(response: &mut Response, name: &str, value: &str) {
 
 pub(super) async fn cancel(
     State(state): State<AppState>,
+    caller: Caller,
     FhirPath(job): FhirPath<String>,
 ) -> Result<Response, ApiError> {
     let job_id = parse_job_id(&job)?;
-    state.exports.cancel(&job_id).await?;
+    state.exports.cancel(&job_id, &caller.job_access()).await?;
     forget_polls(&state, &job_id);
     Ok(outcome_response(
         StatusCode::ACCEPTED,
@@ -440,11 +455,20 @@ fn wire_coding(stored_gzip: bool, acceptance: GzipAcceptance, ranged: bool) -> W
 
 pub(super) async fn download(
     State(state): State<AppState>,
+    caller: Caller,
     FhirPath((job, name)): FhirPath<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let job_id = parse_job_id(&job)?;
-    let whole = state.exports.open_file(&job_id, &name, None).await?;
+    let access = caller.job_access();
+    let whole = state.exports.open_file(&job_id, &name, None, &access).await?;
+    // The token in hand must still cover the file's type (scopes can narrow between kick-off
+    // and download).
+    if let Some(type_name) = &whole.resource_type
+        && let Ok(resource_type) = bulkfhir_model::ResourceType::parse(type_name)
+    {
+        caller.require(resource_type, bulkfhir_auth::Action::Search)?;
+    }
     let size = whole.total_size;
     let coding =
         wire_coding(whole.gzip, gzip_acceptance(&headers), headers.contains_key(header::RANGE));
@@ -471,7 +495,7 @@ pub(super) async fn download(
             drop(whole);
             let content_range = format!("bytes {}-{}/{size}", r.start, r.end - 1);
             (
-                state.exports.open_file(&job_id, &name, Some(r)).await?,
+                state.exports.open_file(&job_id, &name, Some(r), &access).await?,
                 StatusCode::PARTIAL_CONTENT,
                 Some(content_range),
             )

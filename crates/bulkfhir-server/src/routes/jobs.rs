@@ -13,24 +13,28 @@ use serde_json::{Value, json};
 use super::{FhirPath, json_response};
 use crate::{
     AppState,
+    auth::Caller,
     extract::{BaseUrl, check_accept, query_pairs},
     outcome::ApiError,
 };
 
 pub(super) async fn read(
     State(state): State<AppState>,
+    caller: Caller,
     FhirPath(id): FhirPath<String>,
 ) -> Result<Response, ApiError> {
     let job_id = JobId::parse(&id)
         .ok_or_else(|| ApiError::new(ErrorKind::NotFound, format!("no export job {id}")))?;
-    let view = state.exports.job(&job_id).await?;
+    let view = state.exports.job(&job_id, &caller.job_access()).await?;
     let live = state.exports.live_progress(&view.record.id);
-    Ok(json_response(StatusCode::OK, render(&view, live).to_string()))
+    let secured = state.config.auth.is_some();
+    Ok(json_response(StatusCode::OK, render(&view, live, secured).to_string()))
 }
 
 pub(super) async fn search(
     State(state): State<AppState>,
     BaseUrl(base): BaseUrl,
+    caller: Caller,
     request: Request,
 ) -> Result<Response, ApiError> {
     let query = query_pairs(request.uri().query());
@@ -60,12 +64,13 @@ pub(super) async fn search(
             }
         }
     }
-    let views = state.exports.search(status, None, count).await?;
+    let views = state.exports.search(status, &caller.job_access(), count).await?;
+    let secured = state.config.auth.is_some();
     let entries: Vec<Value> = views
         .iter()
         .map(|v| {
             let live = state.exports.live_progress(&v.record.id);
-            json!({"fullUrl": format!("{base}/BulkDataExport/{}", v.record.id), "resource": render(v, live), "search": {"mode": "match"}})
+            json!({"fullUrl": format!("{base}/BulkDataExport/{}", v.record.id), "resource": render(v, live, secured), "search": {"mode": "match"}})
         })
         .collect();
     let bundle = json!({"resourceType": "Bundle", "type": "searchset", "total": entries.len(), "entry": entries});
@@ -73,7 +78,7 @@ pub(super) async fn search(
 }
 
 /// The job as a `BulkDataExport` resource (the shape of the Medplum and Aidbox seeds).
-fn render(view: &JobView, live: Option<LiveProgress>) -> Value {
+fn render(view: &JobView, live: Option<LiveProgress>, requires_access_token: bool) -> Value {
     let record = &view.record;
     let request = &view.request;
     let base = &request.base_url;
@@ -94,7 +99,7 @@ fn render(view: &JobView, live: Option<LiveProgress>) -> Value {
         "requestTime": record.request_time.to_fhir(),
         "transactionTime": record.snapshot.time.to_fhir(),
         "request": request.request_url,
-        "requiresAccessToken": false,
+        "requiresAccessToken": requires_access_token,
         "parameters": {
             "level": request.level,
             "groupId": request.group_id,

@@ -28,7 +28,7 @@ use tower_http::{
 };
 
 use crate::{
-    AppState,
+    AppState, auth,
     capability::capability_statement,
     extract::{BaseUrl, check_accept, check_host, request_host},
     outcome::{ApiError, FHIR_JSON, outcome_response},
@@ -36,11 +36,8 @@ use crate::{
 
 pub(crate) fn router(state: AppState) -> Router {
     let started = Instant::now();
+    let secured = state.config.auth.is_some();
     Router::new()
-        .route(
-            "/fhir/metadata",
-            get(move |base: BaseUrl, headers: HeaderMap| metadata(base, headers, started)),
-        )
         .route("/fhir", post(bundle::submit))
         .route("/fhir/", post(bundle::submit))
         .route("/fhir/$export", get(export::kickoff_system).post(export::kickoff_system))
@@ -55,6 +52,15 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/fhir/{type}/{id}", get(crud::read).put(crud::update).delete(crud::delete))
         .route("/fhir/{type}/{id}/{sub}", get(instance_subpath))
         .route("/fhir/{type}/{id}/_history/{version}", get(crud::vread))
+        // Every route above needs an access token when authorization is on; the ones below
+        // are how a client finds out how to get one.
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
+        .route(
+            "/fhir/metadata",
+            get(move |base: BaseUrl, headers: HeaderMap| metadata(base, headers, started, secured)),
+        )
+        .route("/fhir/.well-known/smart-configuration", get(auth::discovery::smart_configuration))
+        .route("/fhir/auth/token", post(auth::token::issue))
         .route_layer(axum::middleware::from_fn(crate::ops::measure))
         // The FHIR routes only: probes and scrapers address a node by its IP.
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), check_host_header))
@@ -86,22 +92,28 @@ async fn metadata(
     BaseUrl(base): BaseUrl,
     headers: HeaderMap,
     started: Instant,
+    secured: bool,
 ) -> Result<Response, ApiError> {
     check_accept(&headers, &[])?;
-    Ok(json_response(StatusCode::OK, capability_statement(&base, started).to_string().into_bytes()))
+    let mut statement = capability_statement(&base, started);
+    if secured {
+        statement["rest"][0]["security"] = auth::discovery::rest_security(&base);
+    }
+    Ok(json_response(StatusCode::OK, statement.to_string().into_bytes()))
 }
 
 /// `[type]/[id]/_history` or a compartment search `Patient/[id]/[type]`.
 async fn instance_subpath(
     state: State<AppState>,
     base: BaseUrl,
+    caller: auth::Caller,
     FhirPath((type_name, id, sub)): FhirPath<(String, String, String)>,
     request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
     if sub == "_history" {
-        crud::history(state, base, type_name, id, request).await
+        crud::history(state, base, caller, type_name, id, request).await
     } else if type_name == "Patient" {
-        search::compartment(state, base, id, sub, request).await
+        search::compartment(state, base, caller, id, sub, request).await
     } else {
         Err(ApiError::new(ErrorKind::NotFound, format!("no route for {type_name}/{id}/{sub}")))
     }

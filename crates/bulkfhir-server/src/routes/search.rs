@@ -6,12 +6,14 @@ use axum::{
     http::StatusCode,
     response::Response,
 };
+use bulkfhir_auth::Action;
 use bulkfhir_model::{ErrorKind, Instant, ResourceType, compartment, search::SearchQuery};
 use bulkfhir_store::{ScanOptions, ScanPage, Snapshot};
 
 use super::{FhirPath, json_response, parse_id, parse_type};
 use crate::{
     AppState,
+    auth::Caller,
     extract::{BaseUrl, check_accept, query_pairs},
     outcome::ApiError,
 };
@@ -77,10 +79,12 @@ fn parse_paging(
 pub(super) async fn list_type(
     State(state): State<AppState>,
     BaseUrl(base): BaseUrl,
+    caller: Caller,
     FhirPath(type_name): FhirPath<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
     let resource_type = parse_type(&type_name)?;
+    let narrowing = caller.narrowing(resource_type, Action::Search)?;
     let paging = parse_paging(&state, &request, true)?;
     let query = if paging.search.is_empty() {
         None
@@ -98,15 +102,16 @@ pub(super) async fn list_type(
         Some(snapshot) => snapshot,
         None => state.store.snapshot().await?,
     };
-    let page = match &query {
-        None => {
-            let options = ScanOptions::live(paging.after_seq, paging.count);
-            state.store.scan(snapshot, resource_type, options).await?
-        }
-        Some(query) => {
-            search_page(&state, snapshot, resource_type, query, paging.after_seq, paging.count)
-                .await?
-        }
+    let page = if query.is_none() && narrowing.is_none() {
+        let options = ScanOptions::live(paging.after_seq, paging.count);
+        state.store.scan(snapshot, resource_type, options).await?
+    } else {
+        let filter = |body: &[u8]| {
+            narrowing.admits(body)
+                && query.as_ref().is_none_or(|q| q.matches(body).unwrap_or(false))
+        };
+        search_page(&state, snapshot, resource_type, &filter, paging.after_seq, paging.count)
+            .await?
     };
     // Links repeat the search parameters; `searchset` appends _count and _page.
     let search_params: String =
@@ -122,6 +127,7 @@ pub(super) async fn list_type(
 pub(super) async fn compartment(
     State(state): State<AppState>,
     BaseUrl(base): BaseUrl,
+    caller: Caller,
     patient_id: String,
     type_name: String,
     request: Request,
@@ -133,6 +139,7 @@ pub(super) async fn compartment(
             "{resource_type} is not in the Patient compartment"
         )));
     }
+    let narrowing = caller.narrowing(resource_type, Action::Search)?;
     let paging = parse_paging(&state, &request, false)?;
     let snapshot = match paging.snapshot {
         Some(snapshot) => snapshot,
@@ -144,7 +151,7 @@ pub(super) async fn compartment(
     {
         return Err(error.into());
     }
-    let page = state
+    let mut page = state
         .store
         .scan_compartment(
             snapshot,
@@ -153,6 +160,8 @@ pub(super) async fn compartment(
             ScanOptions::live(paging.after_seq, paging.count),
         )
         .await?;
+    // A narrowed page may be short; `next` still continues after the last resource read.
+    page.resources.retain(|r| narrowing.admits(&r.body));
     let path = format!("{base}/Patient/{patient}/{type_name}?");
     Ok(searchset(&base, &path, paging.count, snapshot, &page))
 }
@@ -163,7 +172,7 @@ async fn search_page(
     state: &AppState,
     snapshot: Snapshot,
     resource_type: ResourceType,
-    query: &SearchQuery,
+    filter: &(dyn Fn(&[u8]) -> bool + Sync),
     after_seq: u64,
     count: usize,
 ) -> Result<ScanPage, ApiError> {
@@ -176,7 +185,7 @@ async fn search_page(
         scanned += page.resources.len();
         for resource in page.resources {
             after = resource.seq;
-            if query.matches(&resource.body).unwrap_or(false) {
+            if filter(&resource.body) {
                 out.resources.push(resource);
                 if out.resources.len() >= count {
                     out.next = Some(after);
