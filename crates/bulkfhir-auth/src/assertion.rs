@@ -4,8 +4,8 @@
 //!
 //! Checks, in order: the header's `alg` is RS384 or ES384 (never `none`, never HS*: a public key
 //! must not double as an HMAC secret); `iss` names a client ([`peek_client_id`], so the caller
-//! can look up its keys); the key is chosen by `kid` when given, else every key of the client
-//! that is for the `alg` is tried; the key's type matches `alg`; the signature; `iss` = `sub` =
+//! can look up its keys); the key is the one its `kid` names (required); the key's type matches
+//! `alg`; the signature; `iss` = `sub` =
 //! the client id; `aud` = the token endpoint URL; `exp` in the future and at most five minutes
 //! ahead; a `jti`. Whether the `jti` was seen before is the caller's check (it needs a store that
 //! survives restarts).
@@ -131,11 +131,11 @@ pub fn verify_assertion(
     now: u64,
 ) -> Result<VerifiedAssertion, AuthError> {
     let (alg, kid, _) = accepted_algorithm(assertion)?;
-    let candidates: Vec<&Jwk> = match &kid {
-        Some(kid) => keys.keys.iter().filter(|k| k.common.key_id.as_deref() == Some(kid)).collect(),
-        None => keys.keys.iter().collect(),
-    };
-    if kid.is_some() && candidates.is_empty() {
+    // SMART's header table: `kid` is required, and the key is the one "where the kid matches".
+    let kid = kid.ok_or_else(|| invalid_client("client_assertion's header has no kid"))?;
+    let candidates: Vec<&Jwk> =
+        keys.keys.iter().filter(|k| k.common.key_id.as_deref() == Some(kid.as_str())).collect();
+    if candidates.is_empty() {
         return Err(invalid_client("no registered key has the assertion's kid"));
     }
     let candidates: Vec<&Jwk> = candidates.into_iter().filter(|k| key_fits(k, alg)).collect();
@@ -177,21 +177,23 @@ fn check_claims(
     client_id: &str,
     now: u64,
 ) -> Result<VerifiedAssertion, AuthError> {
-    let invalid_grant = |message: &str| AuthError::new(OAuthError::InvalidGrant, message);
+    // SMART: "If an error is encountered during the authentication process, the server SHALL
+    // respond with an invalid_client error" — expiry and `jti` included.
+    let refuse = |message: &str| AuthError::new(OAuthError::InvalidClient, message);
     if claims.iss != client_id || claims.sub != client_id {
         return Err(invalid_client("client_assertion's iss and sub must both be the client id"));
     }
     let accepted_until = claims.exp.saturating_add(CLOCK_SKEW_SECONDS);
     if accepted_until <= now {
-        return Err(invalid_grant("client_assertion has expired"));
+        return Err(refuse("client_assertion has expired"));
     }
     if claims.exp > now.saturating_add(MAX_ASSERTION_SECONDS + CLOCK_SKEW_SECONDS) {
-        return Err(invalid_grant("client_assertion's exp is more than five minutes ahead"));
+        return Err(refuse("client_assertion's exp is more than five minutes ahead"));
     }
     let jti = claims
         .jti
         .filter(|j| !j.is_empty() && j.len() <= 256)
-        .ok_or_else(|| invalid_grant("client_assertion needs a jti (at most 256 characters)"))?;
+        .ok_or_else(|| refuse("client_assertion needs a jti (at most 256 characters)"))?;
     Ok(VerifiedAssertion { client_id: claims.iss, jti, expires_at: accepted_until })
 }
 
@@ -269,11 +271,9 @@ mod tests {
         let (es_key, es_jwk) = es384("es");
         let (rs_key, rs_jwk) = rs384("rs");
         let keys = set(&[&es_jwk, &rs_jwk]);
-        for (alg, kid, key) in [
-            (Algorithm::ES384, Some("es"), &es_key),
-            (Algorithm::RS384, Some("rs"), &rs_key),
-            (Algorithm::ES384, None, &es_key),
-        ] {
+        for (alg, kid, key) in
+            [(Algorithm::ES384, Some("es"), &es_key), (Algorithm::RS384, Some("rs"), &rs_key)]
+        {
             let assertion = sign(alg, kid, key, claims("c1", NOW + 240, "j1"));
             assert_eq!(peek_client_id(&assertion).unwrap(), "c1");
             let checked = verify_assertion(&assertion, "c1", &keys, URL, NOW).unwrap();
@@ -332,7 +332,10 @@ mod tests {
             OAuthError::InvalidClient
         );
         let expired = sign(Algorithm::ES384, Some("k1"), &key, claims("c1", NOW - 60, "j"));
-        assert_eq!(refused(&expired).code, OAuthError::InvalidGrant);
+        assert_eq!(refused(&expired).code, OAuthError::InvalidClient);
+        // No kid.
+        let no_kid = sign(Algorithm::ES384, None, &key, good.clone());
+        assert!(refused(&no_kid).message.contains("kid"));
         let far = sign(Algorithm::ES384, Some("k1"), &key, claims("c1", NOW + 3_600, "j"));
         assert!(refused(&far).message.contains("five minutes"));
         let mut no_jti = good.clone();

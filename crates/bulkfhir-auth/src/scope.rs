@@ -63,6 +63,13 @@ impl Action {
 pub struct Actions(u8);
 
 impl Actions {
+    /// v1 `read`: read and search.
+    const READ: Actions = Actions(2 | 16);
+    /// v1 `write`: create, update, delete.
+    const WRITE: Actions = Actions(1 | 4 | 8);
+    /// v1 `*`, v2 `cruds`.
+    const ALL: Actions = Actions(0b11111);
+
     /// Whether `action` is in the set.
     pub fn contains(self, action: Action) -> bool {
         self.0 & action.bit() != 0
@@ -79,13 +86,9 @@ impl Actions {
     /// v2 letters (`cruds`, in that order) or a v1 word (`read`, `write`, `*`).
     fn parse(text: &str) -> Option<Actions> {
         match text {
-            "read" => return Some(Actions(Action::Read.bit() | Action::Search.bit())),
-            "write" => {
-                return Some(Actions(
-                    Action::Create.bit() | Action::Update.bit() | Action::Delete.bit(),
-                ));
-            }
-            "*" => return Some(Actions(0b11111)),
+            "read" => return Some(Actions::READ),
+            "write" => return Some(Actions::WRITE),
+            "*" => return Some(Actions::ALL),
             "" => return None,
             _ => {}
         }
@@ -123,6 +126,9 @@ pub struct ScopeRule {
     /// A granular v2 scope's search query (`category=laboratory`), which every resource the
     /// rule covers must match.
     pub query: Option<String>,
+    /// Written in SMART v1 syntax (`read`, `write`, `*`): a granted scope is written back the
+    /// way it was asked for when its actions allow it, so a v1 client reads its own words.
+    pub v1: bool,
 }
 
 impl ScopeRule {
@@ -134,7 +140,17 @@ impl ScopeRule {
 impl fmt::Display for ScopeRule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let type_name = self.resource_type.map_or("*", |t| t.as_str());
-        write!(f, "system/{type_name}.{}", self.actions)?;
+        let v1_word = match self.actions {
+            _ if !self.v1 => None,
+            a if a == Actions::READ => Some("read"),
+            a if a == Actions::WRITE => Some("write"),
+            a if a == Actions::ALL => Some("*"),
+            _ => None,
+        };
+        match v1_word {
+            Some(word) => write!(f, "system/{type_name}.{word}")?,
+            None => write!(f, "system/{type_name}.{}", self.actions)?,
+        }
         if let Some(query) = &self.query {
             write!(f, "?{query}")?;
         }
@@ -188,10 +204,10 @@ impl Grant {
                 Some(_) => return Err(error("the query after '?' is empty")),
                 None => (rest, None),
             };
-            let (type_name, actions) = resource
+            let (type_name, actions_text) = resource
                 .rsplit_once('.')
                 .ok_or_else(|| error("expected system/Type.permissions"))?;
-            let actions = Actions::parse(actions).ok_or_else(|| {
+            let actions = Actions::parse(actions_text).ok_or_else(|| {
                 error("permissions are v1 read, write or *, or v2 letters from cruds in that order")
             })?;
             let resource_type = match type_name {
@@ -210,7 +226,8 @@ impl Grant {
                 bulkfhir_model::search::SearchQuery::parse_type_filter(&text, Instant::now())
                     .map_err(|e| error(&format!("its query cannot be evaluated: {e}")))?;
             }
-            let rule = ScopeRule { resource_type, actions, query };
+            let v1 = matches!(actions_text, "read" | "write" | "*");
+            let rule = ScopeRule { resource_type, actions, query, v1 };
             if !grant.rules.contains(&rule) {
                 grant.rules.push(rule);
             }
@@ -250,7 +267,7 @@ impl Grant {
                     (Some(a), Some(b)) if a == b => Some(a.clone()),
                     (Some(a), Some(b)) => Some(format!("{a}&{b}")),
                 };
-                let rule = ScopeRule { resource_type, actions, query };
+                let rule = ScopeRule { resource_type, actions, query, v1: want.v1 };
                 if !out.rules.contains(&rule) {
                     out.rules.push(rule);
                 }
@@ -322,7 +339,7 @@ mod tests {
         }
         let all = Grant::parse("system/*.* openid fhirUser patient/Patient.read").unwrap();
         assert!(Action::ALL.iter().all(|a| all.permits_all(t("Condition"), *a)));
-        assert_eq!(all.to_scope_string(), "system/*.cruds");
+        assert_eq!(all.to_scope_string(), "system/*.*", "v1 scopes are written back in v1");
         assert!(Grant::parse("launch openid").unwrap().is_empty());
     }
 
@@ -370,8 +387,15 @@ mod tests {
         let granted = Grant::intersect(&asked, &registered);
         assert_eq!(
             granted.to_scope_string(),
-            "system/Patient.rs system/Observation.rs system/Observation.rs?category=laboratory"
+            "system/Patient.rs system/Observation.read system/Observation.read?category=laboratory"
         );
+        // A v1 request is answered in v1 words where the granted actions have one.
+        let v1 = Grant::intersect(
+            &Grant::parse("system/*.* system/Patient.read").unwrap(),
+            &Grant::parse("system/*.rs").unwrap(),
+        );
+        assert_eq!(v1.to_scope_string(), "system/*.read system/Patient.read");
+        assert_eq!(Grant::parse(&v1.to_scope_string()).unwrap(), v1, "it reads back the same");
         assert!(!granted.is_admin(), "admin only when asked for");
         let narrowed = Grant::intersect(
             &Grant::parse("system/Observation.rs?status=final").unwrap(),

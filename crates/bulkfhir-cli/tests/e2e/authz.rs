@@ -328,6 +328,9 @@ async fn authorization_matrix_over_http() {
     let full_token = get_token(&http, &token_url, &full_key, &full, "system/*.cruds").await;
     assert_eq!(full_token["scope"], "system/*.cruds");
     let full_token = full_token["access_token"].as_str().unwrap().to_owned();
+    // A v1 request is answered in v1 words (what the SMART Bulk Data Tester compares).
+    let v1 = get_token(&http, &token_url, &full_key, &full, "system/*.read").await;
+    assert_eq!(v1["scope"], "system/*.read");
     let lab_token =
         get_token(&http, &token_url, &lab_key, &lab, "system/*.rs system/Condition.rs").await;
     // The intersection of what was asked and what is registered.
@@ -369,9 +372,9 @@ async fn authorization_matrix_over_http() {
     );
     expect_token_error(&http, &token_url, &wrong_aud, scope, 401, "invalid_client").await;
     let far = crafted(es, &full_key.kid, None, pem, claims(&full, &token_url, now() + 3_600));
-    expect_token_error(&http, &token_url, &far, scope, 400, "invalid_grant").await;
+    expect_token_error(&http, &token_url, &far, scope, 401, "invalid_client").await;
     let expired = crafted(es, &full_key.kid, None, pem, claims(&full, &token_url, now() - 120));
-    expect_token_error(&http, &token_url, &expired, scope, 400, "invalid_grant").await;
+    expect_token_error(&http, &token_url, &expired, scope, 401, "invalid_client").await;
     let unknown_kid = crafted(es, "no-such-kid", None, pem, claims(&full, &token_url, exp));
     expect_token_error(&http, &token_url, &unknown_kid, scope, 401, "invalid_client").await;
     let other_key =
@@ -390,7 +393,7 @@ async fn authorization_matrix_over_http() {
     let once = assertion(&full_key, &full, &token_url, 120, &fresh_jti());
     let (status, _, _) = token_request(&http, &token_url, &grant_form(&once, scope)).await;
     assert_eq!(status, 200);
-    expect_token_error(&http, &token_url, &once, scope, 400, "invalid_grant").await;
+    expect_token_error(&http, &token_url, &once, scope, 401, "invalid_client").await;
     let fresh = assertion(&full_key, &full, &token_url, 120, &fresh_jti());
     expect_token_error(&http, &token_url, &fresh, "system/Nope.rs", 400, "invalid_scope").await;
     let fresh = assertion(&lab_key, &lab, &token_url, 120, &fresh_jti());
@@ -615,6 +618,17 @@ async fn authorization_matrix_over_http() {
     assert_eq!(status, 200);
     assert_eq!(again["output"], full_manifest["output"]);
 
+    // The export page: without a token it says how to give one; with the admin's token (in
+    // the fragment, which the server never sees) it shows every job.
+    let profile = tempfile::tempdir().unwrap();
+    let page = format!("{base}/$export-jobs");
+    let dom = crate::operations::chromium(&page, profile.path(), None);
+    assert!(dom.contains("needs an access token"), "{dom}");
+    let dom =
+        crate::operations::chromium(&format!("{page}#token={admin_token}"), profile.path(), None);
+    assert!(dom.contains(&format!("data-job-id=\"{job_id}\"")), "{dom}");
+    assert!(!dom.contains(&admin_token), "the token does not stay in the page");
+
     // File names that climb out of the job folder: never served.
     let files = format!("{base}/$export-file/{job_id}");
     let node_id = std::fs::read_to_string(data.join("node-id")).unwrap();
@@ -671,7 +685,7 @@ async fn a_restart_keeps_clients_signing_key_and_replay_cache() {
     assert_eq!(signing_secret(&data), secret, "the signing key survives the restart");
     let (status, _, body) = get(&http, &probe, Some(&token)).await;
     assert_eq!(status, 200, "a token issued before the restart still works: {body}");
-    expect_token_error(&http, &token_url, &used, "system/*.rs", 400, "invalid_grant").await;
+    expect_token_error(&http, &token_url, &used, "system/*.rs", 401, "invalid_client").await;
     get_token(&http, &token_url, &key, &client, "system/*.rs").await;
     // A token that expires in a few seconds works until then, and not after.
     let grant = Grant::parse("system/*.rs").unwrap();

@@ -52,4 +52,11 @@ fn the_benchmark_harness_runs_at_the_quick_size_with_correct_counts() {
     let identity = download["identity_bytes"].as_u64().unwrap();
     assert!(identity > 0 && download["gzip_wire_bytes"].as_u64().unwrap() * 3 < identity);
     assert!(download["gzip_mb_per_s"].as_f64().unwrap() > 0.0);
+    // The authorization line: both sides ran, with tokens and without.
+    let auth = &results["authorization"];
+    for side in ["status_polls_per_s_on", "status_polls_per_s_off"] {
+        let rates = auth[side].as_array().unwrap();
+        assert!(!rates.is_empty() && rates.iter().all(|r| r.as_f64().unwrap() > 0.0), "{auth}");
+    }
+    assert_eq!(auth["kickoff_on"]["samples"], auth["kickoff_off"]["samples"], "{auth}");
 }

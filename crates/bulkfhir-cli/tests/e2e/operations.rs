@@ -379,7 +379,7 @@ async fn a_configuration_file_sets_serve_and_flags_and_environment_override_it()
 }
 
 /// Headless Chromium: the page's DOM after it ran for a moment (`--dump-dom`), or a screenshot.
-fn chromium(url: &str, profile: &Path, output: Option<&Path>) -> String {
+pub(crate) fn chromium(url: &str, profile: &Path, output: Option<&Path>) -> String {
     let mut command = std::process::Command::new("chromium");
     command.args([
         "--headless",

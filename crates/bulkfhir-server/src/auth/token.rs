@@ -148,7 +148,7 @@ async fn grant(
         .map_err(|_| invalid(OAuthError::InvalidClient, "the replay cache is unavailable"))?;
     if !first_use {
         return Err(invalid(
-            OAuthError::InvalidGrant,
+            OAuthError::InvalidClient,
             "client_assertion's jti was used before: every assertion needs a new one",
         ));
     }

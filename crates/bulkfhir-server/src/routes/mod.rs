@@ -45,7 +45,6 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/fhir/Group/{id}/$export", get(export::kickoff_group).post(export::kickoff_group))
         .route("/fhir/$export-status/{job}", get(export::status).delete(export::cancel))
         .route("/fhir/$export-file/{job}/{name}", get(export::download))
-        .route("/fhir/$export-jobs", get(page::export_jobs))
         .route("/fhir/BulkDataExport", get(jobs::search))
         .route("/fhir/BulkDataExport/{id}", get(jobs::read))
         .route("/fhir/{type}", get(search::list_type).post(crud::create))
@@ -61,6 +60,8 @@ pub(crate) fn router(state: AppState) -> Router {
         )
         .route("/fhir/.well-known/smart-configuration", get(auth::discovery::smart_configuration))
         .route("/fhir/auth/token", post(auth::token::issue))
+        // A static page with no data in it; its requests carry the token it is given.
+        .route("/fhir/$export-jobs", get(page::export_jobs))
         .route_layer(axum::middleware::from_fn(crate::ops::measure))
         // The FHIR routes only: probes and scrapers address a node by its IP.
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), check_host_header))

@@ -1,8 +1,9 @@
 //! `GET [base]/$export-jobs`: a page for people who wait for exports. One embedded HTML file
 //! (no build step, no CDN) that polls `GET [base]/BulkDataExport` every second and draws the
 //! jobs, a progress bar and a resources-per-second plot for each running one, the files of
-//! finished ones, and a cancel button. It lives under the FHIR base, beside the operations it
-//! shows, so whatever guards the API (a proxy today, authorization later) guards it too.
+//! finished ones, and a cancel button. The page itself holds no data and needs no token; with
+//! authorization on, it sends the access token it was opened with (`#token=...`, a fragment the
+//! server never sees) on each of its requests, which are authorized like any other.
 
 use axum::{
     http::{HeaderValue, header},
