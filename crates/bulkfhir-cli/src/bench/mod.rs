@@ -587,7 +587,7 @@ async fn bench(
     }
     // 7b. What authorization costs: the same polls and kick-offs with tokens and without.
     eprintln!("bench: authorization: status polls and kick-offs with --auth smart and none");
-    let auth_cost = auth::measure(&exe, work, Duration::from_secs(3), KICKOFFS, 2).await?;
+    let auth_cost = auth::measure(&exe, work, Duration::from_secs(3), KICKOFFS, 3).await?;
 
     // 8. Report.
     let rows: Vec<Row> = outcomes.iter().map(|o| o.row(plain_bytes, &limits)).collect();

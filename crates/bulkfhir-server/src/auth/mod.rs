@@ -40,7 +40,21 @@ pub struct AuthSettings {
     /// Clients found registered, and when: a token of a client removed since stops working
     /// within [`REGISTRATION_RECHECK`] (one store lookup per client per period, not per request).
     registered: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// Tokens already verified, so that a client polling with one token pays for the signature
+    /// and JSON once: the whole token is the key, and expiry is checked on every use.
+    verified: std::sync::Mutex<std::collections::HashMap<String, Verified>>,
 }
+
+/// A verified token's content.
+#[derive(Debug, Clone)]
+struct Verified {
+    client_id: String,
+    grant: Arc<Grant>,
+    expires_at: u64,
+}
+
+/// The most verified tokens remembered (a few hundred bytes each).
+const VERIFIED_CACHE: usize = 10_000;
 
 /// How long a client's registration is trusted before a token of it checks again.
 pub(crate) const REGISTRATION_RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
@@ -54,7 +68,32 @@ impl AuthSettings {
             clients,
             jwks: jwks::JwksFetcher::new()?,
             registered: std::sync::Mutex::default(),
+            verified: std::sync::Mutex::default(),
         })
+    }
+
+    /// Checks a bearer token: from the cache of verified tokens while it is unexpired, else by
+    /// its signature.
+    fn verify(&self, token: &str, now: u64) -> Result<Verified, AuthError> {
+        let lock = || self.verified.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(hit) = lock().get(token).filter(|v| v.expires_at > now) {
+            return Ok(hit.clone());
+        }
+        let access = self.signer.verify(token, now)?;
+        let verified = Verified {
+            client_id: access.client_id,
+            grant: Arc::new(access.grant),
+            expires_at: access.expires_at,
+        };
+        let mut cache = lock();
+        if cache.len() >= VERIFIED_CACHE {
+            cache.retain(|_, v| v.expires_at > now);
+            if cache.len() >= VERIFIED_CACHE {
+                cache.clear();
+            }
+        }
+        cache.insert(token.to_owned(), verified.clone());
+        Ok(verified)
     }
 
     /// Whether `client` is still registered (cached for [`REGISTRATION_RECHECK`]).
@@ -271,7 +310,7 @@ pub(crate) async fn authenticate(
             "the Authorization header is not 'Bearer <token>'",
         );
     };
-    match auth.signer.verify(token, now_seconds()) {
+    match auth.verify(token, now_seconds()) {
         Ok(access) => {
             match auth.still_registered(&access.client_id).await {
                 Ok(true) => {}
@@ -283,10 +322,9 @@ pub(crate) async fn authenticate(
                 }
                 Err(error) => return error.into_response(),
             }
-            request.extensions_mut().insert(Caller {
-                client_id: Some(access.client_id),
-                grant: Some(Arc::new(access.grant)),
-            });
+            request
+                .extensions_mut()
+                .insert(Caller { client_id: Some(access.client_id), grant: Some(access.grant) });
             next.run(request).await
         }
         Err(error) => unauthorized(Some("invalid_token"), &error.message),
