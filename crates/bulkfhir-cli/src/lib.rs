@@ -11,12 +11,15 @@ use std::{
 use anyhow::Context;
 use bulkfhir_auth::TokenSigner;
 use bulkfhir_export::{ExportConfig, ExportService, Runner, Sweeper};
-use bulkfhir_output::OutputStore;
+use bulkfhir_output::{Destination, OutputStore};
 use bulkfhir_server::{AppState, AuthSettings, ServerConfig};
 use bulkfhir_store::{ClientStore, MeteredStore, ResourceStore};
 use bulkfhir_store_embedded::EmbeddedStore;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+/// How long the start-up check of the export store may take.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Everything `serve` needs.
 #[derive(Debug, Clone)]
@@ -29,6 +32,8 @@ pub struct ServeOptions {
     pub export: ExportConfig,
     /// Whether requests need SMART Backend Services access tokens.
     pub authorization: Authorization,
+    /// Where export files go (`s3://bucket/prefix`, …); `None`: `DATA_DIR/exports`.
+    pub export_store: Option<String>,
 }
 
 /// Whether the server checks access tokens.
@@ -69,9 +74,14 @@ impl App {
             Arc::new(MeteredStore::new(Arc::clone(&embedded) as Arc<dyn ResourceStore>));
         // Local disk has no minimum part size: 4 MiB parts keep an open file's buffers near
         // 20 MiB (about five parts in flight or filling).
-        let output = OutputStore::local(&data_dir.join("exports"))
-            .context("open the export folder")?
-            .with_part_size(4 * 1024 * 1024);
+        let output = match &options.export_store {
+            None => OutputStore::local(&data_dir.join("exports"))
+                .context("open the export folder")?
+                .with_part_size(4 * 1024 * 1024),
+            Some(url) => Destination::parse(url)
+                .and_then(|d| d.open(&options.export.destinations.options))
+                .context("--export-store")?,
+        };
         let mut server = options.server;
         if options.authorization == Authorization::Smart {
             let secret = token_secret(data_dir)?;
@@ -104,6 +114,19 @@ impl App {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
+        // The export store must take a file now, not at the first export.
+        match tokio::time::timeout(PROBE_TIMEOUT, self.state.exports.probe_output()).await {
+            Ok(Ok(())) => {}
+            // The whole chain: the operator needs the backend's reason (access denied, no such
+            // bucket, connection refused), which names no secret.
+            Ok(Err(error)) => {
+                return Err(anyhow::Error::new(error).context("the export store cannot be written"));
+            }
+            Err(_) => anyhow::bail!(
+                "the export store did not answer within {} s (writing a probe file)",
+                PROBE_TIMEOUT.as_secs()
+            ),
+        }
         // Exports run on a runtime of their own: their units keep every core busy copying
         // bytes, and on the same worker threads as HTTP a status poll waited behind them (p99
         // above 10 ms with 200 pollers). On separate threads the kernel's scheduler lets the

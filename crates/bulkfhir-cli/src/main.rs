@@ -50,7 +50,7 @@ enum LogFormat {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Serve the FHIR API (base URL http://LISTEN/fhir, or https with --tls-cert) on the embedded store.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Load NDJSON files (or folders of them) straight into the store.
     Load(LoadArgs),
     /// Write a deterministic synthetic population as NDJSON, one file per type.
@@ -236,6 +236,37 @@ struct ExportArgs {
     /// Seconds an export lease lasts without a heartbeat.
     #[arg(long, env = "BULKFHIR_EXPORT_LEASE_SECS", default_value_t = 30)]
     export_lease_secs: u64,
+    /// Where export files go: file:///path, s3://bucket/prefix, gs://bucket/prefix or
+    /// az://container/prefix [default: DATA_DIR/exports]. Credentials come from each cloud's
+    /// standard environment variables (AWS_*, GOOGLE_*, AZURE_*).
+    #[arg(long, env = "BULKFHIR_EXPORT_STORE")]
+    export_store: Option<String>,
+    /// An S3-compatible server (MinIO, SeaweedFS, Ceph, R2) instead of AWS, e.g.
+    /// http://127.0.0.1:8333 (also AWS_ENDPOINT_URL).
+    #[arg(long, env = "BULKFHIR_S3_ENDPOINT")]
+    s3_endpoint: Option<String>,
+    /// `server`: manifests list this server's download URLs (the owner's token needed when
+    /// authorization is on); `signed`: files in a bucket are listed as URLs signed by the
+    /// bucket (S3 presigned, GCS v4, Azure SAS) that expire with the export and need no token.
+    #[arg(long, env = "BULKFHIR_EXPORT_URLS", value_enum, default_value_t = ExportUrls::Server)]
+    export_urls: ExportUrls,
+    /// The longest a signed URL is valid, in seconds (never longer than the files are kept;
+    /// at most 7 days).
+    #[arg(long, env = "BULKFHIR_SIGNED_URL_SECS", default_value_t = 7 * 24 * 3600)]
+    signed_url_secs: u64,
+    /// Destinations a kick-off may name with `destination` (comma-separated): a URL, or a
+    /// prefix ending in /* such as s3://partner-bucket/*. Others are refused with 400.
+    #[arg(long, env = "BULKFHIR_ALLOW_EXPORT_DESTINATIONS", value_delimiter = ',')]
+    allow_export_destination: Vec<String>,
+}
+
+/// `serve --export-urls`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum ExportUrls {
+    /// This server's download URLs.
+    Server,
+    /// URLs signed by the bucket.
+    Signed,
 }
 
 impl ExportArgs {
@@ -251,6 +282,16 @@ impl ExportArgs {
                 .export_parallelism
                 .unwrap_or(ExportConfig::default().unit_concurrency)
                 .max(1),
+            max_signed_url: Duration::from_secs(self.signed_url_secs.max(1)),
+            destinations: bulkfhir_output::DestinationPolicy {
+                allowed: self
+                    .allow_export_destination
+                    .iter()
+                    .map(|p| p.trim().to_owned())
+                    .filter(|p| !p.is_empty())
+                    .collect(),
+                options: bulkfhir_output::CloudOptions { s3_endpoint: self.s3_endpoint.clone() },
+            },
             ..ExportConfig::default()
         }
     }
@@ -376,6 +417,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     body_read_timeout: Duration::from_secs(args.body_timeout_secs.max(1)),
                     ..ConnectionLimits::default()
                 },
+                signed_file_urls: args.export.export_urls == ExportUrls::Signed,
                 tls: match (&args.tls_cert, &args.tls_key) {
                     (Some(cert), Some(key)) => Some(TlsSettings::load(cert, key)?),
                     _ => None,
@@ -400,6 +442,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 server,
                 export: args.export.config(),
                 authorization,
+                export_store: args.export.export_store.clone(),
             };
             serve(options, args.listen, args.metrics_listen).await?;
             Ok(ExitCode::SUCCESS)
@@ -446,6 +489,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 server: ServerConfig::default(),
                 export: ExportConfig::default(),
                 authorization: Authorization::Off,
+                export_store: None,
             };
             serve(options, args.listen, None).await?;
             Ok(ExitCode::SUCCESS)

@@ -36,6 +36,11 @@ pub struct ExportConfig {
     /// A type whose versions span more than this many sequence numbers is exported as several
     /// key ranges at once (system level), so one large type can use every core.
     pub key_range_span: u64,
+    /// The longest a signed download URL is valid (it never outlives the export's files, and
+    /// S3 allows at most 7 days).
+    pub max_signed_url: Duration,
+    /// The destinations a kick-off may name (`destination`), besides the server's own store.
+    pub destinations: bulkfhir_output::DestinationPolicy,
 }
 
 impl Default for ExportConfig {
@@ -56,6 +61,8 @@ impl Default for ExportConfig {
             retry_after: Duration::from_secs(2),
             files_per_manifest_page: 500,
             key_range_span: 50_000,
+            max_signed_url: Duration::from_secs(7 * 24 * 3600),
+            destinations: bulkfhir_output::DestinationPolicy::default(),
         }
     }
 }

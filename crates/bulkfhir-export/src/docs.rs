@@ -45,6 +45,9 @@ pub struct StoredRequest {
     /// `Type?params`: AND-ed with `_typeFilter`, applied to supporting resources too.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scope_filters: Vec<String>,
+    /// The kick-off's own destination (an allow-listed URL), when it named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
 }
 
 /// What a job does, fixed at kick-off.

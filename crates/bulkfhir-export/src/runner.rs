@@ -261,7 +261,8 @@ impl JobRun {
         let request: StoredRequest = serde_json::from_str(&job.request).map_err(corrupt)?;
         let plan: Plan = serde_json::from_str(&job.plan).map_err(corrupt)?;
         let prefix = shared.job_prefix(&job.id)?;
-        shared.output.remove_incomplete(&prefix).await?;
+        let output = shared.output_for(request.destination.as_deref())?;
+        output.remove_incomplete(&prefix).await?;
         let mut units = Vec::new();
         for unit in shared.jobs.units(&job.id).await? {
             let spec: UnitSpec = serde_json::from_str(&unit.spec).map_err(corrupt)?;
@@ -304,7 +305,7 @@ impl JobRun {
         let ctx = Arc::new(JobContext {
             store: Arc::clone(&shared.store),
             jobs: Arc::clone(&shared.jobs),
-            output: shared.output.clone(),
+            output,
             config: shared.config.clone(),
             job_id: job.id.clone(),
             owner: self.owner.clone(),

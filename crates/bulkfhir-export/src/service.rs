@@ -36,6 +36,8 @@ pub(crate) struct Shared {
     pub(crate) jobs: Arc<dyn JobStore>,
     pub(crate) output: OutputStore,
     pub(crate) config: ExportConfig,
+    /// Destinations named by kick-offs, opened once each.
+    opened: Mutex<HashMap<String, OutputStore>>,
     /// Jobs running in this process: the token that stops each, and its live counters.
     running: Mutex<HashMap<JobId, (CancellationToken, Arc<Live>)>>,
     pub(crate) wake: Notify,
@@ -136,6 +138,27 @@ impl Shared {
         self.running_token(id).is_some()
     }
 
+    /// Where a job's files are: its own destination, or the server's store.
+    pub(crate) fn output_for(&self, destination: Option<&str>) -> Result<OutputStore, ExportError> {
+        let Some(url) = destination else { return Ok(self.output.clone()) };
+        let mut opened = self.opened.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(output) = opened.get(url) {
+            return Ok(output.clone());
+        }
+        // Checked again: the allow-list may have shrunk since the kick-off.
+        let destinations = &self.config.destinations;
+        let output = destinations.check(url)?.open(&destinations.options)?;
+        opened.insert(url.to_owned(), output.clone());
+        Ok(output)
+    }
+
+    /// The output store of job `id`.
+    pub(crate) async fn output_of(&self, id: &JobId) -> Result<OutputStore, ExportError> {
+        let record = self.jobs.get(id).await?;
+        let request: StoredRequest = serde_json::from_str(&record.request).map_err(corrupt)?;
+        self.output_for(request.destination.as_deref())
+    }
+
     pub(crate) fn job_prefix(&self, id: &JobId) -> Result<OutputKey, ExportError> {
         Ok(OutputKey::parse(&format!("jobs/{id}"))?)
     }
@@ -143,7 +166,8 @@ impl Shared {
     /// Deletes a job's files and records it; failures are logged (the sweeper retries).
     pub(crate) async fn delete_files(&self, id: &JobId) {
         let result = async {
-            let deleted = self.output.delete_prefix(&self.job_prefix(id)?).await?;
+            let output = self.output_of(id).await?;
+            let deleted = output.delete_prefix(&self.job_prefix(id)?).await?;
             self.jobs.mark_files_deleted(id).await?;
             Ok::<u64, ExportError>(deleted)
         }
@@ -338,6 +362,7 @@ impl ExportService {
                 jobs,
                 output,
                 config,
+                opened: Mutex::new(HashMap::new()),
                 running: Mutex::new(HashMap::new()),
                 wake: Notify::new(),
                 runner_tick: std::sync::atomic::AtomicI64::new(0),
@@ -374,6 +399,14 @@ impl ExportService {
     ) -> Result<JobId, ExportError> {
         check_parameters(&mut request, context.lenient)?;
         apply_bound(&mut request, &context.bound, context.lenient)?;
+        if let Some(destination) = &request.destination {
+            // Refused before any job exists, and before any request to the destination.
+            self.shared
+                .config
+                .destinations
+                .check(destination)
+                .map_err(|e| ExportError::invalid(e.to_string(), Some("destination")))?;
+        }
         let started = std::time::Instant::now();
         let shared = &self.shared;
         if shared.draining.load(std::sync::atomic::Ordering::Relaxed) {
@@ -419,6 +452,7 @@ impl ExportService {
             type_filters: request.type_filters.clone(),
             organize_output_by: request.organize_output_by.clone(),
             scope_filters: context.bound.required.clone(),
+            destination: request.destination.clone(),
         };
         let id = JobId::new();
         let job = NewJob {
@@ -627,8 +661,42 @@ impl ExportService {
             })
             .map(|f| f.resource_type.clone());
         let key = OutputKey::parse(&format!("jobs/{id}/{name}"))?;
-        let (body, total_size) = self.shared.output.read(&key, range).await?;
+        let output = self.shared.output_for(view.request.destination.as_deref())?;
+        let (body, total_size) = output.read(&key, range).await?;
         Ok(FileDownload { body, total_size, gzip: name.ends_with(".gz"), resource_type })
+    }
+
+    /// Download URLs for files of job `id` signed by the bucket they are in (no token needed),
+    /// valid until the job's files expire (at most 7 days, S3's limit); `None` when that store
+    /// cannot sign (local disk).
+    pub async fn signed_file_urls(
+        &self,
+        id: &JobId,
+        request: &StoredRequest,
+        names: &[&str],
+        expires_at: Option<Instant>,
+    ) -> Result<Option<HashMap<String, String>>, ExportError> {
+        let output = self.shared.output_for(request.destination.as_deref())?;
+        if !output.signs_urls() {
+            return Ok(None);
+        }
+        let now = Instant::now();
+        let left = expires_at.map_or(self.shared.config.retention, |at| {
+            std::time::Duration::from_micros(
+                u64::try_from(at.as_micros().saturating_sub(now.as_micros())).unwrap_or(0),
+            )
+        });
+        let max = self.shared.config.max_signed_url.min(MAX_SIGNED_URL);
+        let valid = left
+            .clamp(std::time::Duration::from_secs(1), max.max(std::time::Duration::from_secs(1)));
+        let mut urls = HashMap::with_capacity(names.len());
+        for name in names {
+            let key = OutputKey::parse(&format!("jobs/{id}/{name}"))?;
+            if let Some(url) = output.signed_url(&key, valid).await? {
+                urls.insert((*name).to_owned(), url);
+            }
+        }
+        Ok(Some(urls))
     }
 
     /// One job with its documents (cancelled ones included).
@@ -671,6 +739,9 @@ impl ExportService {
         Ok(JobView { record, request, manifest })
     }
 }
+
+/// The longest a signed URL is valid (S3 presigned URLs allow at most 7 days).
+const MAX_SIGNED_URL: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 fn not_found(id: &JobId) -> ExportError {
     ExportError::NotFound(format!("no export job {id}"))

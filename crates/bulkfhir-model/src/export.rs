@@ -19,6 +19,7 @@
 //! | `includeAssociatedData` | 0..* | comma list | `valueCode` or `valueString` | codes |
 //! | `_typeFilter` | 0..* | `Type?query` list | `valueString` | queries, verbatim |
 //! | `organizeOutputBy` | 0..1 | type name | `valueString` or `valueCode` | a known R4 type |
+//! | `destination` (extension) | 0..1 | URL | `valueUri` or `valueString` | checked by the export layer |
 //! | `allowPartialManifests` | 0..1 | `true`/`false` | `valueBoolean` | bool |
 //!
 //! * Parameters that take comma lists may also be repeated, and the repeats are merged into one
@@ -180,6 +181,10 @@ pub struct ExportRequest {
     pub organize_output_by: Option<String>,
     /// `allowPartialManifests` (v3); `false` when absent.
     pub allow_partial_manifests: bool,
+    /// `destination` (this server's extension): where the files go, as a URL such as
+    /// `s3://partner-bucket/nightly`, checked against the operator's allow-list by the export
+    /// layer; `None`: the server's own export store.
+    pub destination: Option<String>,
     /// Messages for parameters ignored under `Prefer: handling=lenient` (unknown types, unknown
     /// parameters); the export reports each as an OperationOutcome in the manifest's `error` files
     /// (spec E4). Each message starts with the parameter's name.
@@ -267,9 +272,10 @@ enum Param {
     TypeFilter,
     OrganizeOutputBy,
     AllowPartialManifests,
+    Destination,
 }
 
-const ALL_PARAMS: [Param; 10] = [
+const ALL_PARAMS: [Param; 11] = [
     Param::OutputFormat,
     Param::Since,
     Param::Until,
@@ -280,6 +286,7 @@ const ALL_PARAMS: [Param; 10] = [
     Param::TypeFilter,
     Param::OrganizeOutputBy,
     Param::AllowPartialManifests,
+    Param::Destination,
 ];
 
 impl Param {
@@ -295,6 +302,7 @@ impl Param {
             Param::TypeFilter => "_typeFilter",
             Param::OrganizeOutputBy => "organizeOutputBy",
             Param::AllowPartialManifests => "allowPartialManifests",
+            Param::Destination => "destination",
         }
     }
 
@@ -315,6 +323,7 @@ impl Param {
             Param::IncludeAssociatedData => &[ValueKind::Code, ValueKind::String],
             Param::OrganizeOutputBy => &[ValueKind::String, ValueKind::Code],
             Param::AllowPartialManifests => &[ValueKind::Boolean],
+            Param::Destination => &[ValueKind::Uri, ValueKind::String],
         }
     }
 
@@ -344,6 +353,7 @@ enum ValueKind {
     DateTime,
     Boolean,
     Reference,
+    Uri,
 }
 
 impl ValueKind {
@@ -355,6 +365,7 @@ impl ValueKind {
             ValueKind::DateTime => "valueDateTime",
             ValueKind::Boolean => "valueBoolean",
             ValueKind::Reference => "valueReference",
+            ValueKind::Uri => "valueUri",
         }
     }
 }
@@ -393,6 +404,7 @@ struct Builder<'i> {
     include_associated_data: Vec<String>,
     organize_output_by: Option<String>,
     allow_partial_manifests: Option<bool>,
+    destination: Option<String>,
     notes: Vec<String>,
     n_unlisted_notes: usize,
 }
@@ -416,6 +428,7 @@ impl<'i> Builder<'i> {
             include_associated_data: Vec::new(),
             organize_output_by: None,
             allow_partial_manifests: None,
+            destination: None,
             notes: Vec::new(),
             n_unlisted_notes: 0,
         }
@@ -563,6 +576,13 @@ impl<'i> Builder<'i> {
                     }
                 };
                 self.allow_partial_manifests = Some(flag);
+            }
+            Param::Destination => {
+                self.mark_seen(param, true)?;
+                if value.is_empty() || value.len() > 1024 {
+                    return Err(param.error("destination must be a URL of at most 1024 characters"));
+                }
+                self.destination = Some(value.to_owned());
             }
         }
         Ok(())
@@ -755,17 +775,19 @@ impl<'i> Builder<'i> {
                 }
             },
             ValueKind::Reference => Cow::Owned(reference_of(param, &location, raw_value)?),
-            ValueKind::String | ValueKind::Code | ValueKind::Instant | ValueKind::DateTime => {
-                match json_string(raw_value) {
-                    Some(text) => Cow::Owned(text),
-                    None => {
-                        return Err(param.error(format!(
-                            "parameter '{name}' ({location}) {} must be a JSON string",
-                            kind.element()
-                        )));
-                    }
+            ValueKind::String
+            | ValueKind::Code
+            | ValueKind::Instant
+            | ValueKind::DateTime
+            | ValueKind::Uri => match json_string(raw_value) {
+                Some(text) => Cow::Owned(text),
+                None => {
+                    return Err(param.error(format!(
+                        "parameter '{name}' ({location}) {} must be a JSON string",
+                        kind.element()
+                    )));
                 }
-            }
+            },
         };
         self.accept(param, &value, Source::Body)
     }
@@ -816,6 +838,7 @@ impl<'i> Builder<'i> {
             include_associated_data: builder.include_associated_data,
             organize_output_by: builder.organize_output_by,
             allow_partial_manifests: builder.allow_partial_manifests.unwrap_or(false),
+            destination: builder.destination,
             lenient_notes: builder.notes,
         })
     }
@@ -854,6 +877,8 @@ struct ParameterEntry<'a> {
     value_boolean: Option<&'a RawValue>,
     #[serde(rename = "valueReference", borrow, default)]
     value_reference: Option<&'a RawValue>,
+    #[serde(rename = "valueUri", borrow, default)]
+    value_uri: Option<&'a RawValue>,
 }
 
 /// The members [`ParameterEntry`] accepts.
@@ -867,6 +892,7 @@ const ENTRY_MEMBERS: &[&str] = &[
     "valueDateTime",
     "valueBoolean",
     "valueReference",
+    "valueUri",
 ];
 
 impl<'a> ParameterEntry<'a> {
@@ -879,6 +905,7 @@ impl<'a> ParameterEntry<'a> {
             (ValueKind::DateTime, self.value_date_time),
             (ValueKind::Boolean, self.value_boolean),
             (ValueKind::Reference, self.value_reference),
+            (ValueKind::Uri, self.value_uri),
         ]
         .into_iter()
         .filter_map(|(kind, raw)| raw.map(|raw| (kind, raw)))
@@ -1134,6 +1161,7 @@ mod tests {
                     include_associated_data: Vec::new(),
                     organize_output_by: None,
                     allow_partial_manifests: false,
+                    destination: None,
                     lenient_notes: Vec::new(),
                 }
             );

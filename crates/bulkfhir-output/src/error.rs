@@ -12,6 +12,9 @@ pub enum OutputError {
         /// The key that was asked for.
         key: OutputKey,
     },
+    /// A destination URL cannot be used (syntax, scheme, or the cloud client's settings).
+    #[error("export destination {0}")]
+    InvalidDestination(String),
     /// A string does not follow the [`OutputKey`] grammar.
     #[error("invalid output key {0}")]
     InvalidKey(String),
@@ -53,7 +56,9 @@ impl OutputError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::NotFound { .. } => ErrorKind::NotFound,
-            Self::InvalidKey(_) | Self::InvalidRange { .. } => ErrorKind::Invalid,
+            Self::InvalidKey(_) | Self::InvalidRange { .. } | Self::InvalidDestination(_) => {
+                ErrorKind::Invalid
+            }
             Self::Backend { source, .. } => match source {
                 object_store::Error::NotFound { .. } => ErrorKind::NotFound,
                 // Network failures and store-side I/O errors: a retry may succeed.

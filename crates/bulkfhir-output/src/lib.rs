@@ -34,11 +34,13 @@
 //!   [`bulkfhir_model::ErrorKind`].
 #![warn(missing_docs)]
 
+mod destination;
 mod error;
 mod key;
 mod store;
 mod writer;
 
+pub use destination::{CloudOptions, Destination, DestinationPolicy};
 pub use error::OutputError;
 pub use key::OutputKey;
 pub use store::OutputStore;

@@ -7,7 +7,7 @@ use futures::stream::{self, BoxStream, StreamExt as _, TryStreamExt as _};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::{Path as ObjectPath, PathPart};
-use object_store::{GetOptions, ObjectStore, ObjectStoreExt as _};
+use object_store::{GetOptions, ObjectStore, ObjectStoreExt as _, signer::Signer};
 
 use crate::{Compression, FileWriter, OutputError, OutputKey};
 
@@ -16,15 +16,27 @@ const DEFAULT_PART_SIZE: usize = 8 * 1024 * 1024;
 
 /// Where export files live: a facade over any [`ObjectStore`] that owns key mapping, gzip,
 /// atomic creation and streaming reads. See the crate docs for the contract.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct OutputStore {
     store: Arc<dyn ObjectStore>,
+    /// Signs download URLs, for stores that can (S3, GCS, Azure).
+    signer: Option<Arc<dyn Signer>>,
     /// Prepended to every key.
     prefix: ObjectPath,
     /// For [`OutputStore::local`]: the canonical root directory, used to find staged uploads that
     /// the object store hides.
     local_root: Option<PathBuf>,
     part_size: usize,
+}
+
+impl std::fmt::Debug for OutputStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutputStore")
+            .field("store", &self.store.to_string())
+            .field("prefix", &self.prefix)
+            .field("signs_urls", &self.signer.is_some())
+            .finish()
+    }
 }
 
 impl OutputStore {
@@ -46,6 +58,7 @@ impl OutputStore {
             .with_fsync(true);
         Ok(Self {
             store: Arc::new(local),
+            signer: None,
             prefix: ObjectPath::default(),
             local_root: Some(canonical_root),
             part_size: DEFAULT_PART_SIZE,
@@ -67,10 +80,38 @@ impl OutputStore {
     pub fn from_object_store(store: Arc<dyn ObjectStore>, prefix: &str) -> Self {
         Self {
             store,
+            signer: None,
             prefix: ObjectPath::from(prefix),
             local_root: None,
             part_size: DEFAULT_PART_SIZE,
         }
+    }
+
+    /// Lets the store sign download URLs with `signer` (the same bucket's client).
+    #[must_use]
+    pub fn with_signer(mut self, signer: Arc<dyn Signer>) -> Self {
+        self.signer = Some(signer);
+        self
+    }
+
+    /// Whether [`signed_url`](Self::signed_url) can sign.
+    pub fn signs_urls(&self) -> bool {
+        self.signer.is_some()
+    }
+
+    /// A URL that downloads `key` straight from the bucket with no other credentials, valid
+    /// for `expires_in`; `None` for stores that cannot sign (local disk).
+    pub async fn signed_url(
+        &self,
+        key: &OutputKey,
+        expires_in: std::time::Duration,
+    ) -> Result<Option<String>, OutputError> {
+        let Some(signer) = &self.signer else { return Ok(None) };
+        let url = signer
+            .signed_url(object_store::signer::Method::GET, &self.location(key), expires_in)
+            .await
+            .map_err(|e| OutputError::from_backend(key, "sign a URL for", e))?;
+        Ok(Some(url.to_string()))
     }
 
     /// Sets the size of uploaded parts (default 8 MiB; values below 1 count as 1).

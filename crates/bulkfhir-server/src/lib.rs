@@ -54,6 +54,9 @@ pub struct ServerConfig {
     pub max_page_size: usize,
     /// SMART Backend Services authorization; `None` (`--auth none`): every request is allowed.
     pub auth: Option<Arc<AuthSettings>>,
+    /// Manifests list URLs signed by the bucket the files are in (S3, GCS, Azure), which need
+    /// no token, instead of this server's download URLs; local files keep the latter.
+    pub signed_file_urls: bool,
     /// Serve the API over HTTPS with this certificate and key (None: plain HTTP, for a
     /// deployment behind a TLS-terminating proxy). The metrics-only listener stays plain HTTP.
     pub tls: Option<TlsSettings>,
@@ -69,6 +72,7 @@ impl Default for ServerConfig {
             metrics_on_api_listener: true,
             max_page_size: 1000,
             auth: None,
+            signed_file_urls: false,
             tls: None,
         }
     }

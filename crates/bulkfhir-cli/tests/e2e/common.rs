@@ -65,6 +65,7 @@ impl TestServer {
             server,
             export,
             authorization: Authorization::Off,
+            export_store: None,
         })
         .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

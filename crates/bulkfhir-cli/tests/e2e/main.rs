@@ -12,6 +12,7 @@ mod clients;
 mod common;
 mod crash;
 mod crud;
+mod destinations;
 mod export;
 mod hardening;
 mod operations;

@@ -182,14 +182,43 @@ pub(super) async fn status(
     Ok(response)
 }
 
+/// How a manifest's files are reached: URLs signed by their bucket (no token), or this server's
+/// download URLs (a token when authorization is on).
+struct FileLinks {
+    signed: Option<std::collections::HashMap<String, String>>,
+    requires_access_token: bool,
+}
+
+/// Signed URLs when the server is set to hand them out and the job's store can sign.
+async fn file_links(
+    state: &AppState,
+    job_id: &JobId,
+    manifest: &ManifestDoc,
+    request: &bulkfhir_export::StoredRequest,
+    expires_at: Option<Instant>,
+) -> Result<FileLinks, ApiError> {
+    if state.config.signed_file_urls {
+        let names: Vec<&str> = manifest.files.iter().map(|f| f.name.as_str()).collect();
+        let signed = state.exports.signed_file_urls(job_id, request, &names, expires_at).await?;
+        if signed.is_some() {
+            return Ok(FileLinks { signed, requires_access_token: false });
+        }
+    }
+    Ok(FileLinks { signed: None, requires_access_token: state.config.auth.is_some() })
+}
+
 /// The manifest JSON for a manifest (or partial-manifest page), with absolute URLs.
 fn manifest_json(
     manifest: &ManifestDoc,
     base_url: &str,
     job_id: &JobId,
-    requires_access_token: bool,
+    links: &FileLinks,
 ) -> Value {
-    let url = |name: &str| format!("{base_url}/$export-file/{job_id}/{name}");
+    let requires_access_token = links.requires_access_token;
+    let url = |name: &str| match links.signed.as_ref().and_then(|s| s.get(name)) {
+        Some(signed) => signed.clone(),
+        None => format!("{base_url}/$export-file/{job_id}/{name}"),
+    };
     let organized = manifest.organized_by.is_some();
     let items = |kind: FileKind| -> Vec<Value> {
         manifest
@@ -254,8 +283,8 @@ async fn job_status(
     let retry_after = state.exports.config().retry_after;
     match view {
         StatusView::Partial { page, request, next, complete, percent, text, expires_at } => {
-            let mut body =
-                manifest_json(&page, &request.base_url, &job_id, state.config.auth.is_some());
+            let links = file_links(state, &job_id, &page, &request, expires_at).await?;
+            let mut body = manifest_json(&page, &request.base_url, &job_id, &links);
             if let Some(next) = next {
                 let url = format!("{}/$export-status/{job_id}?page={next}", request.base_url);
                 body["link"] = json!([{"relation": "next", "url": url}]);
@@ -318,8 +347,8 @@ async fn job_status(
         }
         StatusView::Completed { manifest, request, expires_at } => {
             forget_polls(state, &job_id);
-            let body =
-                manifest_json(&manifest, &request.base_url, &job_id, state.config.auth.is_some());
+            let links = file_links(state, &job_id, &manifest, &request, expires_at).await?;
+            let body = manifest_json(&manifest, &request.base_url, &job_id, &links);
             let mut response = (StatusCode::OK, body.to_string()).into_response();
             set_header(&mut response, header::CONTENT_TYPE.as_str(), "application/json");
             if let Some(expires) = expires_at {

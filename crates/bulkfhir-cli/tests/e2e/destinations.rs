@@ -1,0 +1,478 @@
+//! Export files in a real S3 server (SeaweedFS on loopback, started here; `bash .ci/run`
+//! installs it): the same exports as on local disk, byte for byte; URLs signed by the bucket
+//! that work with no token and stop at expiry; a kick-off's own allow-listed destination; a
+//! start-up that fails clearly when the bucket cannot be written.
+
+use std::{
+    collections::BTreeMap,
+    io::Read,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::OnceLock,
+    time::Duration,
+};
+
+use reqwest::{Client, Method};
+use serde_json::Value;
+
+use crate::{
+    auth::{bulkfhir, stdout},
+    common::{assert_outcome, body_json, small, wait_until_serving},
+};
+
+const BUCKET: &str = "test-bucket";
+const KEY_ID: &str = "bulkfhir-test";
+const SECRET: &str = "bulkfhir-test-secret";
+
+/// SeaweedFS (`weed mini`) for the whole test process: its S3 endpoint.
+fn seaweed() -> &'static str {
+    static ENDPOINT: OnceLock<String> = OnceLock::new();
+    ENDPOINT.get_or_init(|| {
+        let clients = clients_dir();
+        let weed = clients.join("venv/bin/weed");
+        assert!(weed.is_file(), "SeaweedFS is missing at {}; `bash .ci/run` installs it", weed.display());
+        let ports: Vec<u16> = (0..8)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())
+            .collect();
+        let dir = std::env::temp_dir().join(format!("bulkfhir-weed-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let args = vec![
+            "mini".to_owned(),
+            format!("-dir={}", dir.display()),
+            "-ip=127.0.0.1".to_owned(),
+            "-ip.bind=127.0.0.1".to_owned(),
+            format!("-master.port={}", ports[0]),
+            format!("-master.port.grpc={}", ports[1]),
+            format!("-volume.port={}", ports[2]),
+            format!("-volume.port.grpc={}", ports[3]),
+            format!("-filer.port={}", ports[4]),
+            format!("-filer.port.grpc={}", ports[5]),
+            format!("-s3.port={}", ports[6]),
+            format!("-s3.port.grpc={}", ports[7]),
+            "-s3.port.iceberg=0".to_owned(),
+            "-webdav=false".to_owned(),
+            "-admin.ui=false".to_owned(),
+            format!("-bucket={BUCKET}"),
+        ];
+        spawn_for_the_process(
+            weed,
+            args,
+            &dir.join("weed.log"),
+            &[("AWS_ACCESS_KEY_ID", KEY_ID), ("AWS_SECRET_ACCESS_KEY", SECRET)],
+        );
+        let endpoint = format!("http://127.0.0.1:{}", ports[6]);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        // Ready when the bucket answers (403 to an unsigned request).
+        loop {
+            let answered = std::net::TcpStream::connect(("127.0.0.1", ports[6])).ok().and_then(|mut socket| {
+                use std::io::Write;
+                socket.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+                socket
+                    .write_all(format!("GET /{BUCKET} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes())
+                    .ok()?;
+                let mut head = [0u8; 12];
+                socket.read_exact(&mut head).ok()?;
+                Some(String::from_utf8_lossy(&head).into_owned())
+            });
+            if answered.is_some_and(|h| h.starts_with("HTTP/1.1 403") || h.starts_with("HTTP/1.1 200")) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "SeaweedFS did not start; see {}", dir.display());
+            // Polling a condition (the server listens), not a fixed delay.
+            #[allow(clippy::disallowed_methods)]
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        endpoint
+    })
+}
+
+/// `bulkfhir serve --auth none` over `data` with `flags`, credentials for the S3 server in its
+/// environment (and nowhere else: no instance-metadata lookup ever leaves loopback).
+struct Serve {
+    base: String,
+    child: Child,
+}
+
+impl Serve {
+    async fn start(data: &Path, flags: &[&str]) -> Self {
+        let env = [
+            ("AWS_ACCESS_KEY_ID", KEY_ID),
+            ("AWS_SECRET_ACCESS_KEY", SECRET),
+            ("AWS_REGION", "us-east-1"),
+        ];
+        Self::start_with_env(data, flags, &env).await
+    }
+
+    async fn start_with_env(data: &Path, flags: &[&str], env: &[(&str, &str)]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bulkfhir"))
+            .args([
+                "serve",
+                "--auth",
+                "none",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(data)
+            .args(flags)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}/fhir");
+        if let Err(status) = wait_until_serving(&base, &mut child).await {
+            panic!("bulkfhir serve {flags:?} exited with {status}");
+        }
+        Serve { base, child }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn kick(http: &Client, url: &str) -> (u16, reqwest::header::HeaderMap, Value) {
+    let response = http
+        .get(url)
+        .header("accept", "application/fhir+json")
+        .header("prefer", "respond-async")
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (status, headers, body_json(response).await)
+}
+
+async fn manifest(http: &Client, base_and_query: &str) -> Value {
+    let (status, headers, body) = kick(http, base_and_query).await;
+    assert_eq!(status, 202, "{base_and_query}: {body}");
+    let status_url = headers["content-location"].to_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let response = http.get(&status_url).send().await.unwrap();
+        match response.status().as_u16() {
+            200 => return body_json(response).await,
+            202 | 429 => {
+                let retry: u64 =
+                    response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+                tokio::time::sleep(Duration::from_secs(retry)).await;
+            }
+            other => panic!("status {other}: {}", body_json(response).await),
+        }
+        assert!(std::time::Instant::now() < deadline, "the export did not finish");
+    }
+}
+
+/// Every file of a manifest: name → decompressed content.
+async fn files(http: &Client, manifest: &Value) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for array in ["output", "deleted", "error"] {
+        for item in manifest[array].as_array().unwrap() {
+            let url = item["url"].as_str().unwrap();
+            let response =
+                http.get(url).header("accept-encoding", "identity").send().await.unwrap();
+            assert_eq!(response.status().as_u16(), 200, "GET {url}");
+            let bytes = response.bytes().await.unwrap();
+            let text = if bytes.starts_with(&[0x1f, 0x8b]) {
+                let mut text = String::new();
+                flate2::read::GzDecoder::new(&bytes[..]).read_to_string(&mut text).unwrap();
+                text
+            } else {
+                String::from_utf8(bytes.to_vec()).unwrap()
+            };
+            let name = url.split('?').next().unwrap().rsplit('/').next().unwrap().to_owned();
+            out.insert(name, text);
+        }
+    }
+    out
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let status = Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_in_s3_equal_local_disk_byte_for_byte_and_signed_urls_expire() {
+    let endpoint = seaweed();
+    let dir = tempfile::tempdir().unwrap();
+    let local_data = dir.path().join("local");
+    stdout(&bulkfhir(&["load", small().dir.to_str().unwrap()], &local_data));
+    let s3_data = dir.path().join("s3");
+    copy_dir(&local_data, &s3_data);
+    let run = uuid::Uuid::new_v4();
+    let store = format!("s3://{BUCKET}/runs/{run}");
+    let partner = format!("s3://{BUCKET}/partner/{run}");
+    let local = Serve::start(&local_data, &[]).await;
+    let s3 = Serve::start(
+        &s3_data,
+        &[
+            "--export-store",
+            &store,
+            "--s3-endpoint",
+            endpoint,
+            "--export-urls",
+            "signed",
+            "--signed-url-secs",
+            "8",
+            "--allow-export-destination",
+            &format!("s3://{BUCKET}/partner/*"),
+        ],
+    )
+    .await;
+    let http = Client::new();
+    same_exports(
+        &http,
+        &local,
+        &s3,
+        &format!("{endpoint}/{BUCKET}/runs/{run}/jobs/"),
+        "X-Amz-Signature=",
+    )
+    .await;
+    drop(local);
+
+    // A signed URL stops working when it expires (8 s here).
+    let late = manifest(&http, &format!("{}/$export?_type=Patient", s3.base)).await;
+    let url = late["output"][0]["url"].as_str().unwrap().to_owned();
+    assert_eq!(http.get(&url).send().await.unwrap().status().as_u16(), 200);
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let expired = http.get(&url).send().await.unwrap().status().as_u16();
+    assert!(expired == 403 || expired == 400, "an expired signed URL answered {expired}");
+
+    // A kick-off's own destination: allowed, the files land there; not allowed, refused
+    // before any job exists.
+    let (status, _, jobs_before) =
+        request(&http, &format!("{}/BulkDataExport?_count=100", s3.base)).await;
+    assert_eq!(status, 200);
+    let before = jobs_before["entry"].as_array().map_or(0, Vec::len);
+    for refused in [
+        "s3://test-bucket/elsewhere/x",
+        "s3://other-bucket/partner/x",
+        "file:///etc",
+        "http://evil.example/x",
+    ] {
+        let url = format!("{}/$export?_type=Patient&destination={}", s3.base, urlencode(refused));
+        let (status, _, body) = kick(&http, &url).await;
+        assert_outcome(status, 400, &body);
+        assert!(body.to_string().contains("destination"), "{body}");
+    }
+    let (_, _, jobs_after) =
+        request(&http, &format!("{}/BulkDataExport?_count=100", s3.base)).await;
+    assert_eq!(jobs_after["entry"].as_array().map_or(0, Vec::len), before, "no job was created");
+    let there = manifest(
+        &http,
+        &format!("{}/$export?_type=Patient&destination={}", s3.base, urlencode(&partner)),
+    )
+    .await;
+    let url = there["output"][0]["url"].as_str().unwrap();
+    assert!(url.starts_with(&format!("{endpoint}/{BUCKET}/partner/{run}/jobs/")), "{url}");
+    let lines = files(&http, &there).await;
+    assert_eq!(
+        lines.values().map(|t| t.lines().count()).sum::<usize>(),
+        small().lines["Patient"].len()
+    );
+
+    // Cancel deletes the objects: a cancelled job's status is gone.
+    let (status, headers, _) = kick(&http, &format!("{}/$export", s3.base)).await;
+    assert_eq!(status, 202);
+    let status_url = headers["content-location"].to_str().unwrap();
+    let response = http.request(Method::DELETE, status_url).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    assert_eq!(http.get(status_url).send().await.unwrap().status().as_u16(), 404);
+}
+
+/// The system (plain and gzip), Patient and Group exports of two servers over the same data,
+/// one on local disk and one on a bucket with signed URLs: the same files, byte for byte after
+/// decompression; the bucket's URLs start with `signed_prefix` and carry `signature`.
+async fn same_exports(
+    http: &Client,
+    local: &Serve,
+    cloud: &Serve,
+    signed_prefix: &str,
+    signature: &str,
+) {
+    let group = serde_json::from_str::<Value>(&small().lines["Group"][0]).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for query in [
+        "$export".to_owned(),
+        "$export?_outputFormat=application/fhir%2Bndjson%2Bgzip".to_owned(),
+        "Patient/$export?_type=Patient,Observation,Condition".to_owned(),
+        format!("Group/{group}/$export"),
+    ] {
+        let on_disk = manifest(http, &format!("{}/{query}", local.base)).await;
+        let in_bucket = manifest(http, &format!("{}/{query}", cloud.base)).await;
+        // Signed URLs point at the bucket, need no token, and the server says so.
+        assert_eq!(in_bucket["requiresAccessToken"], false);
+        let first = in_bucket["output"][0]["url"].as_str().unwrap();
+        assert!(first.starts_with(signed_prefix), "{first}");
+        assert!(first.contains(signature), "{first}");
+        let (want, got) = (files(http, &on_disk).await, files(http, &in_bucket).await);
+        assert_eq!(want.keys().collect::<Vec<_>>(), got.keys().collect::<Vec<_>>(), "{query}");
+        assert!(want == got, "{query}: the files differ");
+        assert!(want.values().map(|t| t.lines().count()).sum::<usize>() > 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_that_cannot_be_written_stops_start_up_with_a_clear_error() {
+    let endpoint = seaweed();
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    for (store, s3_endpoint, secret, reason) in [
+        // Nothing listens there (SeaweedFS creates a missing bucket on the first write).
+        ("s3://test-bucket/x", "http://127.0.0.1:1", SECRET, "refused"),
+        // Wrong credentials.
+        ("s3://test-bucket/x", endpoint, "wrong-secret", "SignatureDoesNotMatch"),
+    ] {
+        let started = std::time::Instant::now();
+        let output = Command::new(env!("CARGO_BIN_EXE_bulkfhir"))
+            .args([
+                "serve",
+                "--auth",
+                "none",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(dir.path().join("data"))
+            .args(["--export-store", store, "--s3-endpoint", s3_endpoint])
+            .env("AWS_ACCESS_KEY_ID", KEY_ID)
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .env("AWS_REGION", "us-east-1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{store}: {stderr}");
+        assert!(stderr.contains("the export store cannot be written"), "{store}: {stderr}");
+        assert!(stderr.to_lowercase().contains(&reason.to_lowercase()), "{store}: {stderr}");
+        assert!(!stderr.contains(secret), "no secret in the message");
+        assert!(started.elapsed() < Duration::from_secs(40));
+    }
+    // A malformed store URL is refused before anything starts.
+    let output = Command::new(env!("CARGO_BIN_EXE_bulkfhir"))
+        .args(["serve", "--auth", "none", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--export-store", "s3://B A D/x"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--export-store"));
+}
+
+async fn request(http: &Client, url: &str) -> (u16, reqwest::header::HeaderMap, Value) {
+    let response = http.get(url).send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (status, headers, body_json(response).await)
+}
+
+fn urlencode(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+/// Azurite (Azure Blob's emulator) for the whole test process: its blob endpoint, with the
+/// container `exports` created (through Azure's own Python SDK: object_store creates none).
+fn azurite() -> &'static str {
+    static ENDPOINT: OnceLock<String> = OnceLock::new();
+    ENDPOINT.get_or_init(|| {
+        let clients = clients_dir();
+        let azurite = clients.join("npm/node_modules/.bin/azurite-blob");
+        assert!(azurite.is_file(), "Azurite is missing at {}; `bash .ci/run` installs it", azurite.display());
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = std::env::temp_dir().join(format!("bulkfhir-azurite-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let args: Vec<String> = vec![
+            "--blobHost".into(),
+            "127.0.0.1".into(),
+            "--blobPort".into(),
+            port.to_string(),
+            "--location".into(),
+            dir.display().to_string(),
+            "--skipApiVersionCheck".into(),
+            "--loose".into(),
+            "--disableTelemetry".into(),
+        ];
+        spawn_for_the_process(azurite, args, &dir.join("azurite.log"), &[]);
+        let endpoint = format!("http://127.0.0.1:{port}/devstoreaccount1");
+        let script = format!(
+            "import time\nfrom azure.storage.blob import BlobServiceClient\n\
+             c = BlobServiceClient.from_connection_string('DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;BlobEndpoint={endpoint}')\n\
+             for i in range(120):\n    try:\n        c.create_container('exports'); break\n    except Exception as e:\n        if 'ContainerAlreadyExists' in str(e): break\n        time.sleep(0.25)\nelse:\n    raise SystemExit('no container')\n"
+        );
+        let status = Command::new(clients.join("venv/bin/python")).args(["-c", &script]).status().unwrap();
+        assert!(status.success(), "create the Azurite container (azure-storage-blob; `bash .ci/run` installs it)");
+        format!("http://127.0.0.1:{port}")
+    })
+}
+
+fn clients_dir() -> PathBuf {
+    std::env::var_os("BULKFHIR_CLIENTS_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/bulkfhir/clients")
+    })
+}
+
+/// Starts `program` from a thread that lives as long as the test process, with a parent-death
+/// signal: the server goes when the tests go.
+fn spawn_for_the_process(
+    program: PathBuf,
+    args: Vec<String>,
+    log: &Path,
+    env: &[(&'static str, &'static str)],
+) {
+    let log = std::fs::File::create(log).unwrap();
+    let env = env.to_vec();
+    let (sent, received) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let mut command = Command::new(program);
+        command
+            .args(&args)
+            .envs(env)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        #[cfg(target_os = "linux")]
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child: Child = command.spawn().expect("start a storage emulator");
+        sent.send(()).unwrap();
+        // This thread lives until the emulator exits (with the test process, by the signal).
+        let _ = child.wait();
+    });
+    received.recv().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_in_azure_blob_equal_local_disk_byte_for_byte() {
+    let endpoint = azurite();
+    let dir = tempfile::tempdir().unwrap();
+    let local_data = dir.path().join("local");
+    stdout(&bulkfhir(&["load", small().dir.to_str().unwrap()], &local_data));
+    let azure_data = dir.path().join("azure");
+    copy_dir(&local_data, &azure_data);
+    let run = uuid::Uuid::new_v4();
+    let store = format!("az://exports/runs/{run}");
+    let blob_url = format!("{endpoint}/devstoreaccount1");
+    let env = [("AZURE_STORAGE_USE_EMULATOR", "true"), ("AZURITE_BLOB_STORAGE_URL", endpoint)];
+    let local = Serve::start(&local_data, &[]).await;
+    let azure = Serve::start_with_env(
+        &azure_data,
+        &["--export-store", &store, "--export-urls", "signed"],
+        &env,
+    )
+    .await;
+    let http = Client::new();
+    same_exports(&http, &local, &azure, &format!("{blob_url}/exports/runs/{run}/jobs/"), "sig=")
+        .await;
+}
