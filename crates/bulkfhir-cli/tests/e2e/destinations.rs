@@ -100,11 +100,18 @@ impl Serve {
             ("AWS_SECRET_ACCESS_KEY", SECRET),
             ("AWS_REGION", "us-east-1"),
         ];
-        Self::start_with_env(data, flags, &env).await
+        Self::start_with_env(data, flags, &env, None).await
     }
 
-    async fn start_with_env(data: &Path, flags: &[&str], env: &[(&str, &str)]) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    async fn start_with_env(
+        data: &Path,
+        flags: &[&str],
+        env: &[(&str, &str)],
+        port: Option<u16>,
+    ) -> Self {
+        let port = port.unwrap_or_else(|| {
+            std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+        });
         let mut child = Command::new(env!("CARGO_BIN_EXE_bulkfhir"))
             .args([
                 "serve",
@@ -470,9 +477,99 @@ async fn exports_in_azure_blob_equal_local_disk_byte_for_byte() {
         &azure_data,
         &["--export-store", &store, "--export-urls", "signed"],
         &env,
+        None,
     )
     .await;
     let http = Client::new();
     same_exports(&http, &local, &azure, &format!("{blob_url}/exports/runs/{run}/jobs/"), "sig=")
         .await;
+}
+
+/// An export to S3 killed with SIGKILL half-way: after a restart the same status URL completes,
+/// every resource exactly once (files finished but not checkpointed are written again under the
+/// same key, replacing themselves; an interrupted multipart upload never becomes an object).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_to_s3_killed_half_way_completes_after_restart_exactly_once() {
+    let endpoint = seaweed();
+    let dir = tempfile::tempdir().unwrap();
+    let generated = dir.path().join("generated");
+    let data = dir.path().join("data");
+    stdout(&bulkfhir(
+        &["generate", "--patients", "200", "--seed", "11", "--out", generated.to_str().unwrap()],
+        &data,
+    ));
+    stdout(&bulkfhir(&["load", generated.to_str().unwrap()], &data));
+    let mut expected: BTreeMap<String, usize> = BTreeMap::new();
+    for entry in std::fs::read_dir(&generated).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        if let Some(type_name) = name.strip_suffix(".ndjson") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            expected.insert(type_name.to_owned(), text.lines().filter(|l| !l.is_empty()).count());
+        }
+    }
+    let store = format!("s3://{BUCKET}/crash/{}", uuid::Uuid::new_v4());
+    let flags =
+        ["--export-store", &store, "--s3-endpoint", endpoint, "--export-file-resources", "2000"];
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let env = [
+        ("AWS_ACCESS_KEY_ID", KEY_ID),
+        ("AWS_SECRET_ACCESS_KEY", SECRET),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    let server = Serve::start_with_env(&data, &flags, &env, Some(port)).await;
+    let http = Client::new();
+    let (status, headers, body) = kick(&http, &format!("{}/$export", server.base)).await;
+    assert_eq!(status, 202, "{body}");
+    let status_url = headers["content-location"].to_str().unwrap().to_owned();
+    let job_id = status_url.rsplit('/').next().unwrap().to_owned();
+    // Killed once a few files are in the bucket, while the export still runs.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, _, job) = request(&http, &format!("{}/BulkDataExport/{job_id}", server.base)).await;
+        let state = job["status"].as_str().unwrap().to_owned();
+        assert!(
+            state == "accepted" || state == "in-progress",
+            "still running when killed: {state}"
+        );
+        if job["progress"]["resources"].as_u64().unwrap_or(0) >= 6000 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the export never wrote a file");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(server); // SIGKILL
+
+    let server = Serve::start_with_env(&data, &flags, &env, Some(port)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    let manifest = loop {
+        let response = http.get(&status_url).send().await.unwrap();
+        match response.status().as_u16() {
+            200 => break body_json(response).await,
+            202 | 429 => {
+                let retry: u64 =
+                    response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+                tokio::time::sleep(Duration::from_secs(retry)).await;
+            }
+            other => panic!("status {other}: {}", body_json(response).await),
+        }
+        assert!(std::time::Instant::now() < deadline, "the resumed export did not finish");
+    };
+    assert_eq!(manifest["error"], serde_json::json!([]));
+    let mut seen: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for item in manifest["output"].as_array().unwrap() {
+        let url = item["url"].as_str().unwrap();
+        let text = http.get(url).send().await.unwrap().text().await.unwrap();
+        assert_eq!(text.lines().count() as u64, item["count"].as_u64().unwrap(), "{url}");
+        for line in text.lines() {
+            let resource: Value = serde_json::from_str(line).unwrap();
+            let id = resource["id"].as_str().unwrap().to_owned();
+            let type_name = resource["resourceType"].as_str().unwrap().to_owned();
+            assert!(seen.entry(type_name).or_default().insert(id), "a resource came twice");
+        }
+    }
+    let counts: BTreeMap<String, usize> =
+        seen.iter().map(|(t, ids)| (t.clone(), ids.len())).collect();
+    assert_eq!(counts, expected, "every resource exactly once");
+    drop(server);
 }
