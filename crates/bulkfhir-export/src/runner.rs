@@ -138,6 +138,9 @@ impl Runner {
     }
 }
 
+/// How long a job keeps resuming after transient failures of its export store.
+const OUTPUT_RETRY_BUDGET: Duration = Duration::from_secs(60);
+
 struct JobRun {
     shared: Arc<Shared>,
     owner: String,
@@ -155,7 +158,7 @@ impl JobRun {
             (&live.written, &live.units_done, &live.units_total);
         let heartbeat = self.heartbeat(written, units_done, units_total);
         let result = tokio::select! {
-            result = self.execute(written, units_done, units_total) => result,
+            result = self.execute_retrying(written, units_done, units_total) => result,
             () = heartbeat => Err(ExportError::Stopped("lease lost")),
             () = live.sample_every_second() => Err(ExportError::Stopped("sampler ended")),
         };
@@ -197,7 +200,21 @@ impl JobRun {
                 } else {
                     ended("failed");
                     error!(error = %error_chain(&error), "export failed");
-                    let message = format!("export failed: {}", error.describe());
+                    let message = match &error {
+                        // Name the store: with several destinations, which one failed matters.
+                        ExportError::Output(_) => {
+                            let request: Option<StoredRequest> =
+                                serde_json::from_str(&self.job.request).ok();
+                            let store = request
+                                .and_then(|r| self.shared.output_for(r.destination.as_deref()).ok())
+                                .map_or_else(
+                                    || "the export store".to_owned(),
+                                    |o| o.label().to_owned(),
+                                );
+                            format!("export failed writing to {store}: {}", error.describe())
+                        }
+                        _ => format!("export failed: {}", error.describe()),
+                    };
                     match jobs.fail(&self.job.id, &self.owner, &message, Instant::now()).await {
                         // Its manifest is gone: free its space now (a full disk would otherwise
                         // fail every later export until the sweeper's next round). Only when
@@ -246,6 +263,39 @@ impl JobRun {
                 && !matches!(error, StoreError::LeaseLost { .. })
             {
                 warn!(error = %error, "failed to record export progress");
+            }
+        }
+    }
+
+    /// Runs the job; when the export store fails in a way it recovers from (a bucket
+    /// restarting, a network blip), runs it again from its checkpoints after a backoff, for at
+    /// most [`OUTPUT_RETRY_BUDGET`]; then the error stands and the job fails.
+    async fn execute_retrying(
+        &self,
+        written: &Arc<AtomicU64>,
+        units_done: &AtomicUsize,
+        units_total: &AtomicUsize,
+    ) -> Result<(), ExportError> {
+        let mut first_failure: Option<std::time::Instant> = None;
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            match self.execute(written, units_done, units_total).await {
+                Err(ExportError::Output(error))
+                    if error.is_transient()
+                        && first_failure.is_none_or(|at| at.elapsed() < OUTPUT_RETRY_BUDGET)
+                        && !self.cancel.is_cancelled()
+                        && !self.shutdown.is_cancelled() =>
+                {
+                    first_failure.get_or_insert_with(std::time::Instant::now);
+                    warn!(error = %error, retry_in_s = backoff.as_secs(), "the export store failed; resuming from the checkpoints");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = self.cancel.cancelled() => return Err(ExportError::Stopped("cancelled")),
+                        () = self.shutdown.cancelled() => return Err(ExportError::Stopped("shutdown")),
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(8));
+                }
+                other => return other,
             }
         }
     }

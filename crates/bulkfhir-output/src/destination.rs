@@ -14,10 +14,10 @@
 //! Cloud destinations can sign URLs (S3 presigned, GCS v4, Azure SAS), so that clients download
 //! straight from the bucket.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use object_store::{
-    ObjectStore, aws::AmazonS3Builder, azure::MicrosoftAzureBuilder,
+    BackoffConfig, ObjectStore, RetryConfig, aws::AmazonS3Builder, azure::MicrosoftAzureBuilder,
     gcp::GoogleCloudStorageBuilder, signer::Signer,
 };
 
@@ -134,34 +134,52 @@ impl Destination {
         match &self.kind {
             Kind::Local(path) => OutputStore::local(path),
             Kind::S3 { bucket, prefix } => {
-                let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+                let mut builder =
+                    AmazonS3Builder::from_env().with_bucket_name(bucket).with_retry(retry());
                 if let Some(endpoint) = &options.s3_endpoint {
                     builder = builder
                         .with_endpoint(endpoint)
                         .with_allow_http(endpoint.starts_with("http://"));
                 }
                 let s3 = Arc::new(builder.build().map_err(built)?);
-                Ok(cloud(s3.clone(), s3, prefix))
+                Ok(cloud(s3.clone(), s3, prefix).with_label(&self.url))
             }
             Kind::Gcs { bucket, prefix } => {
                 let gcs = Arc::new(
                     GoogleCloudStorageBuilder::from_env()
                         .with_bucket_name(bucket)
+                        .with_retry(retry())
                         .build()
                         .map_err(built)?,
                 );
-                Ok(cloud(gcs.clone(), gcs, prefix))
+                Ok(cloud(gcs.clone(), gcs, prefix).with_label(&self.url))
             }
             Kind::Azure { container, prefix } => {
                 let azure = Arc::new(
                     MicrosoftAzureBuilder::from_env()
                         .with_container_name(container)
+                        .with_retry(retry())
                         .build()
                         .map_err(built)?,
                 );
-                Ok(cloud(azure.clone(), azure, prefix))
+                Ok(cloud(azure.clone(), azure, prefix).with_label(&self.url))
             }
         }
+    }
+}
+
+/// How long a cloud request keeps being retried: a bucket that is back within about 40 s (a
+/// restart, a failover, a network blip) costs an export nothing; after that the export fails
+/// and says why. object_store's default gave up after about 4 s.
+fn retry() -> RetryConfig {
+    RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(4),
+            base: 2.0,
+        },
+        max_retries: 15,
+        retry_timeout: Duration::from_secs(60),
     }
 }
 

@@ -75,6 +75,26 @@ impl OutputError {
         }
     }
 
+    /// Whether the failure is the kind a remote store recovers from (a connection refused or
+    /// reset, a timeout, an error the object store gave up retrying), so that retrying the work
+    /// later may succeed. A full disk or a permission error is not.
+    pub fn is_transient(&self) -> bool {
+        use std::io::ErrorKind as K;
+        match self {
+            Self::Backend { source, .. } => matches!(source, object_store::Error::Generic { .. }),
+            Self::Io { source, .. } => matches!(
+                source.kind(),
+                K::ConnectionRefused
+                    | K::ConnectionReset
+                    | K::ConnectionAborted
+                    | K::NotConnected
+                    | K::TimedOut
+                    | K::BrokenPipe
+            ),
+            _ => false,
+        }
+    }
+
     /// Converts an object store error about `key`, turning "not found" into [`Self::NotFound`].
     pub(crate) fn from_backend(key: &OutputKey, verb: &str, source: object_store::Error) -> Self {
         match source {

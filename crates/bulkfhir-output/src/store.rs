@@ -21,6 +21,8 @@ pub struct OutputStore {
     store: Arc<dyn ObjectStore>,
     /// Signs download URLs, for stores that can (S3, GCS, Azure).
     signer: Option<Arc<dyn Signer>>,
+    /// What to call the store in messages: its URL for a bucket, "local disk" (never a path).
+    label: String,
     /// Prepended to every key.
     prefix: ObjectPath,
     /// For [`OutputStore::local`]: the canonical root directory, used to find staged uploads that
@@ -59,6 +61,7 @@ impl OutputStore {
         Ok(Self {
             store: Arc::new(local),
             signer: None,
+            label: "local disk".to_owned(),
             prefix: ObjectPath::default(),
             local_root: Some(canonical_root),
             part_size: DEFAULT_PART_SIZE,
@@ -81,6 +84,7 @@ impl OutputStore {
         Self {
             store,
             signer: None,
+            label: "object store".to_owned(),
             prefix: ObjectPath::from(prefix),
             local_root: None,
             part_size: DEFAULT_PART_SIZE,
@@ -92,6 +96,18 @@ impl OutputStore {
     pub fn with_signer(mut self, signer: Arc<dyn Signer>) -> Self {
         self.signer = Some(signer);
         self
+    }
+
+    /// Names the store in messages (a destination URL; never credentials or a local path).
+    #[must_use]
+    pub fn with_label(mut self, label: impl Into<String>) -> Self {
+        self.label = label.into();
+        self
+    }
+
+    /// What the store is called in messages.
+    pub fn label(&self) -> &str {
+        &self.label
     }
 
     /// Whether [`signed_url`](Self::signed_url) can sign.
