@@ -289,6 +289,40 @@ async fn same_exports(
         assert!(want == got, "{query}: the files differ");
         assert!(want.values().map(|t| t.lines().count()).sum::<usize>() > 0);
     }
+
+    // `_since` with deletions: the same three Observations deleted on both servers are listed
+    // in `deleted`, and nothing else changed.
+    let since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let gone: Vec<String> = small().lines["Observation"][..3]
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["id"].as_str().unwrap().to_owned())
+        .collect();
+    for server in [local, cloud] {
+        for id in &gone {
+            let url = format!("{}/Observation/{id}", server.base);
+            let response = http.request(Method::DELETE, &url).send().await.unwrap();
+            assert_eq!(response.status().as_u16(), 200, "DELETE {url}");
+        }
+    }
+    let query = format!("$export?_since={}", urlencode(&since));
+    let mut listed = Vec::new();
+    for server in [local, cloud] {
+        let manifest = manifest(http, &format!("{}/{query}", server.base)).await;
+        assert_eq!(manifest["output"], serde_json::json!([]), "nothing else changed");
+        let mut urls: Vec<String> = Vec::new();
+        for text in files(http, &manifest).await.values() {
+            for line in text.lines() {
+                let bundle: Value = serde_json::from_str(line).unwrap();
+                urls.push(bundle["entry"][0]["request"]["url"].as_str().unwrap().to_owned());
+            }
+        }
+        urls.sort();
+        listed.push(urls);
+    }
+    let mut want: Vec<String> = gone.iter().map(|id| format!("Observation/{id}")).collect();
+    want.sort();
+    assert_eq!(listed[0], want, "local disk lists the deletions");
+    assert_eq!(listed[1], want, "the bucket lists the same deletions");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
