@@ -130,7 +130,7 @@ pub(crate) async fn measure(
     for _ in 0..rounds.max(1) {
         for smart in [false, true] {
             let server =
-                Server::start(exe, &data_dir, &work.join("server.log"), &plain, smart).await?;
+                Server::start(exe, &data_dir, &work.join("server.log"), &plain, smart, &[]).await?;
             let http = Http {
                 client: if smart {
                     token_client(&server.base, &client, &kid, &pem).await?

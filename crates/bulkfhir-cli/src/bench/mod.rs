@@ -88,6 +88,13 @@ pub(crate) struct BenchArgs {
     /// Seconds the latency phase lasts.
     #[arg(long, default_value_t = 10)]
     latency_secs: u64,
+    /// Also export to this S3-compatible server (e.g. http://127.0.0.1:8333; credentials from
+    /// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY) and compare with local disk.
+    #[arg(long)]
+    s3_endpoint: Option<String>,
+    /// The bucket for --s3-endpoint.
+    #[arg(long, default_value = "bench")]
+    s3_bucket: String,
 }
 
 /// Runs the benchmark; the exit code is a failure when any check failed.
@@ -165,7 +172,7 @@ async fn restart<'a>(
         server.stop().await?;
     }
     let server =
-        Server::start(exe, &work.join("data"), &work.join("server.log"), &http.client, false)
+        Server::start(exe, &work.join("data"), &work.join("server.log"), &http.client, false, &[])
             .await?;
     http.base = server.base.clone();
     Ok(slot.insert(server))
@@ -455,6 +462,47 @@ async fn bench(
         server.stop().await?;
     }
 
+    // 5b. The system exports again with the files in an S3 bucket, against the local-disk rows.
+    let mut s3_rows: Vec<(&'static str, f64, f64, u64)> = Vec::new();
+    if let Some(endpoint) = &args.s3_endpoint {
+        let store = format!("s3://{}/bench-{}", args.s3_bucket, uuid::Uuid::new_v4());
+        let extra =
+            vec!["--export-store".to_owned(), store, "--s3-endpoint".to_owned(), endpoint.clone()];
+        for scenario in scenario_list.iter().filter(|s| matches!(s.name, "system" | "system-gzip"))
+        {
+            let mut server =
+                Server::start(&exe, &data, &work.join("server.log"), &http.client, false, &extra)
+                    .await?;
+            http.base = server.base.clone();
+            let mut walls = Vec::new();
+            for run in 1..=args.runs {
+                let result = scenarios::run_export(&http, &mut server, scenario)
+                    .await
+                    .with_context(|| format!("scenario {} to S3, run {run}", scenario.name))?;
+                if let Err(message) = scenario.expect.check(&result.per_type) {
+                    failures.push(format!("{} to S3 run {run}: {message}", scenario.name));
+                }
+                eprintln!(
+                    "bench: {} to S3 run {run}/{}: {} resources in {:.3} s",
+                    scenario.name,
+                    args.runs,
+                    thousands(result.count),
+                    result.wall_s
+                );
+                scenarios::delete_export(&http, &result.status_url).await?;
+                walls.push(result.wall_s);
+            }
+            let hwm_kib = server::status_kib(server.pid(), "VmHWM")?;
+            server.stop().await?;
+            let local = outcomes
+                .iter()
+                .find(|o| o.scenario.name == scenario.name)
+                .map(|o| median(&o.runs.iter().map(|r| r.wall_s).collect::<Vec<_>>()))
+                .unwrap_or(f64::NAN);
+            s3_rows.push((scenario.name, median(&walls), local, hwm_kib));
+        }
+    }
+
     // 6. The limits, on the last plain system export's files.
     let jobs_dir = data.join("exports").join("jobs");
     let plain = outcomes
@@ -714,6 +762,14 @@ async fn bench(
         latency.window_s,
         latency.exports_completed
     );
+    for (name, s3_s, local_s, hwm_kib) in &s3_rows {
+        println!(
+            "s3        {name} to an S3 bucket: {s3_s:.3} s vs {local_s:.3} s to local disk: \
+             ratio {:.2}; server RSS {:.1} MiB",
+            s3_s / local_s.max(1e-9),
+            *hwm_kib as f64 / 1024.0
+        );
+    }
     let (polls_off, polls_on) =
         (median(&auth_cost.off.polls_per_s), median(&auth_cost.on.polls_per_s));
     let (kick_off, kick_on) = (
@@ -843,6 +899,10 @@ async fn bench(
             "identity_bytes": d.identity_bytes,
             "gzip_wire_bytes": d.gzip_wire_bytes,
         })),
+        "s3": s3_rows.iter().map(|(name, s3_s, local_s, hwm_kib)| json!({
+            "scenario": name, "s3_wall_s": s3_s, "local_wall_s": local_s,
+            "ratio": s3_s / local_s.max(1e-9), "server_peak_rss_mib": *hwm_kib as f64 / 1024.0,
+        })).collect::<Vec<_>>(),
         "authorization": {
             "status_polls_per_s_on": auth_cost.on.polls_per_s,
             "status_polls_per_s_off": auth_cost.off.polls_per_s,

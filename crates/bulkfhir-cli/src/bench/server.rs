@@ -31,13 +31,14 @@ pub(crate) struct Server {
 
 impl Server {
     /// Starts `exe serve` on a free loopback port over `data_dir` and waits until it answers;
-    /// with SMART authorization when `smart`, else with `--auth none`.
+    /// with SMART authorization when `smart`, else with `--auth none`; `extra` flags after.
     pub(crate) async fn start(
         exe: &Path,
         data_dir: &Path,
         log: &Path,
         client: &reqwest::Client,
         smart: bool,
+        extra: &[String],
     ) -> anyhow::Result<Server> {
         let port = free_port()?;
         let log_file = File::options()
@@ -53,6 +54,7 @@ impl Server {
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
             .arg(data_dir)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log_file))
             .stderr(Stdio::from(log_err))
