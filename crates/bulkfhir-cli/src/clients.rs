@@ -119,11 +119,44 @@ pub(crate) async fn token(request: &TokenRequest<'_>) -> anyhow::Result<String> 
     } else {
         bulkfhir_auth::Algorithm::ES384
     };
+    let key = SigningKey { pem: &pem, kid: &kid, alg };
+    let granted = request_token(&key, request.base_url, request.client_id, request.scope)
+        .await
+        .with_context(|| format!("with the key {}", request.key.display()))?;
+    eprintln!("granted: {} (expires in {} s)", granted.scope, granted.expires_in);
+    Ok(granted.access_token)
+}
+
+/// A client's private key and what its JWKS says of it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SigningKey<'a> {
+    /// PKCS#8 PEM.
+    pub(crate) pem: &'a str,
+    pub(crate) kid: &'a str,
+    pub(crate) alg: bulkfhir_auth::Algorithm,
+}
+
+/// What a token endpoint granted.
+#[derive(Debug)]
+pub(crate) struct Granted {
+    pub(crate) access_token: String,
+    pub(crate) scope: String,
+    pub(crate) expires_in: u64,
+}
+
+/// What any backend client does: finds the token endpoint in `.well-known/smart-configuration`
+/// under `base_url`, signs a two-minute assertion as `client_id`, and asks for `scope`.
+pub(crate) async fn request_token(
+    key: &SigningKey<'_>,
+    base_url: &str,
+    client_id: &str,
+    scope: &str,
+) -> anyhow::Result<Granted> {
     let http = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(30))
         .build()
         .context("build an HTTP client")?;
-    let base = request.base_url.trim_end_matches('/');
+    let base = base_url.trim_end_matches('/');
     let discovery = format!("{base}/.well-known/smart-configuration");
     let config: serde_json::Value = http
         .get(&discovery)
@@ -139,24 +172,24 @@ pub(crate) async fn token(request: &TokenRequest<'_>) -> anyhow::Result<String> 
     let now = u64::try_from(Instant::now().as_micros() / 1_000_000).unwrap_or(0);
     let jti = uuid::Uuid::new_v4().to_string();
     let assertion = keys::sign_assertion(
-        &pem,
+        key.pem,
         &keys::ClientAssertion {
-            alg,
-            kid: Some(&kid),
-            client_id: request.client_id,
+            alg: key.alg,
+            kid: Some(key.kid),
+            client_id,
             token_url,
             now,
             seconds: 120,
             jti: &jti,
         },
     )
-    .map_err(|e| anyhow::anyhow!("{e}: is {} the client's private key?", request.key.display()))?;
+    .map_err(|e| anyhow::anyhow!("{e}: is it the client's private key?"))?;
     let form = form_urlencoded::Serializer::new(String::new())
         .extend_pairs([
             ("grant_type", "client_credentials"),
             ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
             ("client_assertion", assertion.as_str()),
-            ("scope", request.scope),
+            ("scope", scope),
         ])
         .finish();
     let response = http
@@ -175,10 +208,14 @@ pub(crate) async fn token(request: &TokenRequest<'_>) -> anyhow::Result<String> 
             body["error_description"].as_str().unwrap_or("")
         );
     }
-    if let Some(granted) = body["scope"].as_str() {
-        eprintln!("granted: {granted} (expires in {} s)", body["expires_in"]);
-    }
-    body["access_token"].as_str().map(str::to_owned).context("no access_token in the answer")
+    Ok(Granted {
+        access_token: body["access_token"]
+            .as_str()
+            .map(str::to_owned)
+            .context("no access_token in the answer")?,
+        scope: body["scope"].as_str().unwrap_or_default().to_owned(),
+        expires_in: body["expires_in"].as_u64().unwrap_or(0),
+    })
 }
 
 /// The algorithm a generated key is for.

@@ -16,10 +16,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use bulkfhir_auth::{
-    Algorithm,
-    keys::{self, ClientAssertion},
-};
+use bulkfhir_auth::{Algorithm, keys};
 use bulkfhir_model::Instant as FhirInstant;
 use bulkfhir_store::{ClientRecord, ClientStore};
 use tokio::time::Instant;
@@ -71,46 +68,14 @@ async fn token_client(
     kid: &str,
     pem: &str,
 ) -> anyhow::Result<reqwest::Client> {
-    let token_url = format!("{base}/auth/token");
-    let now = u64::try_from(FhirInstant::now().as_micros() / 1_000_000).unwrap_or(0);
-    let jti = uuid::Uuid::new_v4().to_string();
-    let assertion = keys::sign_assertion(
-        pem,
-        &ClientAssertion {
-            alg: Algorithm::ES384,
-            kid: Some(kid),
-            client_id: client,
-            token_url: &token_url,
-            now,
-            seconds: 120,
-            jti: &jti,
-        },
-    )
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let form = form_urlencoded::Serializer::new(String::new())
-        .extend_pairs([
-            ("grant_type", "client_credentials"),
-            ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
-            ("client_assertion", assertion.as_str()),
-            ("scope", "system/*.rs"),
-        ])
-        .finish();
-    let response = reqwest::Client::new()
-        .post(&token_url)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(form)
-        .send()
-        .await
-        .context("ask for an access token")?;
-    if !response.status().is_success() {
-        bail!("the token endpoint answered {}", response.status());
-    }
-    let body: serde_json::Value = response.json().await.context("read the token response")?;
-    let token = body["access_token"].as_str().context("no access_token")?;
+    let key = crate::clients::SigningKey { pem, kid, alg: Algorithm::ES384 };
+    let granted = crate::clients::request_token(&key, base, client, "system/*.rs").await?;
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(
         reqwest::header::AUTHORIZATION,
-        format!("Bearer {token}").parse().context("the token is not a header value")?,
+        format!("Bearer {}", granted.access_token)
+            .parse()
+            .context("the token is not a header value")?,
     );
     reqwest::Client::builder().default_headers(headers).build().context("build the client")
 }

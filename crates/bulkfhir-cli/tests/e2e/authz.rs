@@ -771,7 +771,7 @@ async fn the_readme_walkthrough_ends_with_a_downloaded_export() {
     let manifest = manifest(&http, headers["content-location"].to_str().unwrap(), &token).await;
     assert_eq!(manifest["requiresAccessToken"], true);
     let lines = download_lines(&http, manifest["output"][0]["url"].as_str().unwrap(), &token).await;
-    assert_eq!(lines, vec![lines[0].clone()]);
+    assert_eq!(lines.len(), 1, "{lines:?}");
     assert_eq!(lines[0]["id"], "walk");
     // A wrong key is refused with the endpoint's reason.
     let other = dir.path().join("other");

@@ -123,11 +123,17 @@ async fn manifest(http: &Client, base_and_query: &str) -> Value {
     let (status, headers, body) = kick(http, base_and_query).await;
     assert_eq!(status, 202, "{base_and_query}: {body}");
     let status_url = headers["content-location"].to_str().unwrap().to_owned();
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    poll_status(http, &status_url, 200).await
+}
+
+/// Polls a status URL as `Retry-After` says until it answers `want` (200: the manifest; 500:
+/// the failed job's OperationOutcome); returns that body.
+async fn poll_status(http: &Client, status_url: &str, want: u16) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
     loop {
-        let response = http.get(&status_url).send().await.unwrap();
+        let response = http.get(status_url).send().await.unwrap();
         match response.status().as_u16() {
-            200 => return body_json(response).await,
+            status if status == want => return body_json(response).await,
             202 | 429 => {
                 let retry: u64 =
                     response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
@@ -135,8 +141,29 @@ async fn manifest(http: &Client, base_and_query: &str) -> Value {
             }
             other => panic!("status {other}: {}", body_json(response).await),
         }
-        assert!(std::time::Instant::now() < deadline, "the export did not finish");
+        assert!(std::time::Instant::now() < deadline, "{status_url} did not answer {want}");
     }
+}
+
+/// Every output resource of a manifest by type, each asserted to come once and each file's
+/// line count asserted against the manifest.
+async fn exported_once(
+    http: &Client,
+    manifest: &Value,
+) -> BTreeMap<String, std::collections::BTreeSet<String>> {
+    let mut seen: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for item in manifest["output"].as_array().unwrap() {
+        let url = item["url"].as_str().unwrap();
+        let text = http.get(url).send().await.unwrap().text().await.unwrap();
+        assert_eq!(text.lines().count() as u64, item["count"].as_u64().unwrap(), "{url}");
+        for line in text.lines() {
+            let resource: Value = serde_json::from_str(line).unwrap();
+            let id = resource["id"].as_str().unwrap().to_owned();
+            let type_name = resource["resourceType"].as_str().unwrap().to_owned();
+            assert!(seen.entry(type_name).or_default().insert(id), "a resource came twice");
+        }
+    }
+    seen
 }
 
 /// Every file of a manifest: name → decompressed content.
@@ -248,7 +275,7 @@ async fn exports_in_s3_equal_local_disk_byte_for_byte_and_signed_urls_expire() {
         small().lines["Patient"].len()
     );
 
-    // Cancel deletes the objects: a cancelled job's status is gone.
+    // Cancel: accepted, and the job's status URL is gone at once.
     let (status, headers, _) = kick(&http, &format!("{}/$export", s3.base)).await;
     assert_eq!(status, 202);
     let status_url = headers["content-location"].to_str().unwrap();
@@ -524,50 +551,13 @@ async fn an_export_to_s3_killed_half_way_completes_after_restart_exactly_once() 
     let status_url = headers["content-location"].to_str().unwrap().to_owned();
     let job_id = status_url.rsplit('/').next().unwrap().to_owned();
     // Killed once a few files are in the bucket, while the export still runs.
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let (_, _, job) = request(&http, &format!("{}/BulkDataExport/{job_id}", server.base)).await;
-        let state = job["status"].as_str().unwrap().to_owned();
-        assert!(
-            state == "accepted" || state == "in-progress",
-            "still running when killed: {state}"
-        );
-        if job["progress"]["resources"].as_u64().unwrap_or(0) >= 6000 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the export never wrote a file");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_written(&http, &server.base, &job_id, 6000).await;
     drop(server); // SIGKILL
 
     let server = Serve::start_with_env(&data, &flags, &env, Some(port)).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(300);
-    let manifest = loop {
-        let response = http.get(&status_url).send().await.unwrap();
-        match response.status().as_u16() {
-            200 => break body_json(response).await,
-            202 | 429 => {
-                let retry: u64 =
-                    response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
-                tokio::time::sleep(Duration::from_secs(retry)).await;
-            }
-            other => panic!("status {other}: {}", body_json(response).await),
-        }
-        assert!(std::time::Instant::now() < deadline, "the resumed export did not finish");
-    };
+    let manifest = poll_status(&http, &status_url, 200).await;
     assert_eq!(manifest["error"], serde_json::json!([]));
-    let mut seen: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
-    for item in manifest["output"].as_array().unwrap() {
-        let url = item["url"].as_str().unwrap();
-        let text = http.get(url).send().await.unwrap().text().await.unwrap();
-        assert_eq!(text.lines().count() as u64, item["count"].as_u64().unwrap(), "{url}");
-        for line in text.lines() {
-            let resource: Value = serde_json::from_str(line).unwrap();
-            let id = resource["id"].as_str().unwrap().to_owned();
-            let type_name = resource["resourceType"].as_str().unwrap().to_owned();
-            assert!(seen.entry(type_name).or_default().insert(id), "a resource came twice");
-        }
-    }
+    let seen = exported_once(&http, &manifest).await;
     let counts: BTreeMap<String, usize> =
         seen.iter().map(|(t, ids)| (t.clone(), ids.len())).collect();
     assert_eq!(counts, expected, "every resource exactly once");
@@ -740,35 +730,9 @@ async fn an_s3_outage_mid_export_is_retried_and_a_lasting_one_fails_the_job_clea
     weed.stop();
     tokio::time::sleep(Duration::from_secs(3)).await;
     weed.resume();
-    let deadline = std::time::Instant::now() + Duration::from_secs(300);
-    let manifest = loop {
-        let response = http.get(&status_url).send().await.unwrap();
-        match response.status().as_u16() {
-            200 => break body_json(response).await,
-            202 | 429 => {
-                let retry: u64 =
-                    response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
-                tokio::time::sleep(Duration::from_secs(retry)).await;
-            }
-            other => panic!("status {other}: {}", body_json(response).await),
-        }
-        assert!(std::time::Instant::now() < deadline, "the export did not finish");
-    };
-    let mut ids = std::collections::BTreeSet::new();
-    for item in manifest["output"].as_array().unwrap() {
-        let text =
-            http.get(item["url"].as_str().unwrap()).send().await.unwrap().text().await.unwrap();
-        for line in text.lines() {
-            let resource: Value = serde_json::from_str(line).unwrap();
-            let key = format!(
-                "{}/{}",
-                resource["resourceType"].as_str().unwrap(),
-                resource["id"].as_str().unwrap()
-            );
-            assert!(ids.insert(key), "a resource came twice");
-        }
-    }
-    assert_eq!(ids.len(), total, "every resource exactly once");
+    let manifest = poll_status(&http, &status_url, 200).await;
+    let exported: usize = exported_once(&http, &manifest).await.values().map(|ids| ids.len()).sum();
+    assert_eq!(exported, total, "every resource exactly once");
 
     // Down for good: the job ends in error, and its status says why.
     let (status, headers, _) = kick(&http, &format!("{}/$export", server.base)).await;
@@ -777,20 +741,7 @@ async fn an_s3_outage_mid_export_is_retried_and_a_lasting_one_fails_the_job_clea
     let job_id = status_url.rsplit('/').next().unwrap().to_owned();
     until_written(&http, &server.base, &job_id, 3000).await;
     weed.stop();
-    let deadline = std::time::Instant::now() + Duration::from_secs(300);
-    let outcome = loop {
-        let response = http.get(&status_url).send().await.unwrap();
-        match response.status().as_u16() {
-            500 => break body_json(response).await,
-            202 | 429 => {
-                let retry: u64 =
-                    response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
-                tokio::time::sleep(Duration::from_secs(retry)).await;
-            }
-            other => panic!("status {other}: {}", body_json(response).await),
-        }
-        assert!(std::time::Instant::now() < deadline, "the job did not end");
-    };
+    let outcome = poll_status(&http, &status_url, 500).await;
     assert_outcome(500, 500, &outcome);
     let text = outcome["issue"][0]["diagnostics"].as_str().unwrap().to_lowercase();
     assert!(text.contains("refused") || text.contains("connect"), "{outcome}");
