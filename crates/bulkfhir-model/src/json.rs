@@ -31,23 +31,8 @@ pub fn nested_deeper_than(body: &[u8], limit: usize) -> bool {
     let (mut depth, mut idx) = (0_usize, 0);
     while idx < body.len() {
         match body[idx] {
-            b'"' => {
-                // Skip the string: to the next quote not escaped by a backslash.
-                idx += 1;
-                loop {
-                    match body.get(idx..).and_then(|rest| memchr::memchr2(b'"', b'\\', rest)) {
-                        Some(offset) if body[idx + offset] == b'"' => {
-                            idx += offset;
-                            break;
-                        }
-                        Some(offset) => idx += offset + 2,
-                        None => {
-                            idx = body.len();
-                            break;
-                        }
-                    }
-                }
-            }
+            // Skip the string: to the next quote not escaped by a backslash.
+            b'"' => idx = string_end(body, idx + 1),
             b'{' | b'[' => {
                 depth += 1;
                 if depth > limit {
@@ -60,6 +45,56 @@ pub fn nested_deeper_than(body: &[u8], limit: usize) -> bool {
         idx += 1;
     }
     false
+}
+
+/// The first number in `body` (valid JSON) whose magnitude is beyond what a 64-bit float holds
+/// (about 1.8e308), such as `1e309` or a 400-digit integer.
+///
+/// Such a number is valid JSON text, but common readers refuse it (serde_json: "number out of
+/// range") or turn it into infinity (JavaScript, Python), so a stored resource holding one could
+/// not be read back by an export's consumers. Numbers too small to represent (`1e-400`) read as
+/// zero everywhere and are not reported. Strings are skipped whole, so text inside them never
+/// counts; only number tokens that carry an exponent or more than 300 digits are parsed.
+pub fn number_out_of_range(body: &[u8]) -> Option<&str> {
+    let mut idx = 0;
+    while idx < body.len() {
+        match body[idx] {
+            b'"' => idx = string_end(body, idx + 1),
+            b'-' | b'0'..=b'9' => {
+                let start = idx;
+                while idx < body.len()
+                    && matches!(body[idx], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
+                    idx += 1;
+                }
+                let token = &body[start..idx];
+                let suspicious =
+                    token.len() > 300 || token.iter().any(|b| matches!(b, b'e' | b'E'));
+                if suspicious {
+                    let text = std::str::from_utf8(token).unwrap_or("");
+                    if text.parse::<f64>().is_ok_and(|value| value.is_infinite()) {
+                        return Some(text);
+                    }
+                }
+                continue;
+            }
+            _ => {}
+        }
+        idx += 1;
+    }
+    None
+}
+
+/// The index of the closing quote of the string whose contents start at `idx` (or the end of
+/// `body` when it is unterminated).
+fn string_end(body: &[u8], mut idx: usize) -> usize {
+    loop {
+        match body.get(idx..).and_then(|rest| memchr::memchr2(b'"', b'\\', rest)) {
+            Some(offset) if body[idx + offset] == b'"' => return idx + offset,
+            Some(offset) => idx += offset + 2,
+            None => return body.len(),
+        }
+    }
 }
 
 /// The members of a JSON object, in document order, with their values left as raw JSON.
@@ -193,6 +228,20 @@ pub fn write_json_string(out: &mut Vec<u8>, value: &str) {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn numbers_beyond_a_double_are_found_outside_strings_only() {
+        assert_eq!(
+            number_out_of_range(br#"[1.50,-100E000000000000307]"#),
+            Some("-100E000000000000307")
+        );
+        assert_eq!(number_out_of_range(br#"{"a":1e309}"#), Some("1e309"));
+        let long = format!("[{}]", "9".repeat(400));
+        assert!(number_out_of_range(long.as_bytes()).is_some());
+        assert_eq!(number_out_of_range(br#"{"a":"1e999","b":1e308,"c":1e-400,"d":true}"#), None);
+        assert_eq!(number_out_of_range(br#"{"a\"1e999":-0.5E+3}"#), None);
+        assert_eq!(number_out_of_range(br#"["unterminated 1e999"#), None);
+    }
 
     #[test]
     fn minify_keeps_string_contents_and_number_text() {

@@ -4,7 +4,10 @@ use serde_json::value::RawValue;
 
 use crate::{
     Instant, ModelError, ResourceId, ResourceType, compartment,
-    json::{MAX_RESOURCE_DEPTH, RawMembers, minify_into, nested_deeper_than, write_json_string},
+    json::{
+        MAX_RESOURCE_DEPTH, RawMembers, minify_into, nested_deeper_than, number_out_of_range,
+        write_json_string,
+    },
 };
 
 /// An incoming resource, checked and minified, ready for the store to stamp with its version.
@@ -38,6 +41,12 @@ impl PreparedResource {
         let text = std::str::from_utf8(bytes)
             .map_err(|e| ModelError::Json(format!("body is not UTF-8: {e}")))?;
         let members = RawMembers::parse(text)?;
+        if let Some(number) = number_out_of_range(bytes) {
+            return Err(ModelError::InvalidResource(format!(
+                "the number {number} is beyond the range of a 64-bit float (about 1.8e308), \
+                 which readers of exported NDJSON cannot represent"
+            )));
+        }
         let resource_type = match members.get("resourceType") {
             Some(raw) => ResourceType::parse(&string_member(raw, "resourceType")?)?,
             None => {
