@@ -1,0 +1,847 @@
+//! [`ResourceStore`] on PostgreSQL: the same layout as the embedded store (`resource_version`
+//! keyed by `seq`, with `next_seq`; `compartment`), so a snapshot read is the same range filter
+//! `seq <= S AND next_seq > S`.
+//!
+//! A write transaction first locks the one `clock` row, which holds the highest committed `seq`.
+//! Sequence numbers are therefore handed out one transaction at a time, in commit order, and
+//! contiguous: a snapshot (taken under the same lock) that says "every version with
+//! `seq <= S`" can never later gain a row below `S` from a writer that was still in flight.
+//! The ops of a call are planned in memory against the current versions of the ids they touch
+//! (one query for all of them), then written with binary `COPY`.
+
+use std::{collections::HashMap, sync::Arc};
+
+use async_trait::async_trait;
+use bulkfhir_model::{Instant, ResourceId, ResourceType};
+use bulkfhir_store::{
+    Atomicity, HistoryEntry, ResourceStore, ScanOptions, ScanPage, Snapshot, StoreError,
+    StoredResource, WriteOp, WriteOutcome,
+};
+use bytes::Bytes;
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use futures::pin_mut;
+use tokio_postgres::{NoTls, Row, Transaction, binary_copy::BinaryCopyInWriter, types::Type};
+
+use crate::{
+    error::{pg_error, pool_error, to_i64, to_u64},
+    schema,
+};
+
+/// `next_seq` of a version nothing has replaced.
+const CURRENT: i64 = i64::MAX;
+/// Connections per node: HTTP handlers, export units and the job runner share them.
+const POOL_SIZE: usize = 24;
+/// Compartment queries sent together (pipelined on one connection) for a Group's members.
+const COMPARTMENT_PIPELINE: usize = 64;
+
+/// How write transactions get their sequence numbers.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sequencing {
+    /// The `clock` row lock: seq order is commit order (the only mode for real use).
+    Serialized,
+    /// A PostgreSQL `SEQUENCE` and no lock, and a snapshot that is `MAX(seq)`: the naive design
+    /// whose snapshots are wrong under concurrent writers. Kept only so that a test can show
+    /// the snapshot test catches it.
+    NaiveSequence,
+}
+
+/// The PostgreSQL-backed store. Cheap to clone; clones share the connection pool.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    pool: Pool,
+    sequencing: Sequencing,
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` (`postgres://user:password@host:port/database`, or
+    /// key=value form) and brings its schema up to date.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, Sequencing::Serialized).await
+    }
+
+    /// [`connect`](Self::connect) with a chosen [`Sequencing`] (tests only).
+    #[doc(hidden)]
+    pub async fn connect_with(url: &str, sequencing: Sequencing) -> Result<Self, StoreError> {
+        let config: tokio_postgres::Config = url.parse().map_err(|e| {
+            StoreError::Invalid(format!("the database URL is not a PostgreSQL URL: {e}"))
+        })?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .build()
+            .map_err(|e| StoreError::backend("build the PostgreSQL connection pool", e))?;
+        let store = PostgresStore { inner: Arc::new(Inner { pool, sequencing }) };
+        let mut client = store.client("connect to PostgreSQL").await?;
+        schema::migrate(&mut client).await?;
+        if sequencing == Sequencing::NaiveSequence {
+            client
+                .batch_execute("CREATE SEQUENCE IF NOT EXISTS naive_seq")
+                .await
+                .map_err(|e| pg_error("create the naive sequence", e))?;
+        }
+        Ok(store)
+    }
+
+    /// A pooled connection.
+    pub(crate) async fn client(&self, context: &str) -> Result<Object, StoreError> {
+        self.inner.pool.get().await.map_err(|e| pool_error(context, e))
+    }
+}
+
+/// The newest version of one resource, as the planner tracks it through a call.
+#[derive(Debug, Clone)]
+struct Current {
+    seq: i64,
+    version: i64,
+    deleted: bool,
+    patients: Option<String>,
+    /// Its index in the rows this call writes, when this call wrote it.
+    pending: Option<usize>,
+}
+
+/// One version row to write.
+struct NewRow {
+    seq: i64,
+    resource_type: ResourceType,
+    id: ResourceId,
+    version: i64,
+    last_updated: i64,
+    deleted: bool,
+    patients: Option<String>,
+    body: Option<Bytes>,
+    next_seq: i64,
+}
+
+/// Where a call's sequence numbers come from.
+enum Seqs {
+    /// Contiguous after the last committed one.
+    After(i64),
+    /// Taken from the naive sequence, in order.
+    Drawn(std::vec::IntoIter<i64>),
+}
+
+impl Seqs {
+    fn next(&mut self) -> i64 {
+        match self {
+            Seqs::After(last) => {
+                *last += 1;
+                *last
+            }
+            Seqs::Drawn(values) => values.next().unwrap_or(i64::MAX),
+        }
+    }
+}
+
+/// What a call writes, planned in memory.
+struct Plan {
+    rows: Vec<NewRow>,
+    /// (old seq, new seq) for versions committed before this call.
+    superseded: Vec<(i64, i64)>,
+    results: Vec<Result<WriteOutcome, StoreError>>,
+}
+
+fn precondition(
+    resource_type: ResourceType,
+    id: &ResourceId,
+    current: Option<&Current>,
+    if_match: Option<u64>,
+) -> Result<(), StoreError> {
+    let Some(expected) = if_match else { return Ok(()) };
+    match current {
+        Some(c) if !c.deleted && to_u64(c.version) == expected => Ok(()),
+        other => Err(StoreError::PreconditionFailed {
+            resource_type,
+            id: id.clone(),
+            expected,
+            current: match other {
+                Some(c) if !c.deleted => c.version.to_string(),
+                Some(c) => format!("{} (deleted)", c.version),
+                None => "none".to_owned(),
+            },
+        }),
+    }
+}
+
+/// Plans `ops` in order against `currents` (every id they touch that exists), at `time`.
+fn plan(
+    ops: &[WriteOp],
+    atomicity: Atomicity,
+    mut currents: HashMap<(ResourceType, ResourceId), Current>,
+    seqs: &mut Seqs,
+    time: Instant,
+) -> Result<Plan, StoreError> {
+    let mut plan = Plan { rows: Vec::new(), superseded: Vec::new(), results: Vec::new() };
+    for (index, op) in ops.iter().enumerate() {
+        let result = plan_one(op, &mut currents, seqs, time, &mut plan);
+        match result {
+            Ok(outcome) => plan.results.push(Ok(outcome)),
+            Err(error) if atomicity == Atomicity::AllOrNothing => {
+                return Err(StoreError::OpFailed { index, source: Box::new(error) });
+            }
+            Err(error) => plan.results.push(Err(error)),
+        }
+    }
+    Ok(plan)
+}
+
+fn plan_one(
+    op: &WriteOp,
+    currents: &mut HashMap<(ResourceType, ResourceId), Current>,
+    seqs: &mut Seqs,
+    time: Instant,
+    plan: &mut Plan,
+) -> Result<WriteOutcome, StoreError> {
+    let (resource_type, id) = match op {
+        WriteOp::Create { resource, id } | WriteOp::Update { resource, id, .. } => {
+            (resource.resource_type(), id)
+        }
+        WriteOp::Delete { resource_type, id, .. } => (*resource_type, id),
+    };
+    let key = (resource_type, id.clone());
+    let current = currents.get(&key);
+    let (deleted, body, patients, created) = match op {
+        WriteOp::Create { resource, .. } | WriteOp::Update { resource, .. } => {
+            match op {
+                WriteOp::Create { .. } if current.is_some() => {
+                    return Err(StoreError::AlreadyExists { resource_type, id: id.clone() });
+                }
+                WriteOp::Update { if_match, .. } => {
+                    precondition(resource_type, id, current, *if_match)?;
+                }
+                _ => {}
+            }
+            let version = current.map_or(1, |c| c.version + 1);
+            let body = Bytes::from(resource.stamp(id, to_u64(version), time));
+            let patients = resource.compartment_patients(id);
+            let patients = (!patients.is_empty())
+                .then(|| patients.iter().map(ResourceId::as_str).collect::<Vec<_>>().join(" "));
+            (false, Some(body), patients, current.is_none_or(|c| c.deleted))
+        }
+        WriteOp::Delete { if_match, .. } => {
+            precondition(resource_type, id, current, *if_match)?;
+            let nothing = |version: i64| WriteOutcome {
+                resource_type,
+                id: id.clone(),
+                version: to_u64(version),
+                last_updated: None,
+                seq: None,
+                created: false,
+                body: None,
+            };
+            match current {
+                None => return Ok(nothing(0)),
+                Some(c) if c.deleted => return Ok(nothing(c.version)),
+                Some(c) => (true, None, c.patients.clone(), false),
+            }
+        }
+    };
+    let seq = seqs.next();
+    let version = current.map_or(1, |c| c.version + 1);
+    if let Some(c) = current {
+        match c.pending {
+            Some(row) => plan.rows[row].next_seq = seq,
+            None => plan.superseded.push((c.seq, seq)),
+        }
+    }
+    currents.insert(
+        key,
+        Current {
+            seq,
+            version,
+            deleted,
+            patients: patients.clone(),
+            pending: Some(plan.rows.len()),
+        },
+    );
+    plan.rows.push(NewRow {
+        seq,
+        resource_type,
+        id: id.clone(),
+        version,
+        last_updated: time.as_micros(),
+        deleted,
+        patients,
+        body: body.clone(),
+        next_seq: CURRENT,
+    });
+    Ok(WriteOutcome {
+        resource_type,
+        id: id.clone(),
+        version: to_u64(version),
+        last_updated: Some(time),
+        seq: Some(to_u64(seq)),
+        created,
+        body,
+    })
+}
+
+/// The current versions of every resource `ops` touch, in one query.
+async fn currents(
+    tx: &Transaction<'_>,
+    ops: &[WriteOp],
+) -> Result<HashMap<(ResourceType, ResourceId), Current>, StoreError> {
+    let mut types = Vec::with_capacity(ops.len());
+    let mut ids = Vec::with_capacity(ops.len());
+    for op in ops {
+        let (resource_type, id) = match op {
+            WriteOp::Create { resource, id } | WriteOp::Update { resource, id, .. } => {
+                (resource.resource_type(), id)
+            }
+            WriteOp::Delete { resource_type, id, .. } => (*resource_type, id),
+        };
+        types.push(resource_type.as_str());
+        ids.push(id.as_str());
+    }
+    let rows = tx
+        .query(
+            "SELECT DISTINCT ON (v.rtype, v.id) v.rtype, v.id, v.seq, v.version, v.deleted, v.patients
+             FROM resource_version v
+             JOIN unnest($1::text[], $2::text[]) AS k(rtype, id) ON v.rtype = k.rtype AND v.id = k.id
+             ORDER BY v.rtype, v.id, v.version DESC",
+            &[&types, &ids],
+        )
+        .await
+        .map_err(|e| pg_error("read the current versions", e))?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let resource_type = ResourceType::parse(row.get::<_, &str>(0))
+            .map_err(|e| StoreError::Invalid(format!("a stored row has a bad type: {e}")))?;
+        let id = ResourceId::parse(row.get::<_, &str>(1))
+            .map_err(|e| StoreError::Invalid(format!("a stored row has a bad id: {e}")))?;
+        out.insert(
+            (resource_type, id),
+            Current {
+                seq: row.get(2),
+                version: row.get(3),
+                deleted: row.get(4),
+                patients: row.get(5),
+                pending: None,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Writes a plan's rows with binary `COPY` and links the versions they replace.
+async fn write(tx: &Transaction<'_>, plan: &Plan) -> Result<(), StoreError> {
+    let sql = |e| pg_error("write resource versions", e);
+    if plan.rows.is_empty() {
+        return Ok(());
+    }
+    let sink = tx
+        .copy_in(
+            "COPY resource_version (seq, rtype, id, version, last_updated, next_seq, deleted, patients, body)
+             FROM STDIN BINARY",
+        )
+        .await
+        .map_err(sql)?;
+    let writer = BinaryCopyInWriter::new(
+        sink,
+        &[
+            Type::INT8,
+            Type::TEXT,
+            Type::TEXT,
+            Type::INT8,
+            Type::INT8,
+            Type::INT8,
+            Type::BOOL,
+            Type::TEXT,
+            Type::BYTEA,
+        ],
+    );
+    pin_mut!(writer);
+    for row in &plan.rows {
+        let body: Option<&[u8]> = row.body.as_deref();
+        writer
+            .as_mut()
+            .write(&[
+                &row.seq,
+                &row.resource_type.as_str(),
+                &row.id.as_str(),
+                &row.version,
+                &row.last_updated,
+                &row.next_seq,
+                &row.deleted,
+                &row.patients,
+                &body,
+            ])
+            .await
+            .map_err(sql)?;
+    }
+    writer.finish().await.map_err(sql)?;
+    let compartment_rows: Vec<(&str, &str, i64)> = plan
+        .rows
+        .iter()
+        .filter_map(|row| row.patients.as_deref().map(|p| (row, p)))
+        .flat_map(|(row, patients)| {
+            patients.split(' ').map(move |patient| (patient, row.resource_type.as_str(), row.seq))
+        })
+        .collect();
+    if !compartment_rows.is_empty() {
+        let sink = tx
+            .copy_in("COPY compartment (patient_id, rtype, seq) FROM STDIN BINARY")
+            .await
+            .map_err(sql)?;
+        let writer = BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::TEXT, Type::INT8]);
+        pin_mut!(writer);
+        for (patient, rtype, seq) in &compartment_rows {
+            writer.as_mut().write(&[patient, rtype, seq]).await.map_err(sql)?;
+        }
+        writer.finish().await.map_err(sql)?;
+    }
+    if !plan.superseded.is_empty() {
+        let (old, new): (Vec<i64>, Vec<i64>) = plan.superseded.iter().copied().unzip();
+        tx.execute(
+            "UPDATE resource_version v SET next_seq = s.new
+             FROM unnest($1::bigint[], $2::bigint[]) AS s(old, new) WHERE v.seq = s.old",
+            &[&old, &new],
+        )
+        .await
+        .map_err(sql)?;
+    }
+    Ok(())
+}
+
+/// Locks the clock and picks the call's time: after every committed write and snapshot.
+async fn lock_clock(tx: &Transaction<'_>) -> Result<(i64, Instant), StoreError> {
+    let row = tx
+        .query_one("SELECT last_seq, last_time, floor FROM clock WHERE id = 1 FOR UPDATE", &[])
+        .await
+        .map_err(|e| pg_error("lock the write clock", e))?;
+    let (last_seq, last_time, floor): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    let earliest = Instant::from_micros(last_time.max(floor)).next();
+    Ok((last_seq, Instant::now().max(earliest)))
+}
+
+impl PostgresStore {
+    async fn transact_once(
+        &self,
+        ops: &[WriteOp],
+        atomicity: Atomicity,
+    ) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError> {
+        let sql = |e| pg_error("run a write transaction", e);
+        let mut client = self.client("run a write transaction").await?;
+        let tx = client.transaction().await.map_err(sql)?;
+        let (mut seqs, time) = match self.inner.sequencing {
+            Sequencing::Serialized => {
+                let (last_seq, time) = lock_clock(&tx).await?;
+                (Seqs::After(last_seq), time)
+            }
+            Sequencing::NaiveSequence => {
+                let count = i64::try_from(ops.len()).unwrap_or(i64::MAX);
+                let drawn: Vec<i64> = tx
+                    .query(
+                        "SELECT nextval('naive_seq') FROM generate_series(1, $1::bigint)",
+                        &[&count],
+                    )
+                    .await
+                    .map_err(sql)?
+                    .iter()
+                    .map(|row| row.get(0))
+                    .collect();
+                (Seqs::Drawn(drawn.into_iter()), Instant::now())
+            }
+        };
+        let currents = currents(&tx, ops).await?;
+        let plan = plan(ops, atomicity, currents, &mut seqs, time)?;
+        write(&tx, &plan).await?;
+        if let (Seqs::After(last_seq), Some(_)) = (&seqs, plan.rows.last()) {
+            tx.execute(
+                "UPDATE clock SET last_seq = $1, last_time = $2 WHERE id = 1",
+                &[last_seq, &time.as_micros()],
+            )
+            .await
+            .map_err(sql)?;
+        }
+        tx.commit().await.map_err(|e| pg_error("commit a write transaction", e))?;
+        Ok(plan.results)
+    }
+}
+
+/// Decodes a row that selects `seq, id, version, last_updated, body, patients` in this order,
+/// appending its body to `bodies`.
+fn decode(
+    resource_type: ResourceType,
+    row: &Row,
+    with_patients: bool,
+    bodies: &mut Vec<u8>,
+) -> Result<(StoredResource, std::ops::Range<usize>), StoreError> {
+    let seq: i64 = row.get(0);
+    let id = ResourceId::parse(row.get::<_, &str>(1))
+        .map_err(|e| StoreError::Invalid(format!("stored row {seq} has a bad id: {e}")))?;
+    let start = bodies.len();
+    if let Some(body) = row.get::<_, Option<&[u8]>>(4) {
+        bodies.extend_from_slice(body);
+    }
+    let patients: Option<String> = if with_patients { row.get(5) } else { None };
+    let stored = StoredResource {
+        resource_type,
+        id,
+        version: to_u64(row.get(2)),
+        seq: to_u64(seq),
+        last_updated: Instant::from_micros(row.get(3)),
+        body: Bytes::new(),
+        patients: patients.map(String::into_boxed_str),
+    };
+    Ok((stored, start..bodies.len()))
+}
+
+/// A page of rows, in order, with their bodies in one shared buffer.
+fn page(
+    resource_type: ResourceType,
+    rows: &[Row],
+    with_patients: bool,
+    limit: usize,
+) -> Result<ScanPage, StoreError> {
+    let mut bodies = Vec::with_capacity(rows.len() * 1024);
+    let decoded = rows
+        .iter()
+        .map(|row| decode(resource_type, row, with_patients, &mut bodies))
+        .collect::<Result<Vec<_>, _>>()?;
+    let bodies = Bytes::from(bodies);
+    let resources: Vec<StoredResource> = decoded
+        .into_iter()
+        .map(|(mut stored, range)| {
+            stored.body = bodies.slice(range);
+            stored
+        })
+        .collect();
+    let next = if resources.len() >= limit { resources.last().map(|r| r.seq) } else { None };
+    Ok(ScanPage { resources, next })
+}
+
+fn scan_sql(deleted: bool, in_any_compartment: bool) -> String {
+    format!(
+        "SELECT seq, id, version, last_updated, body, patients FROM resource_version
+         WHERE rtype = $1 AND seq > $2 AND seq <= $3 AND seq < $5 AND next_seq > $3
+           AND deleted = {deleted}{}
+         ORDER BY seq LIMIT $4",
+        if in_any_compartment { " AND patients IS NOT NULL" } else { "" },
+    )
+}
+
+fn compartment_sql(deleted: bool) -> String {
+    format!(
+        "SELECT v.seq, v.id, v.version, v.last_updated, v.body, v.patients
+         FROM compartment c JOIN resource_version v ON v.seq = c.seq
+         WHERE c.patient_id = $1 AND c.rtype = $2 AND c.seq > $3 AND c.seq <= $4
+           AND v.next_seq > $4 AND v.deleted = {deleted}
+         ORDER BY c.seq LIMIT $5"
+    )
+}
+
+fn limit_param(limit: usize) -> i64 {
+    to_i64(limit as u64)
+}
+
+impl PostgresStore {
+    async fn read_version(
+        &self,
+        resource_type: ResourceType,
+        id: &ResourceId,
+        version: Option<u64>,
+    ) -> Result<StoredResource, StoreError> {
+        let sql = |e| pg_error("read a resource", e);
+        let client = self.client("read a resource").await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT seq, id, version, last_updated, body, patients, deleted FROM resource_version
+                 WHERE rtype = $1 AND id = $2 AND ($3::bigint IS NULL OR version = $3)
+                 ORDER BY version DESC LIMIT 1",
+            )
+            .await
+            .map_err(sql)?;
+        let row = client
+            .query_opt(&statement, &[&resource_type.as_str(), &id.as_str(), &version.map(to_i64)])
+            .await
+            .map_err(sql)?;
+        match (row, version) {
+            (None, Some(version)) => {
+                let exists = client
+                    .query_opt(
+                        "SELECT 1 FROM resource_version WHERE rtype = $1 AND id = $2 LIMIT 1",
+                        &[&resource_type.as_str(), &id.as_str()],
+                    )
+                    .await
+                    .map_err(sql)?;
+                Err(match exists {
+                    Some(_) => {
+                        StoreError::VersionNotFound { resource_type, id: id.clone(), version }
+                    }
+                    None => StoreError::NotFound { resource_type, id: id.clone() },
+                })
+            }
+            (None, None) => Err(StoreError::NotFound { resource_type, id: id.clone() }),
+            (Some(row), _) => {
+                let mut body = Vec::new();
+                let (mut stored, _) = decode(resource_type, &row, false, &mut body)?;
+                if row.get::<_, bool>(6) {
+                    return Err(StoreError::Gone {
+                        resource_type,
+                        id: id.clone(),
+                        version: stored.version,
+                    });
+                }
+                stored.body = Bytes::from(body);
+                Ok(stored)
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ResourceStore for PostgresStore {
+    async fn transact(
+        &self,
+        ops: Vec<WriteOp>,
+        atomicity: Atomicity,
+    ) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError> {
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Planning decides every op's fate before anything is written, so `EachOnItsOwn`
+        // needs no savepoints: failing ops are simply left out of the rows written.
+        self.transact_once(&ops, atomicity).await
+    }
+
+    async fn read(
+        &self,
+        resource_type: ResourceType,
+        id: &ResourceId,
+    ) -> Result<StoredResource, StoreError> {
+        self.read_version(resource_type, id, None).await
+    }
+
+    async fn vread(
+        &self,
+        resource_type: ResourceType,
+        id: &ResourceId,
+        version: u64,
+    ) -> Result<StoredResource, StoreError> {
+        self.read_version(resource_type, id, Some(version)).await
+    }
+
+    async fn history(
+        &self,
+        resource_type: ResourceType,
+        id: &ResourceId,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        let sql = |e| pg_error("read a resource history", e);
+        let client = self.client("read a resource history").await?;
+        let rows = client
+            .query(
+                "SELECT version, last_updated, deleted, body FROM resource_version
+                 WHERE rtype = $1 AND id = $2 ORDER BY version DESC LIMIT $3",
+                &[&resource_type.as_str(), &id.as_str(), &limit_param(limit)],
+            )
+            .await
+            .map_err(sql)?;
+        if rows.is_empty() && limit > 0 {
+            return Err(StoreError::NotFound { resource_type, id: id.clone() });
+        }
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let deleted: bool = row.get(2);
+                let body: Option<&[u8]> = row.get(3);
+                HistoryEntry {
+                    version: to_u64(row.get(0)),
+                    last_updated: Instant::from_micros(row.get(1)),
+                    body: if deleted { None } else { body.map(Bytes::copy_from_slice) },
+                }
+            })
+            .collect())
+    }
+
+    async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let sql = |e| pg_error("take a snapshot", e);
+        let mut client = self.client("take a snapshot").await?;
+        let tx = client.transaction().await.map_err(sql)?;
+        let snapshot = match self.inner.sequencing {
+            Sequencing::Serialized => {
+                // Waits for the writer in flight, if any: it holds the clock row until it
+                // commits, and `last_seq` then counts its rows.
+                let (last_seq, time) = lock_clock(&tx).await?;
+                tx.execute("UPDATE clock SET floor = $1 WHERE id = 1", &[&time.as_micros()])
+                    .await
+                    .map_err(sql)?;
+                Snapshot { seq: to_u64(last_seq), time }
+            }
+            Sequencing::NaiveSequence => {
+                let row = tx
+                    .query_one("SELECT COALESCE(MAX(seq), 0) FROM resource_version", &[])
+                    .await
+                    .map_err(sql)?;
+                Snapshot { seq: to_u64(row.get(0)), time: Instant::now() }
+            }
+        };
+        tx.commit().await.map_err(sql)?;
+        Ok(snapshot)
+    }
+
+    async fn scan(
+        &self,
+        snapshot: Snapshot,
+        resource_type: ResourceType,
+        options: ScanOptions,
+    ) -> Result<ScanPage, StoreError> {
+        let sql = |e| pg_error("scan resources", e);
+        let client = self.client("scan resources").await?;
+        let statement = client
+            .prepare_cached(&scan_sql(options.deleted, options.in_any_compartment))
+            .await
+            .map_err(sql)?;
+        let rows = client
+            .query(
+                &statement,
+                &[
+                    &resource_type.as_str(),
+                    &to_i64(options.after_seq),
+                    &to_i64(snapshot.seq),
+                    &limit_param(options.limit),
+                    &to_i64(options.before_seq),
+                ],
+            )
+            .await
+            .map_err(sql)?;
+        page(resource_type, &rows, options.with_patients, options.limit)
+    }
+
+    async fn scan_compartment(
+        &self,
+        snapshot: Snapshot,
+        patient: &ResourceId,
+        resource_type: ResourceType,
+        options: ScanOptions,
+    ) -> Result<ScanPage, StoreError> {
+        let pages = self
+            .scan_compartments(snapshot, std::slice::from_ref(patient), resource_type, options, 0)
+            .await?;
+        Ok(pages.into_iter().next().unwrap_or_default())
+    }
+
+    async fn scan_compartments(
+        &self,
+        snapshot: Snapshot,
+        patients: &[ResourceId],
+        resource_type: ResourceType,
+        options: ScanOptions,
+        restart_after: u64,
+    ) -> Result<Vec<ScanPage>, StoreError> {
+        let sql = |e| pg_error("scan patient compartments", e);
+        let client = self.client("scan patient compartments").await?;
+        let statement =
+            client.prepare_cached(&compartment_sql(options.deleted)).await.map_err(sql)?;
+        let mut budget = options.limit.max(1);
+        let mut pages = Vec::new();
+        // Each patient's query asks for the whole remaining budget and the queries of a batch
+        // go out together (tokio-postgres pipelines them on the connection); trimming each
+        // result to the budget left after the earlier patients gives exactly the pages that
+        // one query per patient, in turn, would give.
+        for (batch_no, batch) in patients.chunks(COMPARTMENT_PIPELINE).enumerate() {
+            let limit = limit_param(budget);
+            let seq = to_i64(snapshot.seq);
+            let rtype = resource_type.as_str();
+            let afters: Vec<i64> = (0..batch.len())
+                .map(|offset| {
+                    let first = batch_no == 0 && offset == 0;
+                    to_i64(if first { options.after_seq } else { restart_after })
+                })
+                .collect();
+            let (client, statement) = (&client, &statement);
+            let queries = batch.iter().zip(&afters).map(|(patient, after)| async move {
+                let patient = patient.as_str();
+                client.query(statement, &[&patient, &rtype, after, &seq, &limit]).await
+            });
+            let results = futures::future::try_join_all(queries).await.map_err(sql)?;
+            for rows in results {
+                let taken = &rows[..rows.len().min(budget)];
+                let page = page(resource_type, taken, options.with_patients, budget)?;
+                budget = budget.saturating_sub(page.resources.len());
+                let full = page.next.is_some() || budget == 0;
+                pages.push(page);
+                if full {
+                    return Ok(pages);
+                }
+            }
+        }
+        Ok(pages)
+    }
+
+    async fn read_many_at(
+        &self,
+        snapshot: Snapshot,
+        resource_type: ResourceType,
+        ids: &[ResourceId],
+    ) -> Result<Vec<StoredResource>, StoreError> {
+        let sql = |e| pg_error("read resources as of a snapshot", e);
+        let client = self.client("read resources as of a snapshot").await?;
+        let ids: Vec<&str> = ids.iter().map(ResourceId::as_str).collect();
+        let rows = client
+            .query(
+                "SELECT seq, id, version, last_updated, body, patients FROM resource_version
+                 WHERE rtype = $1 AND id = ANY($2) AND seq <= $3 AND next_seq > $3 AND NOT deleted",
+                &[&resource_type.as_str(), &ids, &to_i64(snapshot.seq)],
+            )
+            .await
+            .map_err(sql)?;
+        Ok(page(resource_type, &rows, true, usize::MAX)?.resources)
+    }
+
+    async fn seq_bounds(
+        &self,
+        snapshot: Snapshot,
+        resource_type: ResourceType,
+    ) -> Result<Option<(u64, u64)>, StoreError> {
+        let sql = |e| pg_error("find the key range of a type", e);
+        let client = self.client("find the key range of a type").await?;
+        let row = client
+            .query_one(
+                "SELECT MIN(seq), MAX(seq) FROM resource_version WHERE rtype = $1 AND seq <= $2",
+                &[&resource_type.as_str(), &to_i64(snapshot.seq)],
+            )
+            .await
+            .map_err(sql)?;
+        let (low, high): (Option<i64>, Option<i64>) = (row.get(0), row.get(1));
+        Ok(low.zip(high).map(|(low, high)| (to_u64(low), to_u64(high))))
+    }
+
+    async fn seq_at(&self, time: Instant) -> Result<u64, StoreError> {
+        let sql = |e| pg_error("find the sequence number of an instant", e);
+        let client = self.client("find the sequence number of an instant").await?;
+        // Sequence numbers are contiguous from 1 and lastUpdated never decreases with seq
+        // (both hold because seq is handed out under the clock lock), so a binary search over
+        // seq finds the last write at or before `time`.
+        let max_seq: i64 = client
+            .query_one("SELECT COALESCE(MAX(seq), 0) FROM resource_version", &[])
+            .await
+            .map_err(sql)?
+            .get(0);
+        let statement = client
+            .prepare_cached("SELECT last_updated FROM resource_version WHERE seq = $1")
+            .await
+            .map_err(sql)?;
+        let (mut lo, mut hi) = (0i64, max_seq);
+        while lo < hi {
+            let mid = lo + (hi - lo + 1) / 2;
+            let at: Option<i64> =
+                client.query_opt(&statement, &[&mid]).await.map_err(sql)?.map(|row| row.get(0));
+            match at {
+                Some(at) if at <= time.as_micros() => lo = mid,
+                _ => hi = mid - 1,
+            }
+        }
+        Ok(to_u64(lo))
+    }
+}

@@ -1,0 +1,211 @@
+//! A throwaway PostgreSQL cluster for tests: `initdb` into a temporary folder, then `postgres`
+//! on a free loopback port, as a child that dies with the test process.
+//!
+//! The server binaries come from Debian's `postgresql` package (`bash .ci/run` installs it); a
+//! missing server fails the test that asked for one, it never skips it. As root (CI), the
+//! cluster runs as the `postgres` user, because PostgreSQL refuses to run as root.
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{
+        Mutex, OnceLock,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+/// One cluster per test process, started on first use.
+#[derive(Debug)]
+pub struct TestCluster {
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+static CLUSTER: OnceLock<TestCluster> = OnceLock::new();
+static DATABASES: AtomicU32 = AtomicU32::new(0);
+static CREATING: Mutex<()> = Mutex::new(());
+
+impl TestCluster {
+    /// The process's cluster, started on the first call.
+    ///
+    /// # Panics
+    /// When PostgreSQL is not installed or does not start (the message says why).
+    pub fn get() -> &'static TestCluster {
+        CLUSTER.get_or_init(start)
+    }
+
+    /// The URL of a new, empty database of its own.
+    ///
+    /// # Panics
+    /// When the database cannot be created.
+    pub fn database(&self) -> String {
+        let name = format!("t{}_{}", std::process::id(), DATABASES.fetch_add(1, Ordering::Relaxed));
+        // One at a time: CREATE DATABASE copies template1 and fails while another copy runs.
+        let _one = CREATING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let output = Command::new(psql())
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-q"])
+            .args(["-d", "postgres", "-c", &format!("CREATE DATABASE {name}")])
+            .output()
+            .expect("run psql");
+        assert!(
+            output.status.success(),
+            "CREATE DATABASE {name} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        self.url(&name)
+    }
+
+    /// The URL of database `name` on this cluster.
+    pub fn url(&self, name: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// The cluster's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+/// The folder holding `initdb` and `postgres`: Debian's newest `/usr/lib/postgresql/N/bin`.
+fn server_bin() -> PathBuf {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("postgres").is_file().then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    match versions.pop() {
+        Some((_, bin)) => bin,
+        None => panic!(
+            "PostgreSQL is not installed (no /usr/lib/postgresql/N/bin/postgres); \
+             `bash .ci/run` installs Debian's postgresql package"
+        ),
+    }
+}
+
+fn psql() -> &'static str {
+    "psql"
+}
+
+/// The uid and gid of the `postgres` user, when this process runs as root.
+fn run_as() -> Option<(u32, u32)> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").expect("read /etc/passwd");
+    let line = passwd
+        .lines()
+        .find(|line| line.starts_with("postgres:"))
+        .expect("running as root needs the postgres user (Debian's postgresql package makes it)");
+    let fields: Vec<&str> = line.split(':').collect();
+    Some((fields[2].parse().expect("uid"), fields[3].parse().expect("gid")))
+}
+
+/// A command that runs as `user` (when given) and is killed when this process dies.
+fn command(program: &Path, user: Option<(u32, u32)>) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(program);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            if let Some((uid, gid)) = user
+                && (libc::setgid(gid) != 0 || libc::setuid(uid) != 0)
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+}
+
+fn start() -> TestCluster {
+    let bin = server_bin();
+    let user = run_as();
+    let dir = tempfile::Builder::new().prefix("bulkfhir-pg").tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    if let Some((uid, gid)) = user {
+        std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown the cluster");
+    }
+    let output = command(&bin.join("initdb"), user)
+        .args(["-D"])
+        .arg(&data)
+        .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync"])
+        .stdout(Stdio::null())
+        .output()
+        .expect("run initdb");
+    assert!(output.status.success(), "initdb failed: {}", String::from_utf8_lossy(&output.stderr));
+    let port = free_port();
+    let log = std::fs::File::create(dir.path().join("postgres.log")).expect("log file");
+    if let Some((uid, gid)) = user {
+        std::os::unix::fs::chown(dir.path().join("postgres.log"), Some(uid), Some(gid))
+            .expect("chown the log");
+    }
+    // Spawned from a thread that lives as long as the process: the kernel's parent-death
+    // signal fires when the spawning *thread* ends, and a test's thread ends with the test.
+    let (bin_dir, data_dir, socket_dir) = (bin.clone(), data.clone(), dir.path().to_owned());
+    let (spawned, spawned_rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("test-postgres".to_owned())
+        .spawn(move || {
+            let child = command(&bin_dir.join("postgres"), user)
+                .arg("-D")
+                .arg(&data_dir)
+                .args(["-p", &port.to_string(), "-k"])
+                .arg(&socket_dir)
+                .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+                .args(["-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
+                .args(["-c", "max_connections=300", "-c", "shared_buffers=256MB"])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn();
+            match child {
+                Ok(mut child) => {
+                    let _ = spawned.send(Ok(()));
+                    let _ = child.wait();
+                }
+                Err(error) => {
+                    let _ = spawned.send(Err(error));
+                }
+            }
+        })
+        .expect("start the postgres thread");
+    spawned_rx.recv().expect("the postgres thread").expect("start postgres");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = Command::new(psql())
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "-d", "postgres"])
+            .args(["-qtAc", "SELECT 1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ready {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "postgres did not start: {}",
+            std::fs::read_to_string(dir.path().join("postgres.log")).unwrap_or_default()
+        );
+        // Condition polling: there is nothing to wait on but the port.
+        #[allow(clippy::disallowed_methods)]
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    TestCluster { port, _dir: dir }
+}
