@@ -1,5 +1,6 @@
 //! The store conformance suites on a real PostgreSQL (a throwaway cluster this test process
 //! starts), and the snapshot guarantee under concurrent writers on several connections.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed step is the test failing
 
 use std::{
     collections::BTreeMap,
