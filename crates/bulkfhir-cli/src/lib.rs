@@ -1,5 +1,5 @@
-//! Wiring: builds the server from its parts (embedded store, local output, export service,
-//! runner, sweeper). The `bulkfhir` binary and the end-to-end tests both start the server
+//! Wiring: builds the server from its parts (embedded or PostgreSQL store, local or cloud
+//! output, export service, runner, sweeper). The `bulkfhir` binary and the end-to-end tests both start the server
 //! through [`App`], so the tests run exactly what users run.
 
 use std::{
@@ -13,8 +13,9 @@ use bulkfhir_auth::TokenSigner;
 use bulkfhir_export::{ExportConfig, ExportService, Runner, Sweeper};
 use bulkfhir_output::{Destination, OutputStore};
 use bulkfhir_server::{AppState, AuthSettings, ServerConfig};
-use bulkfhir_store::{ClientStore, MeteredStore, ResourceStore};
+use bulkfhir_store::{ClientStore, JobStore, MeteredStore, ResourceStore};
 use bulkfhir_store_embedded::EmbeddedStore;
+use bulkfhir_store_postgres::PostgresStore;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -34,6 +35,67 @@ pub struct ServeOptions {
     pub authorization: Authorization,
     /// Where export files go (`s3://bucket/prefix`, …); `None`: `DATA_DIR/exports`.
     pub export_store: Option<String>,
+    /// A PostgreSQL URL for resources, jobs and clients; `None`: the embedded store in
+    /// `data_dir`.
+    pub database: Option<String>,
+}
+
+/// The stores a node works with, on one backend.
+#[derive(Debug, Clone)]
+pub struct Stores {
+    /// Resources.
+    pub resources: Arc<dyn ResourceStore>,
+    /// Export jobs.
+    pub jobs: Arc<dyn JobStore>,
+    /// SMART clients and the assertion replay cache.
+    pub clients: Arc<dyn ClientStore>,
+}
+
+impl Stores {
+    /// The PostgreSQL database at `database` when given (schema brought up to date), else the
+    /// embedded store in `data_dir`.
+    pub async fn open(data_dir: &Path, database: Option<&str>) -> anyhow::Result<Stores> {
+        match database {
+            Some(url) => {
+                let store = Arc::new(PostgresStore::connect(url).await.with_context(|| {
+                    format!("open the PostgreSQL store at {}", redact_password(url))
+                })?);
+                Ok(Stores {
+                    resources: Arc::clone(&store) as Arc<dyn ResourceStore>,
+                    jobs: Arc::clone(&store) as Arc<dyn JobStore>,
+                    clients: store,
+                })
+            }
+            None => {
+                let store = Arc::new(
+                    EmbeddedStore::open(data_dir)
+                        .with_context(|| format!("open the store in {}", data_dir.display()))?,
+                );
+                Ok(Stores {
+                    resources: Arc::clone(&store) as Arc<dyn ResourceStore>,
+                    jobs: Arc::clone(&store) as Arc<dyn JobStore>,
+                    clients: store,
+                })
+            }
+        }
+    }
+}
+
+/// `url` with its password, if any, replaced by `***`, for messages and logs.
+pub fn redact_password(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(_) => url.to_owned(),
+        // The key=value form: hide the value after password=.
+        Err(_) => url
+            .split(' ')
+            .map(|pair| if pair.starts_with("password=") { "password=***" } else { pair })
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
 }
 
 /// Whether the server checks access tokens.
@@ -61,17 +123,16 @@ pub struct App {
 }
 
 impl App {
-    /// Opens the data directory and builds the server.
-    pub fn open(options: ServeOptions) -> anyhow::Result<App> {
+    /// Opens the data directory and the store, and builds the server.
+    pub async fn open(options: ServeOptions) -> anyhow::Result<App> {
         let data_dir = &options.data_dir;
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("create {}", data_dir.display()))?;
         let lock = lock_data_dir(data_dir)?;
         let node_id = node_id(data_dir)?;
-        let embedded = Arc::new(EmbeddedStore::open(data_dir).context("open the store")?);
+        let stores = Stores::open(data_dir, options.database.as_deref()).await?;
         // Every resource read and write is timed for `/metrics`; the job store is not wrapped.
-        let store: Arc<dyn ResourceStore> =
-            Arc::new(MeteredStore::new(Arc::clone(&embedded) as Arc<dyn ResourceStore>));
+        let store: Arc<dyn ResourceStore> = Arc::new(MeteredStore::new(stores.resources));
         // Local disk has no minimum part size: 4 MiB parts keep an open file's buffers near
         // 20 MiB (about five parts in flight or filling).
         let output = match &options.export_store {
@@ -85,12 +146,11 @@ impl App {
         let mut server = options.server;
         if options.authorization == Authorization::Smart {
             let secret = token_secret(data_dir)?;
-            let settings =
-                AuthSettings::new(&secret, Arc::clone(&embedded) as Arc<dyn ClientStore>)
-                    .map_err(|e| anyhow::anyhow!("start authorization: {e}"))?;
+            let settings = AuthSettings::new(&secret, stores.clients)
+                .map_err(|e| anyhow::anyhow!("start authorization: {e}"))?;
             server.auth = Some(Arc::new(settings));
         }
-        let exports = ExportService::new(Arc::clone(&store), embedded, output, options.export);
+        let exports = ExportService::new(Arc::clone(&store), stores.jobs, output, options.export);
         let runner = exports.runner(&node_id);
         let sweeper = exports.sweeper();
         let state = AppState::new(store, exports, server);

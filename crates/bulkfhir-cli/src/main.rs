@@ -18,7 +18,7 @@ use std::{
 };
 
 use anyhow::Context;
-use bulkfhir_app::{App, Authorization, ServeOptions};
+use bulkfhir_app::{App, Authorization, ServeOptions, Stores};
 use bulkfhir_export::ExportConfig;
 use bulkfhir_generator::{GenerateOptions, generate_to_dir};
 use bulkfhir_model::ResourceType;
@@ -143,9 +143,20 @@ enum ConfigCommand {
 
 #[derive(Args, Debug)]
 struct StoreArgs {
-    /// Where the embedded store keeps its database.
+    /// Where the embedded store keeps its database (and a node its id, lock and local files).
     #[arg(long, env = "BULKFHIR_DATA_DIR", default_value = "./bulkfhir-data")]
     data_dir: PathBuf,
+    /// Keep resources, export jobs and clients in PostgreSQL instead of the embedded store:
+    /// `postgres://user:password@host:5432/database`. Several `serve` nodes may share one
+    /// database (each with its own --data-dir); the schema is created or upgraded at start.
+    #[arg(long, env = "BULKFHIR_DATABASE")]
+    database: Option<String>,
+}
+
+impl StoreArgs {
+    async fn open(&self) -> anyhow::Result<Stores> {
+        Stores::open(&self.data_dir, self.database.as_deref()).await
+    }
 }
 
 #[derive(Args, Debug)]
@@ -443,12 +454,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 export: args.export.config(),
                 authorization,
                 export_store: args.export.export_store.clone(),
+                database: args.store.database,
             };
             serve(options, args.listen, args.metrics_listen).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Load(args) => {
-            let store = open_store(&args.store.data_dir)?;
+            let store = args.store.open().await?.resources;
             let report = load(store.as_ref(), &args.paths, args.batch_size).await?;
             Ok(if report.n_rejected == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) })
         }
@@ -490,6 +502,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 export: ExportConfig::default(),
                 authorization: Authorization::Off,
                 export_store: None,
+                database: None,
             };
             serve(options, args.listen, None).await?;
             Ok(ExitCode::SUCCESS)
@@ -502,12 +515,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     (None, Some(url)) => clients::KeySource::Url(url),
                     (None, None) => anyhow::bail!("give --jwks FILE or --jwks-url URL"),
                 };
-                clients::add(&open_embedded(&store.data_dir)?, &name, keys, &scope).await?;
+                clients::add(store.open().await?.clients.as_ref(), &name, keys, &scope).await?;
                 Ok(ExitCode::SUCCESS)
             }
-            ClientCommand::List { store } => clients::list(&open_embedded(&store.data_dir)?).await,
+            ClientCommand::List { store } => {
+                clients::list(store.open().await?.clients.as_ref()).await
+            }
             ClientCommand::Remove { id, store } => {
-                clients::remove(&open_embedded(&store.data_dir)?, &id).await
+                clients::remove(store.open().await?.clients.as_ref(), &id).await
             }
             ClientCommand::Keygen { out, alg } => clients::keygen(&out, alg),
             ClientCommand::Token { base_url, client_id, key, kid, scope } => {
@@ -545,11 +560,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn open_embedded(data_dir: &Path) -> anyhow::Result<EmbeddedStore> {
-    EmbeddedStore::open(data_dir)
-        .with_context(|| format!("open the store in {}", data_dir.display()))
-}
-
 fn open_store(data_dir: &Path) -> anyhow::Result<Arc<dyn ResourceStore>> {
     let store = EmbeddedStore::open(data_dir)
         .with_context(|| format!("open the store in {}", data_dir.display()))?;
@@ -561,7 +571,7 @@ async fn serve(
     listen: SocketAddr,
     metrics_listen: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
-    let mut app = App::open(options)?;
+    let mut app = App::open(options).await?;
     if let Some(address) = metrics_listen {
         let listener = tokio::net::TcpListener::bind(address)
             .await

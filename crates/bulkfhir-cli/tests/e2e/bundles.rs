@@ -11,7 +11,7 @@ async fn post_bundle(server: &TestServer, bundle: &Value) -> (u16, Value) {
 }
 
 #[tokio::test]
-async fn a_transaction_assigns_ids_and_rewrites_urn_references() {
+pub(crate) async fn a_transaction_assigns_ids_and_rewrites_urn_references() {
     let server = TestServer::start().await;
     let bundle = json!({
         "resourceType": "Bundle", "type": "transaction",
@@ -65,7 +65,7 @@ async fn a_transaction_assigns_ids_and_rewrites_urn_references() {
 }
 
 #[tokio::test]
-async fn a_transaction_with_one_bad_entry_changes_nothing() {
+pub(crate) async fn a_transaction_with_one_bad_entry_changes_nothing() {
     let server = TestServer::start().await;
     let good = |id: &str| json!({"resource": {"resourceType": "Patient", "id": id}, "request": {"method": "PUT", "url": format!("Patient/{id}")}});
     let bad_entries = vec![
@@ -96,7 +96,7 @@ async fn a_transaction_with_one_bad_entry_changes_nothing() {
 }
 
 #[tokio::test]
-async fn malformed_bundles_are_refused() {
+pub(crate) async fn malformed_bundles_are_refused() {
     let server = TestServer::start().await;
     for body in [
         json!({"resourceType": "Patient"}),
@@ -112,7 +112,7 @@ async fn malformed_bundles_are_refused() {
 }
 
 #[tokio::test]
-async fn a_batch_reports_each_entry_and_keeps_the_good_ones() {
+pub(crate) async fn a_batch_reports_each_entry_and_keeps_the_good_ones() {
     let server = TestServer::start().await;
     let bundle = json!({
         "resourceType": "Bundle", "type": "batch",
@@ -157,7 +157,7 @@ async fn a_batch_reports_each_entry_and_keeps_the_good_ones() {
 }
 
 #[tokio::test]
-async fn a_transaction_can_delete_and_read() {
+pub(crate) async fn a_transaction_can_delete_and_read() {
     let server = TestServer::start().await;
     server.send_json(Method::PUT, "Patient/old", r#"{"resourceType":"Patient","id":"old"}"#).await;
     let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [

@@ -1,15 +1,57 @@
 //! The test server and the vendored Synthea data sets.
 
 use std::{
+    cell::Cell,
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
-    sync::OnceLock,
+    sync::{
+        OnceLock,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
 use bulkfhir_app::{App, Authorization, ServeOptions};
 use bulkfhir_export::ExportConfig;
 use bulkfhir_server::ServerConfig;
 use serde_json::Value;
+
+thread_local! {
+    /// Whether test servers started on this thread keep their data in PostgreSQL.
+    static ON_POSTGRES: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Test servers started on PostgreSQL so far, in the whole process.
+static POSTGRES_SERVERS: AtomicUsize = AtomicUsize::new(0);
+
+/// Runs `tests` (plain `#[tokio::test]` functions, each on a runtime of its own on this
+/// thread) with every [`TestServer`] they start keeping its resources, jobs and clients in a
+/// new database of a real PostgreSQL. A test that started no server on PostgreSQL fails this,
+/// so that a test which moved its server elsewhere is not counted as run on PostgreSQL.
+pub(crate) fn on_postgres(tests: &[(&str, fn())]) {
+    for (name, test) in tests {
+        eprintln!("on PostgreSQL: {name}");
+        let before = POSTGRES_SERVERS.load(Ordering::SeqCst);
+        ON_POSTGRES.with(|on| on.set(true));
+        let outcome = std::panic::catch_unwind(test);
+        ON_POSTGRES.with(|on| on.set(false));
+        if let Err(panic) = outcome {
+            eprintln!("on PostgreSQL: {name} failed");
+            std::panic::resume_unwind(panic);
+        }
+        assert!(
+            POSTGRES_SERVERS.load(Ordering::SeqCst) > before,
+            "{name} started no server on PostgreSQL"
+        );
+    }
+}
+
+/// A new PostgreSQL database when this thread's servers run on PostgreSQL.
+fn test_database() -> Option<String> {
+    ON_POSTGRES.with(Cell::get).then(|| {
+        POSTGRES_SERVERS.fetch_add(1, Ordering::SeqCst);
+        bulkfhir_store_postgres::testing::TestCluster::get().database()
+    })
+}
 
 /// A server on an ephemeral loopback port with its own data directory.
 pub(crate) struct TestServer {
@@ -36,24 +78,41 @@ impl TestServer {
     /// A server over `dataset`, loaded straight into the store first (what `bulkfhir load` does).
     pub(crate) async fn start_loaded(dataset: &Dataset, export: ExportConfig) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
+        let database = test_database();
         {
-            let store = bulkfhir_store_embedded::EmbeddedStore::open(data_dir.path()).unwrap();
+            let stores =
+                bulkfhir_app::Stores::open(data_dir.path(), database.as_deref()).await.unwrap();
             let files =
                 bulkfhir_store::loader::collect_files(std::slice::from_ref(&dataset.dir)).unwrap();
-            let report =
-                bulkfhir_store::loader::load_files(&store, files, Default::default(), &|_| {})
-                    .await
-                    .unwrap();
+            let report = bulkfhir_store::loader::load_files(
+                stores.resources.as_ref(),
+                files,
+                Default::default(),
+                &|_| {},
+            )
+            .await
+            .unwrap();
             assert_eq!(report.loaded as usize, dataset.count());
             assert_eq!(report.n_rejected, 0);
         }
-        Self::start_in(data_dir, ServerConfig::default(), export).await
+        Self::start_on(data_dir, ServerConfig::default(), export, database).await
     }
 
     pub(crate) async fn start_in(
         data_dir: tempfile::TempDir,
         server: ServerConfig,
         export: ExportConfig,
+    ) -> Self {
+        let database = test_database();
+        Self::start_on(data_dir, server, export, database).await
+    }
+
+    /// A server in `data_dir` on the embedded store, or on `database` when given.
+    async fn start_on(
+        data_dir: tempfile::TempDir,
+        server: ServerConfig,
+        export: ExportConfig,
+        database: Option<String>,
     ) -> Self {
         // Quiet unless TEST_LOG=1.
         if std::env::var_os("TEST_LOG").is_some() {
@@ -66,7 +125,9 @@ impl TestServer {
             export,
             authorization: Authorization::Off,
             export_store: None,
+            database,
         })
+        .await
         .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();

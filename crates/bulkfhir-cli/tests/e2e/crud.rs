@@ -6,7 +6,7 @@ use serde_json::json;
 use crate::common::{TestServer, assert_outcome};
 
 #[tokio::test]
-async fn metadata_describes_a_fhir_r4_server() {
+pub(crate) async fn metadata_describes_a_fhir_r4_server() {
     let server = TestServer::start().await;
     let (status, body) = server.get("metadata").await;
     assert_eq!(status, 200);
@@ -51,7 +51,7 @@ async fn metadata_describes_a_fhir_r4_server() {
 }
 
 #[tokio::test]
-async fn a_resource_lives_through_create_update_delete_and_history() {
+pub(crate) async fn a_resource_lives_through_create_update_delete_and_history() {
     let server = TestServer::start().await;
     let (status, headers, created) = server
         .send_json(Method::POST, "Patient", r#"{"resourceType":"Patient","id":"ignored","name":[{"family":"Smith"}],"multipleBirthInteger":2}"#)
@@ -130,7 +130,7 @@ async fn a_resource_lives_through_create_update_delete_and_history() {
 }
 
 #[tokio::test]
-async fn put_with_a_client_id_creates_and_prefer_minimal_returns_no_body() {
+pub(crate) async fn put_with_a_client_id_creates_and_prefer_minimal_returns_no_body() {
     let server = TestServer::start().await;
     let response = server
         .client
@@ -149,7 +149,7 @@ async fn put_with_a_client_id_creates_and_prefer_minimal_returns_no_body() {
 }
 
 #[tokio::test]
-async fn decimals_and_unicode_are_stored_exactly() {
+pub(crate) async fn decimals_and_unicode_are_stored_exactly() {
     let server = TestServer::start().await;
     let body = r#"{"resourceType":"Observation","id":"o1","status":"final","code":{"text":"Größe \"x\""},"valueQuantity":{"value":1.50,"unit":"kg"},"component":[{"valueQuantity":{"value":1e2}}]}"#;
     let (status, _, _) = server.send_json(Method::PUT, "Observation/o1", body).await;
@@ -162,7 +162,7 @@ async fn decimals_and_unicode_are_stored_exactly() {
 }
 
 #[tokio::test]
-async fn the_type_listing_pages_through_a_stable_snapshot() {
+pub(crate) async fn the_type_listing_pages_through_a_stable_snapshot() {
     let server = TestServer::start().await;
     for i in 0..25 {
         let (status, _, _) = server

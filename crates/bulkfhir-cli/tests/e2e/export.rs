@@ -199,7 +199,7 @@ pub(crate) fn supporting_references(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_system_export_of_medium_returns_every_resource_exactly_once() {
+pub(crate) async fn a_system_export_of_medium_returns_every_resource_exactly_once() {
     let dataset = medium();
     let server = TestServer::start_loaded(dataset, test_export_config()).await;
     let status_url = kick(&server, "$export").await;
@@ -256,7 +256,7 @@ async fn a_system_export_of_medium_returns_every_resource_exactly_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn since_returns_exactly_the_changes_and_lists_the_deletions() {
+pub(crate) async fn since_returns_exactly_the_changes_and_lists_the_deletions() {
     let dataset = small();
     let server = TestServer::start_loaded(dataset, test_export_config()).await;
     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -324,7 +324,7 @@ async fn since_returns_exactly_the_changes_and_lists_the_deletions() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn patient_and_group_exports_hold_exactly_the_compartments_and_their_references() {
+pub(crate) async fn patient_and_group_exports_hold_exactly_the_compartments_and_their_references() {
     let dataset = medium();
     let server = TestServer::start_loaded(dataset, test_export_config()).await;
     let expected = expected_compartments(dataset);
@@ -393,7 +393,7 @@ async fn patient_and_group_exports_hold_exactly_the_compartments_and_their_refer
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_export_sees_the_versions_current_at_its_transaction_time() {
+pub(crate) async fn an_export_sees_the_versions_current_at_its_transaction_time() {
     let dataset = small();
     let server = TestServer::start_loaded(dataset, test_export_config()).await;
     let status_url = kick(&server, "$export?_type=Observation,Condition").await;
@@ -436,7 +436,7 @@ async fn an_export_sees_the_versions_current_at_its_transaction_time() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_kickoffs_get_an_operation_outcome() {
+pub(crate) async fn bad_kickoffs_get_an_operation_outcome() {
     let server = TestServer::start().await;
     server.send_json(Method::PUT, "Patient/p1", r#"{"resourceType":"Patient","id":"p1"}"#).await;
     type Case<'a> = (Method, &'a str, Vec<(&'a str, &'a str)>, Option<&'a str>, u16);
@@ -508,7 +508,7 @@ async fn bad_kickoffs_get_an_operation_outcome() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_cancel_files_and_limits_follow_the_async_pattern() {
+pub(crate) async fn status_cancel_files_and_limits_follow_the_async_pattern() {
     let export = ExportConfig { max_resources_per_file: 500, ..test_export_config() };
     let server = TestServer::start_loaded(small(), export).await;
     let status_url = kick(&server, "$export").await;
@@ -590,7 +590,7 @@ async fn wait_manifest_after_first(server: &TestServer, status_url: &str) -> Val
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_queue_answers_429_and_expired_files_are_swept() {
+pub(crate) async fn a_full_queue_answers_429_and_expired_files_are_swept() {
     // A node that runs no export keeps the first one queued, so the queue is surely full.
     let queue_only =
         ExportConfig { max_active_jobs: 1, max_running_jobs: 0, ..test_export_config() };
@@ -626,7 +626,7 @@ async fn a_full_queue_answers_429_and_expired_files_are_swept() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn until_returns_the_versions_current_at_that_instant() {
+pub(crate) async fn until_returns_the_versions_current_at_that_instant() {
     let server = TestServer::start().await;
     let put = |id: &'static str, status: &'static str| {
         let body = json!({"resourceType": "Observation", "id": id, "status": status, "code": {"text": "x"}}).to_string();
@@ -675,7 +675,7 @@ async fn until_returns_the_versions_current_at_that_instant() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn separate_export_status_moves_the_job_state_into_a_header() {
+pub(crate) async fn separate_export_status_moves_the_job_state_into_a_header() {
     let server = TestServer::start().await;
     server.send_json(Method::PUT, "Patient/p1", r#"{"resourceType":"Patient","id":"p1"}"#).await;
     let (status, headers, _) = kick_raw(
@@ -714,7 +714,7 @@ async fn separate_export_status_moves_the_job_state_into_a_header() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn partial_manifests_chain_every_file_once_and_never_change() {
+pub(crate) async fn partial_manifests_chain_every_file_once_and_never_change() {
     let export = ExportConfig {
         max_resources_per_file: 150,
         files_per_manifest_page: 20,
@@ -838,7 +838,7 @@ fn first_of(dataset: &Dataset, type_name: &str, field: &str, patient: &str) -> S
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn provenance_follows_k17_and_include_associated_data() {
+pub(crate) async fn provenance_follows_k17_and_include_associated_data() {
     let dataset = small();
     let server = TestServer::start_loaded(dataset, test_export_config()).await;
     let patients: Vec<String> = dataset_ids(dataset, "Patient").into_iter().collect();
@@ -920,7 +920,7 @@ async fn provenance_follows_k17_and_include_associated_data() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn elements_trim_to_the_listed_and_mandatory_elements_byte_exact() {
+pub(crate) async fn elements_trim_to_the_listed_and_mandatory_elements_byte_exact() {
     let dataset = small();
     let server = TestServer::start_loaded(dataset, test_export_config()).await;
     let query = "$export?_type=Patient,Observation,Condition,Encounter&_elements=Patient.birthDate,Observation.value,Condition.code";
@@ -995,7 +995,8 @@ async fn elements_trim_to_the_listed_and_mandatory_elements_byte_exact() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn organize_output_by_patient_puts_each_compartment_resource_in_its_patients_block_once() {
+pub(crate) async fn organize_output_by_patient_puts_each_compartment_resource_in_its_patients_block_once()
+ {
     let export = ExportConfig { max_resources_per_file: 300, ..test_export_config() };
     let dataset = small();
     let server = TestServer::start_loaded(dataset, export).await;

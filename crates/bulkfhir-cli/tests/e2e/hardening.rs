@@ -54,7 +54,7 @@ fn nested_basic(id: &str, levels: usize) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn over_deep_json_is_refused_at_every_write_path_and_what_is_stored_exports() {
+pub(crate) async fn over_deep_json_is_refused_at_every_write_path_and_what_is_stored_exports() {
     let server = TestServer::start().await;
     let deep = nested_basic("deep", 100_000);
     for (method, path) in [(Method::POST, "Basic"), (Method::PUT, "Basic/deep")] {
@@ -165,7 +165,7 @@ async fn a_post_kickoff_without_a_body_takes_its_parameters_from_the_query() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_finished_export_answers_its_manifest_on_the_first_poll() {
+pub(crate) async fn a_finished_export_answers_its_manifest_on_the_first_poll() {
     let server = TestServer::start_loaded(small(), test_export_config()).await;
     let status_url = kick(&server, "$export?_type=Patient").await;
     let job_id = status_url.rsplit('/').next().unwrap();
@@ -603,7 +603,7 @@ fn fuzzed_resource(rng: &mut Xorshift, id: &str) -> Vec<u8> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fuzzed_writes_never_get_a_5xx_and_everything_stored_exports() {
+pub(crate) async fn fuzzed_writes_never_get_a_5xx_and_everything_stored_exports() {
     let server = TestServer::start().await;
     let mut rng = Xorshift(0x2545_f491_4f6c_dd1d);
     let mut stored = std::collections::BTreeSet::new();
@@ -643,7 +643,7 @@ async fn fuzzed_writes_never_get_a_5xx_and_everything_stored_exports() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn group_patients_that_are_not_members_are_reported_under_lenient_handling() {
+pub(crate) async fn group_patients_that_are_not_members_are_reported_under_lenient_handling() {
     let dataset = small();
     let server = TestServer::start_loaded(dataset, test_export_config()).await;
     let group: Value = serde_json::from_str(&dataset.lines["Group"][0]).unwrap();

@@ -1,4 +1,5 @@
-//! End-to-end tests: a real server on 127.0.0.1:0 over the embedded store, driven over HTTP.
+//! End-to-end tests: a real server on 127.0.0.1:0 over the embedded store (and, in
+//! `postgres.rs`, over PostgreSQL), driven over HTTP.
 
 // Test helpers fail loudly: an unexpected error is a test failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -16,6 +17,7 @@ mod destinations;
 mod export;
 mod hardening;
 mod operations;
+mod postgres;
 mod real_data;
 mod tls;
 mod typefilter;

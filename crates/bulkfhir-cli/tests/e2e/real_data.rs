@@ -104,7 +104,7 @@ async fn load_through_bundles(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn medium_loaded_through_transaction_bundles_reads_back_exactly() {
+pub(crate) async fn medium_loaded_through_transaction_bundles_reads_back_exactly() {
     let dataset = medium();
     assert_eq!(dataset.count(), 38_473);
     let server = TestServer::start().await;
@@ -113,7 +113,7 @@ async fn medium_loaded_through_transaction_bundles_reads_back_exactly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn small_loaded_through_batch_bundles_reads_back_exactly() {
+pub(crate) async fn small_loaded_through_batch_bundles_reads_back_exactly() {
     let dataset = small();
     assert_eq!(dataset.count(), 3_782);
     let server = TestServer::start().await;

@@ -162,7 +162,8 @@ fn cases(dataset: &Dataset) -> Vec<(&'static str, String, Predicate)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn type_filter_queries_select_exactly_what_an_independent_reading_of_the_data_selects() {
+pub(crate) async fn type_filter_queries_select_exactly_what_an_independent_reading_of_the_data_selects()
+ {
     let dataset = medium();
     let server = TestServer::start_loaded(dataset, test_export_config()).await;
     let cases = cases(dataset);
@@ -232,7 +233,7 @@ async fn search_all(server: &TestServer, query_text: &str) -> BTreeSet<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn type_filter_queries_encoded_inside_the_value_are_decoded_as_query_strings() {
+pub(crate) async fn type_filter_queries_encoded_inside_the_value_are_decoded_as_query_strings() {
     let dataset = medium();
     let server = TestServer::start_loaded(dataset, test_export_config()).await;
     let exported = async |query: &str| -> BTreeSet<String> {
@@ -263,7 +264,7 @@ async fn type_filter_queries_encoded_inside_the_value_are_decoded_as_query_strin
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn type_filters_or_within_a_type_and_leave_other_types_alone() {
+pub(crate) async fn type_filters_or_within_a_type_and_leave_other_types_alone() {
     let dataset = medium();
     let server = TestServer::start_loaded(dataset, test_export_config()).await;
     let query = "$export?_type=Observation,Patient&_typeFilter=Observation%3Fcode%3D8302-2&_typeFilter=Observation%3Fcode%3D29463-7";
