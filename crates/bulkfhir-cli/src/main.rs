@@ -244,9 +244,15 @@ struct ExportArgs {
     /// Parts (types, key ranges) of one export that run at once [default: the core count].
     #[arg(long, env = "BULKFHIR_EXPORT_PARALLELISM")]
     export_parallelism: Option<usize>,
-    /// Seconds an export lease lasts without a heartbeat.
+    /// Seconds an export lease lasts without a heartbeat (a job's, and each of its parts'):
+    /// how long the parts a dead node was running wait before another node takes them over.
     #[arg(long, env = "BULKFHIR_EXPORT_LEASE_SECS", default_value_t = 30)]
     export_lease_secs: u64,
+    /// A type with more versions than this is exported as several key ranges of this many
+    /// sequence numbers each, run at once (on every core, and on every node sharing the
+    /// database).
+    #[arg(long, env = "BULKFHIR_EXPORT_KEY_RANGE", default_value_t = 50_000)]
+    export_key_range: u64,
     /// Where export files go: file:///path, s3://bucket/prefix, gs://bucket/prefix or
     /// az://container/prefix [default: DATA_DIR/exports]. Credentials come from each cloud's
     /// standard environment variables (AWS_*, GOOGLE_*, AZURE_*).
@@ -289,6 +295,7 @@ impl ExportArgs {
             retention: Duration::from_secs(self.export_retention_hours.saturating_mul(3600)),
             gzip_level: self.gzip_level.min(9),
             lease: Duration::from_secs(self.export_lease_secs.max(1)),
+            key_range_span: self.export_key_range.max(1),
             unit_concurrency: self
                 .export_parallelism
                 .unwrap_or(ExportConfig::default().unit_concurrency)

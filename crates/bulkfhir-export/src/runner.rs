@@ -1,17 +1,23 @@
 //! The job runner: claims jobs under a lease, keeps the lease alive with a heartbeat, runs the
 //! units (several at once), then writes the error file and the manifest.
+//!
+//! Several nodes may share one job store. The node that holds a job's lease coordinates it: it
+//! runs the job's units and finishes the job. Every unit is run under a lease of its own, so the
+//! runners of other nodes help: each looks for units of in-progress jobs coordinated elsewhere,
+//! leases one, and runs it from its last checkpoint. A unit whose runner dies is taken over by
+//! another once its lease expires; the coordinator waits for units other nodes hold.
 
 use std::{
-    collections::{BTreeSet, HashMap, VecDeque},
+    collections::{BTreeSet, HashMap, HashSet, VecDeque},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
 
 use bulkfhir_model::{Instant, elements::ElementSelection, error_chain, search::SearchQuery};
-use bulkfhir_store::{JobRecord, JobStatus, StoreError};
+use bulkfhir_store::{JobId, JobQuery, JobRecord, JobStatus, StoreError, UnitRecord};
 use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
@@ -31,12 +37,19 @@ pub struct Runner {
     shared: Arc<Shared>,
     owner: String,
     node_prefix: String,
+    /// Units of other nodes' jobs this runner is running now, by (job, unit).
+    helping: Arc<Mutex<HashSet<(JobId, u32)>>>,
 }
 
 impl Runner {
     pub(crate) fn new(shared: Arc<Shared>, node_id: &str) -> Self {
         let boot = uuid::Uuid::new_v4();
-        Runner { shared, owner: format!("{node_id}/{boot}"), node_prefix: format!("{node_id}/") }
+        Runner {
+            shared,
+            owner: format!("{node_id}/{boot}"),
+            node_prefix: format!("{node_id}/"),
+            helping: Arc::default(),
+        }
     }
 
     /// Runs until `shutdown` is cancelled; running jobs then stop at their next page and give up
@@ -44,6 +57,10 @@ impl Runner {
     pub async fn run(self, shutdown: CancellationToken) {
         let config = &self.shared.config;
         let slots = Arc::new(Semaphore::new(config.max_running_jobs));
+        // Units of other nodes' jobs run at most this many at once (none on a node that runs
+        // no jobs).
+        let help_slots = if config.max_running_jobs == 0 { 0 } else { config.unit_concurrency };
+        let helpers = Arc::new(Semaphore::new(help_slots));
         info!(owner = %self.owner, "export runner started");
         loop {
             self.shared.runner_tick.store(Instant::now().as_micros(), Ordering::Relaxed);
@@ -69,6 +86,7 @@ impl Runner {
                     }
                 }
             }
+            self.help(&helpers, &shutdown).await;
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = self.shared.wake.notified() => {}
@@ -79,8 +97,14 @@ impl Runner {
         // the file they write), within the grace period; after it, where they are.
         self.shared.draining.store(true, Ordering::Relaxed);
         let all = u32::try_from(config.max_running_jobs).unwrap_or(u32::MAX);
+        let all_helpers = u32::try_from(help_slots).unwrap_or(u32::MAX);
         let grace = config.shutdown_grace;
-        if tokio::time::timeout(grace, Arc::clone(&slots).acquire_many_owned(all)).await.is_err() {
+        let drained = async {
+            let jobs = Arc::clone(&slots).acquire_many_owned(all).await;
+            let helped = Arc::clone(&helpers).acquire_many_owned(all_helpers).await;
+            (jobs, helped)
+        };
+        if tokio::time::timeout(grace, drained).await.is_err() {
             warn!(
                 seconds = grace.as_secs_f64(),
                 "export units did not reach a checkpoint within the shutdown grace period; \
@@ -94,6 +118,107 @@ impl Runner {
         }
         self.shared.runner_tick.store(0, Ordering::Relaxed);
         info!("export runner stopped");
+    }
+
+    /// Leases and runs units of in-progress jobs that other nodes coordinate, while this
+    /// runner has room for more.
+    async fn help(&self, helpers: &Arc<Semaphore>, shutdown: &CancellationToken) {
+        if helpers.available_permits() == 0 || shutdown.is_cancelled() {
+            return;
+        }
+        let query = JobQuery { status: Some(JobStatus::InProgress), requester: None, limit: 100 };
+        let jobs = match self.shared.jobs.search(&query).await {
+            Ok(jobs) => jobs,
+            Err(error) => {
+                debug!(error = %error, "failed to look for export units to help with");
+                return;
+            }
+        };
+        for job in jobs {
+            // A job coordinated on this node runs its units itself.
+            if job.lease_owner.as_deref().is_none_or(|o| o.starts_with(&self.node_prefix)) {
+                continue;
+            }
+            let Ok(units) = self.shared.jobs.units(&job.id).await else { continue };
+            let now = Instant::now();
+            for unit in units {
+                if unit.done || lock(&self.helping).contains(&(job.id.clone(), unit.index)) {
+                    continue;
+                }
+                let held_elsewhere = unit.lease_owner.as_deref().is_some_and(|owner| {
+                    !owner.starts_with(&self.node_prefix)
+                        && unit.lease_expires.is_some_and(|until| until >= now)
+                });
+                let Ok(spec) = serde_json::from_str::<UnitSpec>(&unit.spec) else { continue };
+                // The last units need every other unit's references: the coordinator runs them.
+                if held_elsewhere || spec.runs_last() {
+                    continue;
+                }
+                let Ok(permit) = Arc::clone(helpers).try_acquire_owned() else { return };
+                let leased = self
+                    .shared
+                    .jobs
+                    .lease_unit(
+                        &job.id,
+                        unit.index,
+                        &self.owner,
+                        &self.node_prefix,
+                        self.shared.config.lease,
+                        now,
+                    )
+                    .await;
+                if matches!(leased, Ok(true)) {
+                    self.spawn_help(job.clone(), unit, spec, permit, shutdown);
+                }
+            }
+        }
+    }
+
+    /// Runs one leased unit of another node's job.
+    fn spawn_help(
+        &self,
+        job: JobRecord,
+        unit: UnitRecord,
+        spec: UnitSpec,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        shutdown: &CancellationToken,
+    ) {
+        let key = (job.id.clone(), unit.index);
+        lock(&self.helping).insert(key.clone());
+        let (shared, owner, helping) =
+            (Arc::clone(&self.shared), self.owner.clone(), Arc::clone(&self.helping));
+        let drain = shutdown.clone();
+        let span = info_span!("export-help", job_id = %job.id, unit = unit.index);
+        tokio::spawn(
+            async move {
+                let result = async {
+                    let written = Arc::new(AtomicU64::new(0));
+                    let (ctx, _) = job_context(
+                        &shared,
+                        &job,
+                        &owner,
+                        CancellationToken::new(),
+                        drain,
+                        written,
+                    )?;
+                    let checkpoint: Checkpoint = match &unit.checkpoint {
+                        Some(json) => serde_json::from_str(json).map_err(corrupt)?,
+                        None => Checkpoint::default(),
+                    };
+                    run_leased_unit(&ctx, unit.index, &spec, checkpoint, &BTreeSet::new()).await
+                }
+                .await;
+                match result {
+                    Ok(done) => {
+                        info!(resources = done.written, "ran a unit of another node's export")
+                    }
+                    Err(error) => debug!(error = %error, "stopped a unit of another node's export"),
+                }
+                lock(&helping).remove(&key);
+                drop(permit);
+            }
+            .instrument(span),
+        );
     }
 
     fn spawn_job(
@@ -113,6 +238,7 @@ impl Runner {
         let run = JobRun {
             shared: Arc::clone(&self.shared),
             owner: self.owner.clone(),
+            node_prefix: self.node_prefix.clone(),
             job,
             cancel,
             shutdown: shutdown.clone(),
@@ -144,6 +270,7 @@ const OUTPUT_RETRY_BUDGET: Duration = Duration::from_secs(60);
 struct JobRun {
     shared: Arc<Shared>,
     owner: String,
+    node_prefix: String,
     job: JobRecord,
     cancel: CancellationToken,
     shutdown: CancellationToken,
@@ -308,13 +435,28 @@ impl JobRun {
     ) -> Result<(), ExportError> {
         let shared = &self.shared;
         let job = &self.job;
-        let request: StoredRequest = serde_json::from_str(&job.request).map_err(corrupt)?;
-        let plan: Plan = serde_json::from_str(&job.plan).map_err(corrupt)?;
-        let prefix = shared.job_prefix(&job.id)?;
-        let output = shared.output_for(request.destination.as_deref())?;
-        output.remove_incomplete(&prefix).await?;
+        let (ctx, request) = job_context(
+            shared,
+            job,
+            &self.owner,
+            self.cancel.clone(),
+            self.shutdown.clone(),
+            Arc::clone(written),
+        )?;
+        let records = shared.jobs.units(&job.id).await?;
+        // Staged uploads a crash left behind are removed before resuming, unless a runner of
+        // another node is writing one of this job's units now (its staged file is in use).
+        let now = Instant::now();
+        let others_writing = records.iter().any(|u| {
+            !u.done
+                && u.lease_owner.as_deref().is_some_and(|o| !o.starts_with(&self.node_prefix))
+                && u.lease_expires.is_some_and(|until| until >= now)
+        });
+        if !others_writing {
+            ctx.output.remove_incomplete(&shared.job_prefix(&job.id)?).await?;
+        }
         let mut units = Vec::new();
-        for unit in shared.jobs.units(&job.id).await? {
+        for unit in &records {
             let spec: UnitSpec = serde_json::from_str(&unit.spec).map_err(corrupt)?;
             let checkpoint: Checkpoint = match &unit.checkpoint {
                 Some(json) => serde_json::from_str(json).map_err(corrupt)?,
@@ -331,74 +473,36 @@ impl JobRun {
                 "resuming export from checkpoints"
             );
         }
-        let elements = if request.elements.is_empty() {
-            None
-        } else {
-            Some(
-                ElementSelection::parse(&request.elements)
-                    .map_err(|e| ExportError::Corrupt(e.to_string()))?,
-            )
-        };
-        let mut filters: HashMap<bulkfhir_model::ResourceType, Vec<SearchQuery>> = HashMap::new();
-        for text in &request.type_filters {
-            let query = SearchQuery::parse_type_filter(text, job.request_time)
-                .map_err(|e| ExportError::Corrupt(format!("_typeFilter '{text}': {e}")))?;
-            filters.entry(query.resource_type()).or_default().push(query);
-        }
-        let mut scope_filters: HashMap<bulkfhir_model::ResourceType, Vec<SearchQuery>> =
-            HashMap::new();
-        for text in &request.scope_filters {
-            let query = SearchQuery::parse_type_filter(text, job.request_time)
-                .map_err(|e| ExportError::Corrupt(format!("scope query '{text}': {e}")))?;
-            scope_filters.entry(query.resource_type()).or_default().push(query);
-        }
-        let ctx = Arc::new(JobContext {
-            store: Arc::clone(&shared.store),
-            jobs: Arc::clone(&shared.jobs),
-            output,
-            config: shared.config.clone(),
-            job_id: job.id.clone(),
-            owner: self.owner.clone(),
-            snapshot: job.snapshot,
-            gzip: request.gzip,
-            member_set: plan.members.iter().cloned().collect(),
-            supporting_types: supporting_type_names(&plan),
-            level: telemetry::level_label(&request.level),
-            drain: self.shutdown.clone(),
-            plan,
-            cancel: self.cancel.clone(),
-            written: Arc::clone(written),
-            elements,
-            filters,
-            scope_filters,
-        });
         // Each unit runs as its own task, so units (types, key ranges) use every core: a unit
         // copies every byte it writes, and one task polling them all kept the export on one
         // core. The set is dropped (its tasks aborted) when this future is.
         let no_refs = Arc::new(BTreeSet::new());
         let mut finished: HashMap<u32, Checkpoint> = HashMap::new();
-        let mut pending: VecDeque<(u32, UnitSpec, Checkpoint)> = VecDeque::new();
+        let mut pending: VecDeque<(u32, UnitSpec)> = VecDeque::new();
         for (index, spec, checkpoint, done) in units.iter().filter(|u| !u.1.runs_last()) {
             if *done {
                 finished.insert(*index, checkpoint.clone());
             } else {
-                pending.push_back((*index, spec.clone(), checkpoint.clone()));
+                pending.push_back((*index, spec.clone()));
             }
         }
-        pending.make_contiguous().sort_by_key(|(_, spec, _)| std::cmp::Reverse(spec.size_hint()));
-        run_units(&ctx, pending, &no_refs, units_done, &mut finished).await?;
+        pending.make_contiguous().sort_by_key(|(_, spec)| std::cmp::Reverse(spec.size_hint()));
+        run_units(&ctx, &self.node_prefix, pending, &no_refs, units_done, &mut finished).await?;
         let references: Arc<BTreeSet<String>> =
             Arc::new(finished.values().flat_map(|c| c.references.iter().cloned()).collect());
-        let mut last: VecDeque<(u32, UnitSpec, Checkpoint)> = VecDeque::new();
+        let mut last: VecDeque<(u32, UnitSpec)> = VecDeque::new();
         for (index, spec, checkpoint, done) in units.iter().filter(|u| u.1.runs_last()) {
             if *done {
                 finished.insert(*index, checkpoint.clone());
             } else {
-                last.push_back((*index, spec.clone(), checkpoint.clone()));
+                last.push_back((*index, spec.clone()));
             }
         }
-        run_units(&ctx, last, &references, units_done, &mut finished).await?;
+        run_units(&ctx, &self.node_prefix, last, &references, units_done, &mut finished).await?;
 
+        // Every unit is done: no runner writes this job's files any more. Staged uploads left
+        // by a runner that died (on another node, while this one could not clean up) go now.
+        ctx.output.remove_incomplete(&shared.job_prefix(&job.id)?).await?;
         let mut files: Vec<FileEntry> = Vec::new();
         let mut notes: Vec<Note> = ctx.plan.notes.clone();
         for (index, ..) in &units {
@@ -432,53 +536,204 @@ impl JobRun {
     }
 }
 
-/// Runs `units` as tasks, at most `unit_concurrency` at once, and records each final checkpoint
-/// in `finished`. The first failure aborts the others and is returned.
+/// Locks a mutex, recovering from poisoning (the guarded set stays consistent: every change is
+/// one insert or remove).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What every unit of `job` shares, and the job's request.
+fn job_context(
+    shared: &Arc<Shared>,
+    job: &JobRecord,
+    owner: &str,
+    cancel: CancellationToken,
+    drain: CancellationToken,
+    written: Arc<AtomicU64>,
+) -> Result<(Arc<JobContext>, StoredRequest), ExportError> {
+    let request: StoredRequest = serde_json::from_str(&job.request).map_err(corrupt)?;
+    let plan: Plan = serde_json::from_str(&job.plan).map_err(corrupt)?;
+    let output = shared.output_for(request.destination.as_deref())?;
+    let elements = if request.elements.is_empty() {
+        None
+    } else {
+        Some(
+            ElementSelection::parse(&request.elements)
+                .map_err(|e| ExportError::Corrupt(e.to_string()))?,
+        )
+    };
+    let mut filters: HashMap<bulkfhir_model::ResourceType, Vec<SearchQuery>> = HashMap::new();
+    for text in &request.type_filters {
+        let query = SearchQuery::parse_type_filter(text, job.request_time)
+            .map_err(|e| ExportError::Corrupt(format!("_typeFilter '{text}': {e}")))?;
+        filters.entry(query.resource_type()).or_default().push(query);
+    }
+    let mut scope_filters: HashMap<bulkfhir_model::ResourceType, Vec<SearchQuery>> = HashMap::new();
+    for text in &request.scope_filters {
+        let query = SearchQuery::parse_type_filter(text, job.request_time)
+            .map_err(|e| ExportError::Corrupt(format!("scope query '{text}': {e}")))?;
+        scope_filters.entry(query.resource_type()).or_default().push(query);
+    }
+    let ctx = Arc::new(JobContext {
+        store: Arc::clone(&shared.store),
+        jobs: Arc::clone(&shared.jobs),
+        output,
+        config: shared.config.clone(),
+        job_id: job.id.clone(),
+        owner: owner.to_owned(),
+        snapshot: job.snapshot,
+        gzip: request.gzip,
+        member_set: plan.members.iter().cloned().collect(),
+        supporting_types: supporting_type_names(&plan),
+        level: telemetry::level_label(&request.level),
+        drain,
+        plan,
+        cancel,
+        written,
+        elements,
+        filters,
+        scope_filters,
+    });
+    Ok((ctx, request))
+}
+
+/// Runs one unit this runner leased, from `checkpoint` to its end, renewing the unit's lease;
+/// a unit whose lease is lost stops. A unit stopped for a shutdown gives its lease up, so that
+/// another node need not wait for it to expire.
+async fn run_leased_unit(
+    ctx: &Arc<JobContext>,
+    index: u32,
+    spec: &UnitSpec,
+    checkpoint: Checkpoint,
+    supporting_refs: &BTreeSet<String>,
+) -> Result<Checkpoint, ExportError> {
+    let lease = ctx.config.lease;
+    let every = (lease / 3).min(Duration::from_secs(2)).max(Duration::from_millis(50));
+    let renew = async {
+        let mut ticker = tokio::time::interval(every);
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            match ctx.jobs.renew_unit(&ctx.job_id, index, &ctx.owner, lease, Instant::now()).await {
+                Ok(()) => {}
+                Err(StoreError::LeaseLost { .. }) => return,
+                Err(error) => {
+                    metrics::counter!(telemetry::HEARTBEAT_FAILURES).increment(1);
+                    warn!(error = %error, unit = index, "failed to renew an export unit lease");
+                }
+            }
+        }
+    };
+    let result = tokio::select! {
+        result = run_unit(ctx, index, spec, checkpoint, supporting_refs) => result,
+        () = renew => Err(ExportError::Stopped("unit lease lost")),
+    };
+    if matches!(result, Err(ExportError::Stopped("shutdown")))
+        && let Err(error) = ctx.jobs.release_unit(&ctx.job_id, index, &ctx.owner).await
+    {
+        debug!(error = %error, unit = index, "failed to release an export unit lease");
+    }
+    result
+}
+
+/// Runs `units` (indexes and specs) to the end: each one this runner can lease runs as a task,
+/// at most `unit_concurrency` at once, from the unit's latest checkpoint; units another node
+/// holds are waited for (and taken over if that node's lease expires). Records each final
+/// checkpoint in `finished`. The first failure aborts the others and is returned.
 async fn run_units(
     ctx: &Arc<JobContext>,
-    mut units: VecDeque<(u32, UnitSpec, Checkpoint)>,
+    node_prefix: &str,
+    mut waiting: VecDeque<(u32, UnitSpec)>,
     supporting_refs: &Arc<BTreeSet<String>>,
     units_done: &AtomicUsize,
     finished: &mut HashMap<u32, Checkpoint>,
 ) -> Result<(), ExportError> {
     let limit = ctx.config.unit_concurrency.max(1);
+    let look_again =
+        (ctx.config.lease / 6).clamp(Duration::from_millis(100), Duration::from_secs(1));
     let mut running = JoinSet::new();
     let mut drained = false;
     loop {
-        while running.len() < limit && !ctx.drain.is_cancelled() {
-            let Some((index, spec, checkpoint)) = units.pop_front() else { break };
-            let (ctx, refs) = (Arc::clone(ctx), Arc::clone(supporting_refs));
-            let span = tracing::Span::current();
-            running.spawn(
-                async move {
-                    let started = std::time::Instant::now();
-                    let result = run_unit(&ctx, index, &spec, checkpoint, &refs).await;
-                    let outcome = if result.is_ok() { "done" } else { "stopped" };
-                    metrics::histogram!(telemetry::UNIT_SECONDS, "outcome" => outcome)
-                        .record(started.elapsed().as_secs_f64());
-                    if let Ok(done) = &result {
-                        debug!(
-                            unit = index,
-                            spec = ?spec,
-                            resources = done.written,
-                            seconds = started.elapsed().as_secs_f64(),
-                            "export unit finished"
-                        );
-                    }
-                    result.map(|c| (index, c))
+        if running.len() < limit && !waiting.is_empty() && !ctx.drain.is_cancelled() {
+            let records = ctx.jobs.units(&ctx.job_id).await?;
+            let mut still = VecDeque::new();
+            while let Some((index, spec)) = waiting.pop_front() {
+                let record = records.iter().find(|u| u.index == index);
+                let checkpoint: Checkpoint = match record.and_then(|u| u.checkpoint.as_deref()) {
+                    Some(json) => serde_json::from_str(json).map_err(corrupt)?,
+                    None => Checkpoint::default(),
+                };
+                if record.is_some_and(|u| u.done) {
+                    // Another node ran it to the end.
+                    units_done.fetch_add(1, Ordering::Relaxed);
+                    finished.insert(index, checkpoint);
+                    continue;
                 }
-                .instrument(span),
-            );
+                let leased = running.len() < limit
+                    && !ctx.drain.is_cancelled()
+                    && ctx
+                        .jobs
+                        .lease_unit(
+                            &ctx.job_id,
+                            index,
+                            &ctx.owner,
+                            node_prefix,
+                            ctx.config.lease,
+                            Instant::now(),
+                        )
+                        .await?;
+                if !leased {
+                    still.push_back((index, spec));
+                    continue;
+                }
+                let (ctx, refs) = (Arc::clone(ctx), Arc::clone(supporting_refs));
+                let span = tracing::Span::current();
+                running.spawn(
+                    async move {
+                        let started = std::time::Instant::now();
+                        let result = run_leased_unit(&ctx, index, &spec, checkpoint, &refs).await;
+                        let outcome = if result.is_ok() { "done" } else { "stopped" };
+                        metrics::histogram!(telemetry::UNIT_SECONDS, "outcome" => outcome)
+                            .record(started.elapsed().as_secs_f64());
+                        if let Ok(done) = &result {
+                            debug!(
+                                unit = index,
+                                spec = ?spec,
+                                resources = done.written,
+                                seconds = started.elapsed().as_secs_f64(),
+                                "export unit finished"
+                            );
+                        }
+                        result.map(|c| (index, c))
+                    }
+                    .instrument(span),
+                );
+            }
+            waiting = still;
         }
-        let Some(joined) = running.join_next().await else {
-            // Draining, with units stopped at a checkpoint or not started: they go on at the
-            // next start.
-            return if units.is_empty() && !drained {
-                Ok(())
-            } else {
-                Err(ExportError::Stopped("shutdown"))
-            };
+        if running.is_empty() {
+            if waiting.is_empty() && !drained {
+                return Ok(());
+            }
+            if ctx.drain.is_cancelled() {
+                // Units stopped at a checkpoint or not started go on at the next start.
+                return Err(ExportError::Stopped("shutdown"));
+            }
+            // Every unit left is held by a runner of another node: look again shortly.
+            tokio::select! {
+                () = tokio::time::sleep(look_again) => continue,
+                () = ctx.cancel.cancelled() => return Err(ExportError::Stopped("cancelled")),
+            }
+        }
+        let joined = if waiting.is_empty() || ctx.drain.is_cancelled() {
+            running.join_next().await
+        } else {
+            tokio::select! {
+                joined = running.join_next() => joined,
+                () = tokio::time::sleep(look_again) => continue,
+            }
         };
+        let Some(joined) = joined else { continue };
         let result = joined.map_err(|e| {
             if e.is_panic() {
                 ExportError::Panicked(format!("an export unit panicked: {e}"))

@@ -235,7 +235,10 @@ impl JobStore for EmbeddedStore {
         self.with_reader("read export units", move |conn| {
             let sql = |e| sql_error("read export units", e);
             let mut statement = conn
-                .prepare_cached("SELECT idx, spec, checkpoint, done FROM export_unit WHERE job_id = ?1 ORDER BY idx")
+                .prepare_cached(
+                    "SELECT idx, spec, checkpoint, done, lease_owner, lease_expires
+                     FROM export_unit WHERE job_id = ?1 ORDER BY idx",
+                )
                 .map_err(sql)?;
             statement
                 .query_map(params![id.as_str()], |row| {
@@ -244,11 +247,81 @@ impl JobStore for EmbeddedStore {
                         spec: row.get(1)?,
                         checkpoint: row.get(2)?,
                         done: row.get(3)?,
+                        lease_owner: row.get(4)?,
+                        lease_expires: row.get::<_, Option<i64>>(5)?.map(Instant::from_micros),
                     })
                 })
                 .map_err(sql)?
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(sql)
+        })
+        .await
+    }
+
+    async fn lease_unit(
+        &self,
+        id: &JobId,
+        unit: u32,
+        owner: &str,
+        reclaim_prefix: &str,
+        lease: Duration,
+        now: Instant,
+    ) -> Result<bool, StoreError> {
+        let (id, owner, reclaim_prefix) = (id.clone(), owner.to_owned(), reclaim_prefix.to_owned());
+        self.with_writer("lease an export unit", move |conn| {
+            let changed = conn
+                .execute(
+                    "UPDATE export_unit SET lease_owner = ?3, lease_expires = ?5
+                     WHERE job_id = ?1 AND idx = ?2 AND done = 0
+                       AND (lease_owner IS NULL OR lease_owner = ?3 OR lease_expires < ?6
+                            OR (?4 <> '' AND substr(lease_owner, 1, length(?4)) = ?4))
+                       AND EXISTS (SELECT 1 FROM export_job WHERE id = ?1 AND status = 'in-progress')",
+                    params![
+                        id.as_str(),
+                        i64::from(unit),
+                        owner,
+                        reclaim_prefix,
+                        lease_end(now, lease),
+                        now.as_micros()
+                    ],
+                )
+                .map_err(|e| sql_error("lease an export unit", e))?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn renew_unit(
+        &self,
+        id: &JobId,
+        unit: u32,
+        owner: &str,
+        lease: Duration,
+        now: Instant,
+    ) -> Result<(), StoreError> {
+        let (id, owner) = (id.clone(), owner.to_owned());
+        self.with_writer("renew an export unit lease", move |conn| {
+            let changed = conn.execute(
+                "UPDATE export_unit SET lease_expires = ?4
+                 WHERE job_id = ?1 AND idx = ?2 AND lease_owner = ?3 AND done = 0
+                   AND EXISTS (SELECT 1 FROM export_job WHERE id = ?1 AND status = 'in-progress')",
+                params![id.as_str(), i64::from(unit), owner, lease_end(now, lease)],
+            );
+            fenced(&id, changed)
+        })
+        .await
+    }
+
+    async fn release_unit(&self, id: &JobId, unit: u32, owner: &str) -> Result<(), StoreError> {
+        let (id, owner) = (id.clone(), owner.to_owned());
+        self.with_writer("release an export unit lease", move |conn| {
+            conn.execute(
+                "UPDATE export_unit SET lease_owner = NULL, lease_expires = NULL
+                 WHERE job_id = ?1 AND idx = ?2 AND lease_owner = ?3 AND done = 0",
+                params![id.as_str(), i64::from(unit), owner],
+            )
+            .map_err(|e| sql_error("release an export unit lease", e))?;
+            Ok(())
         })
         .await
     }
@@ -263,25 +336,15 @@ impl JobStore for EmbeddedStore {
     ) -> Result<(), StoreError> {
         let (id, owner, checkpoint) = (id.clone(), owner.to_owned(), checkpoint.to_owned());
         self.with_writer("checkpoint an export unit", move |conn| {
-            let sql = |e| sql_error("checkpoint an export unit", e);
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql)?;
-            let holds: Option<i64> = tx
-                .query_row(
-                    "SELECT 1 FROM export_job WHERE id = ?1 AND lease_owner = ?2 AND status = 'in-progress'",
-                    params![id.as_str(), owner],
-                    |row| row.get(0),
-                )
-                .optional()
-                .map_err(sql)?;
-            if holds.is_none() {
-                return Err(StoreError::LeaseLost { job: id.to_string() });
-            }
-            tx.execute(
-                "UPDATE export_unit SET checkpoint = ?3, done = ?4 WHERE job_id = ?1 AND idx = ?2",
-                params![id.as_str(), i64::from(unit), checkpoint, done],
-            )
-            .map_err(sql)?;
-            tx.commit().map_err(sql)
+            // The fence and the write in one statement: the unit changes only while `owner`
+            // holds its lease and the job is in progress.
+            let changed = conn.execute(
+                "UPDATE export_unit SET checkpoint = ?4, done = ?5
+                 WHERE job_id = ?1 AND idx = ?2 AND lease_owner = ?3
+                   AND EXISTS (SELECT 1 FROM export_job WHERE id = ?1 AND status = 'in-progress')",
+                params![id.as_str(), i64::from(unit), owner, checkpoint, done],
+            );
+            fenced(&id, changed)
         })
         .await
     }

@@ -85,6 +85,10 @@ CREATE TABLE auth_jti (
 ) WITHOUT ROWID;
 CREATE INDEX auth_jti_expires ON auth_jti (expires);
 "#,
+    r#"
+ALTER TABLE export_unit ADD COLUMN lease_owner TEXT;      -- the runner running (or that ran) it
+ALTER TABLE export_unit ADD COLUMN lease_expires INTEGER; -- µs since the epoch
+"#,
 ];
 
 /// Applies the migrations this database has not seen yet.

@@ -237,7 +237,8 @@ impl JobStore for PostgresStore {
         let client = self.client("read export units").await?;
         let rows = client
             .query(
-                "SELECT idx, spec, checkpoint, done FROM export_unit WHERE job_id = $1 ORDER BY idx",
+                "SELECT idx, spec, checkpoint, done, lease_owner, lease_expires
+                 FROM export_unit WHERE job_id = $1 ORDER BY idx",
                 &[&id.as_str()],
             )
             .await
@@ -249,8 +250,81 @@ impl JobStore for PostgresStore {
                 spec: row.get(1),
                 checkpoint: row.get(2),
                 done: row.get(3),
+                lease_owner: row.get(4),
+                lease_expires: row.get::<_, Option<i64>>(5).map(Instant::from_micros),
             })
             .collect())
+    }
+
+    async fn lease_unit(
+        &self,
+        id: &JobId,
+        unit: u32,
+        owner: &str,
+        reclaim_prefix: &str,
+        lease: Duration,
+        now: Instant,
+    ) -> Result<bool, StoreError> {
+        let client = self.client("lease an export unit").await?;
+        let unit = i32::try_from(unit).unwrap_or(i32::MAX);
+        // A conditional update: two nodes racing for one unit both wait for the row lock, and
+        // the second re-checks the condition against the first's lease and changes nothing.
+        let changed = client
+            .execute(
+                "UPDATE export_unit u SET lease_owner = $3, lease_expires = $5
+                 FROM export_job j
+                 WHERE u.job_id = $1 AND u.idx = $2 AND NOT u.done
+                   AND (u.lease_owner IS NULL OR u.lease_owner = $3 OR u.lease_expires < $6
+                        OR ($4 <> '' AND starts_with(u.lease_owner, $4)))
+                   AND j.id = $1 AND j.status = 'in-progress'",
+                &[
+                    &id.as_str(),
+                    &unit,
+                    &owner,
+                    &reclaim_prefix,
+                    &lease_end(now, lease),
+                    &now.as_micros(),
+                ],
+            )
+            .await
+            .map_err(|e| pg_error("lease an export unit", e))?;
+        Ok(changed == 1)
+    }
+
+    async fn renew_unit(
+        &self,
+        id: &JobId,
+        unit: u32,
+        owner: &str,
+        lease: Duration,
+        now: Instant,
+    ) -> Result<(), StoreError> {
+        let client = self.client("renew an export unit lease").await?;
+        let unit = i32::try_from(unit).unwrap_or(i32::MAX);
+        let changed = client
+            .execute(
+                "UPDATE export_unit u SET lease_expires = $4
+                 FROM export_job j
+                 WHERE u.job_id = $1 AND u.idx = $2 AND u.lease_owner = $3 AND NOT u.done
+                   AND j.id = $1 AND j.status = 'in-progress'",
+                &[&id.as_str(), &unit, &owner, &lease_end(now, lease)],
+            )
+            .await;
+        fenced(id, changed)
+    }
+
+    async fn release_unit(&self, id: &JobId, unit: u32, owner: &str) -> Result<(), StoreError> {
+        let client = self.client("release an export unit lease").await?;
+        let unit = i32::try_from(unit).unwrap_or(i32::MAX);
+        client
+            .execute(
+                "UPDATE export_unit SET lease_owner = NULL, lease_expires = NULL
+                 WHERE job_id = $1 AND idx = $2 AND lease_owner = $3 AND NOT done",
+                &[&id.as_str(), &unit, &owner],
+            )
+            .await
+            .map_err(|e| pg_error("release an export unit lease", e))?;
+        Ok(())
     }
 
     async fn checkpoint(
@@ -263,14 +337,14 @@ impl JobStore for PostgresStore {
     ) -> Result<(), StoreError> {
         let client = self.client("checkpoint an export unit").await?;
         let unit = i32::try_from(unit).unwrap_or(i32::MAX);
-        // The fence and the write in one statement: the unit row changes only while `owner`
-        // holds the job's lease.
+        // The fence and the write in one statement: the unit changes only while `owner` holds
+        // its lease and the job is in progress.
         let changed = client
             .execute(
                 "UPDATE export_unit u SET checkpoint = $4, done = $5
                  FROM export_job j
-                 WHERE u.job_id = $1 AND u.idx = $3 AND j.id = $1 AND j.lease_owner = $2
-                   AND j.status = 'in-progress'",
+                 WHERE u.job_id = $1 AND u.idx = $3 AND u.lease_owner = $2
+                   AND j.id = $1 AND j.status = 'in-progress'",
                 &[&id.as_str(), &owner, &unit, &checkpoint, &done],
             )
             .await;

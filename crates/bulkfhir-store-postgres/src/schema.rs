@@ -68,6 +68,8 @@ CREATE TABLE export_unit (
     spec       text    NOT NULL,           -- engine JSON
     checkpoint text,                       -- engine JSON
     done       boolean NOT NULL DEFAULT false,
+    lease_owner   text,                    -- the runner running (or that ran) it, on any node
+    lease_expires bigint,                  -- µs since the epoch
     PRIMARY KEY (job_id, idx)
 );
 CREATE TABLE export_manifest_page (

@@ -164,6 +164,10 @@ pub struct UnitRecord {
     pub checkpoint: Option<String>,
     /// True once the unit finished.
     pub done: bool,
+    /// The runner that holds (or, once done, held) the unit's lease.
+    pub lease_owner: Option<String>,
+    /// When that lease ends.
+    pub lease_expires: Option<Instant>,
 }
 
 /// What to search for among jobs.
@@ -180,12 +184,18 @@ pub struct JobQuery {
 /// Durable jobs with leases.
 ///
 /// # Contract
-/// - **Leases.** [`claim`](Self::claim) hands an active job to one runner until its lease
-///   expires; [`renew`](Self::renew) extends it. Every write a runner makes about a job
-///   (`checkpoint`, `set_progress`, `complete`, `fail`) is *fenced*: it succeeds only while that
-///   runner holds the lease and the job is active, and fails with `StoreError::LeaseLost`
+/// - **Leases.** [`claim`](Self::claim) hands an active job to one runner (its coordinator)
+///   until its lease expires; [`renew`](Self::renew) extends it. The coordinator's writes about
+///   the job (`set_progress`, `complete`, `fail`) are *fenced*: they succeed only while that
+///   runner holds the job's lease and the job is active, and fail with `StoreError::LeaseLost`
 ///   otherwise (another runner took over, or the client cancelled). A runner that sees
 ///   `LeaseLost` must stop working on the job at once.
+/// - **Unit leases.** The units of an in-progress job are run by any runner, on any node, that
+///   leases them with [`lease_unit`](Self::lease_unit): one runner per unit at a time, until the
+///   lease expires ([`renew_unit`](Self::renew_unit) extends it). A unit's
+///   [`checkpoint`](Self::checkpoint) is fenced by the unit's lease and the job being in
+///   progress, so a unit's files and checkpoints come from one runner at a time, and a unit
+///   whose runner died is resumed by another from its last checkpoint.
 /// - **Queue limit.** [`create`](Self::create) refuses with `StoreError::TooManyJobs` when
 ///   `max_active` jobs are already accepted or in progress; the check and the insert are atomic.
 /// - **Cancel** makes the job `cancelled` at once, whoever holds the lease; `get` still returns
@@ -230,7 +240,35 @@ pub trait JobStore: Send + Sync + fmt::Debug {
     /// The job's units, in order.
     async fn units(&self, id: &JobId) -> Result<Vec<UnitRecord>, StoreError>;
 
-    /// Records a unit's checkpoint and progress (fenced).
+    /// Leases unit `unit` of job `id` to `owner` until `now + lease`, if the job is in
+    /// progress, the unit is not done, and its lease is free, expired, already `owner`'s, or
+    /// held by an earlier run of `owner`'s node (`reclaim_prefix`). Whether it was leased.
+    async fn lease_unit(
+        &self,
+        id: &JobId,
+        unit: u32,
+        owner: &str,
+        reclaim_prefix: &str,
+        lease: Duration,
+        now: Instant,
+    ) -> Result<bool, StoreError>;
+
+    /// Extends `owner`'s lease of a unit (fenced: `LeaseLost` unless `owner` holds it and the
+    /// job is in progress).
+    async fn renew_unit(
+        &self,
+        id: &JobId,
+        unit: u32,
+        owner: &str,
+        lease: Duration,
+        now: Instant,
+    ) -> Result<(), StoreError>;
+
+    /// Gives a unit's lease up (shutdown), so another runner can take it at once.
+    async fn release_unit(&self, id: &JobId, unit: u32, owner: &str) -> Result<(), StoreError>;
+
+    /// Records a unit's checkpoint and progress (fenced by the unit's lease: `owner` must hold
+    /// it and the job be in progress).
     async fn checkpoint(
         &self,
         id: &JobId,

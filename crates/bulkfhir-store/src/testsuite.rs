@@ -48,6 +48,9 @@ pub const JOB_TESTS: &[JobSuiteTest] = &[
     ("leases_are_exclusive_and_fence_writes", |s| {
         Box::pin(leases_are_exclusive_and_fence_writes(s))
     }),
+    ("unit_leases_are_exclusive_and_fence_checkpoints", |s| {
+        Box::pin(unit_leases_are_exclusive_and_fence_checkpoints(s))
+    }),
     ("queue_limit_cancel_and_cleanup", |s| Box::pin(queue_limit_cancel_and_cleanup(s))),
 ];
 
@@ -639,6 +642,7 @@ pub async fn leases_are_exclusive_and_fence_writes(jobs: Arc<dyn JobStore>) {
     assert_eq!((claimed.id.clone(), claimed.status), (job_id.clone(), JobStatus::InProgress));
     assert_eq!(claimed.taken_over_from, None, "nobody held it");
     assert!(jobs.claim("node-b/1", "node-b/", lease, t0).await.expect("claim").is_none(), "leased");
+    assert!(jobs.lease_unit(&job_id, 0, "node-a/1", "node-a/", lease, t0).await.expect("lease"));
     jobs.checkpoint(&job_id, "node-a/1", 0, "{\"c\":1}", false).await.expect("holder may write");
     assert!(matches!(
         jobs.checkpoint(&job_id, "node-b/1", 0, "{}", true).await,
@@ -696,6 +700,86 @@ pub async fn leases_are_exclusive_and_fence_writes(jobs: Arc<dyn JobStore>) {
     );
 }
 
+/// Units of one job are leased one runner at a time, on any node; a unit's checkpoints are
+/// fenced by its lease; an expired or dead node's unit lease is taken over; nothing is leased
+/// once the job is cancelled.
+pub async fn unit_leases_are_exclusive_and_fence_checkpoints(jobs: Arc<dyn JobStore>) {
+    let jobs = jobs.as_ref();
+    let job = new_job(3);
+    let job_id = job.id.clone();
+    jobs.create(job, 10).await.expect("create");
+    let lease = Duration::from_secs(30);
+    let t0 = Instant::now();
+    assert!(
+        !jobs.lease_unit(&job_id, 0, "a/1", "a/", lease, t0).await.expect("lease"),
+        "an accepted job's units wait for its coordinator"
+    );
+    jobs.claim("a/1", "a/", lease, t0).await.expect("claim").expect("a job");
+    assert!(jobs.lease_unit(&job_id, 0, "a/1", "a/", lease, t0).await.expect("lease"));
+    assert!(jobs.lease_unit(&job_id, 1, "b/1", "b/", lease, t0).await.expect("lease"));
+    assert!(!jobs.lease_unit(&job_id, 1, "a/1", "a/", lease, t0).await.expect("lease"), "b's");
+    assert!(!jobs.lease_unit(&job_id, 0, "b/1", "b/", lease, t0).await.expect("lease"), "a's");
+    assert!(jobs.lease_unit(&job_id, 0, "a/1", "a/", lease, t0).await.expect("lease"), "again");
+    // Each unit's checkpoints come from its holder only.
+    jobs.checkpoint(&job_id, "b/1", 1, "{\"b\":1}", false).await.expect("holder writes");
+    assert!(matches!(
+        jobs.checkpoint(&job_id, "a/1", 1, "{}", true).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    assert!(matches!(
+        jobs.checkpoint(&job_id, "a/1", 2, "{}", true).await,
+        Err(StoreError::LeaseLost { .. }),
+    ));
+    jobs.renew_unit(&job_id, 1, "b/1", lease, t0).await.expect("renew");
+    assert!(matches!(
+        jobs.renew_unit(&job_id, 1, "a/1", lease, t0).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    // Node b restarted: its new run takes its unit back at once; the old run is fenced.
+    assert!(jobs.lease_unit(&job_id, 1, "b/2", "b/", lease, t0).await.expect("lease"));
+    assert!(matches!(
+        jobs.checkpoint(&job_id, "b/1", 1, "{}", true).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    // b/2 dies; after its lease expires, a takes the unit over and finishes it.
+    let later = Instant::from_micros(t0.as_micros() + 31_000_000);
+    assert!(!jobs.lease_unit(&job_id, 1, "a/1", "a/", lease, t0).await.expect("lease"));
+    assert!(jobs.lease_unit(&job_id, 1, "a/1", "a/", lease, later).await.expect("lease"));
+    jobs.checkpoint(&job_id, "a/1", 1, "{\"b\":2}", true).await.expect("finish");
+    assert!(
+        !jobs.lease_unit(&job_id, 1, "c/1", "c/", lease, later).await.expect("lease"),
+        "a done unit is never leased again"
+    );
+    // Released units are free at once.
+    jobs.release_unit(&job_id, 0, "a/1").await.expect("release");
+    assert!(jobs.lease_unit(&job_id, 0, "c/1", "c/", lease, t0).await.expect("lease"));
+    let units = jobs.units(&job_id).await.expect("units");
+    let view: Vec<_> = units
+        .iter()
+        .map(|u| (u.index, u.done, u.checkpoint.as_deref(), u.lease_owner.as_deref()))
+        .collect();
+    assert_eq!(
+        view,
+        [
+            (0, false, None, Some("c/1")),
+            (1, true, Some("{\"b\":2}"), Some("a/1")),
+            (2, false, None, None),
+        ]
+    );
+    assert_eq!(units[0].lease_expires.map(|t| t.as_micros()), Some(t0.as_micros() + 30_000_000));
+    // Cancelled: nothing is leased, renewed or checkpointed any more.
+    jobs.cancel(&job_id, later).await.expect("cancel");
+    assert!(!jobs.lease_unit(&job_id, 2, "c/1", "c/", lease, later).await.expect("lease"));
+    assert!(matches!(
+        jobs.renew_unit(&job_id, 0, "c/1", lease, later).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    assert!(matches!(
+        jobs.checkpoint(&job_id, "c/1", 0, "{}", true).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+}
+
 /// The queue limit, cancellation, and which files the sweeper deletes.
 pub async fn queue_limit_cancel_and_cleanup(jobs: Arc<dyn JobStore>) {
     let jobs = jobs.as_ref();
@@ -711,6 +795,9 @@ pub async fn queue_limit_cancel_and_cleanup(jobs: Arc<dyn JobStore>) {
     let claimed =
         jobs.claim("n/1", "n/", Duration::from_secs(30), now).await.expect("claim").expect("job");
     assert_eq!(claimed.id, a_id, "oldest first");
+    assert!(
+        jobs.lease_unit(&a_id, 0, "n/1", "n/", Duration::from_secs(30), now).await.expect("lease")
+    );
     let cancelled = jobs.cancel(&a_id, now).await.expect("cancel");
     assert_eq!(cancelled.status, JobStatus::Cancelled);
     assert!(matches!(

@@ -16,6 +16,7 @@ mod crud;
 mod destinations;
 mod export;
 mod hardening;
+mod multinode;
 mod operations;
 mod postgres;
 mod real_data;

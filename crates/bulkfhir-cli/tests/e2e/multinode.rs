@@ -1,0 +1,239 @@
+//! Several `bulkfhir serve` nodes on one PostgreSQL and one shared export folder: one export is
+//! kicked off on node A and polled on node B, its parts are run by every node, and a node killed
+//! with SIGKILL half-way loses nothing: the manifest holds every resource exactly once.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+    time::Duration,
+};
+
+use bulkfhir_store_postgres::testing::TestCluster;
+use serde_json::Value;
+
+use crate::common::{BinaryServer, body_json};
+
+fn bulkfhir(args: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_bulkfhir"))
+        .args(args)
+        .output()
+        .expect("run bulkfhir");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "bulkfhir {args:?} failed: {stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// Rows of a query, one string per row (columns joined by `|`), through psql.
+fn psql(url: &str, query: &str) -> Vec<String> {
+    let output =
+        std::process::Command::new("psql").args([url, "-qtAc", query]).output().expect("run psql");
+    assert!(output.status.success(), "{query}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).lines().map(str::to_owned).collect()
+}
+
+fn line_counts(dir: &Path) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        if let Some(type_name) = name.strip_suffix(".ndjson") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            counts.insert(type_name.to_owned(), text.lines().filter(|l| !l.is_empty()).count());
+        }
+    }
+    counts
+}
+
+fn node_id(data_dir: &Path) -> String {
+    std::fs::read_to_string(data_dir.join("node-id")).unwrap().trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_share_one_export_and_a_killed_node_loses_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let url = TestCluster::get().database();
+    let generated = work.path().join("generated");
+    bulkfhir(&[
+        "generate",
+        "--patients",
+        "160",
+        "--seed",
+        "11",
+        "--out",
+        generated.to_str().unwrap(),
+    ]);
+    let expected = line_counts(&generated);
+    let total: usize = expected.values().sum();
+    let loader_dir = work.path().join("loader");
+    let loaded = bulkfhir(&[
+        "load",
+        "--database",
+        &url,
+        "--data-dir",
+        loader_dir.to_str().unwrap(),
+        generated.to_str().unwrap(),
+    ]);
+    assert!(loaded.contains(&format!("loaded {total} resources")), "{loaded}");
+
+    // Three nodes, each with a data directory of its own, on one database and one folder.
+    let shared = work.path().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let store = format!("file://{}", shared.display());
+    let flags = [
+        "--database",
+        &url,
+        "--export-store",
+        &store,
+        "--export-file-resources",
+        "500",
+        "--export-key-range",
+        "10000",
+        "--export-parallelism",
+        "2",
+        "--export-lease-secs",
+        "3",
+    ];
+    let dirs: Vec<_> = ["a", "b", "c"].iter().map(|n| work.path().join(n)).collect();
+    let a = BinaryServer::start_with(&dirs[0], None, &flags).await;
+    let b = BinaryServer::start_with(&dirs[1], None, &flags).await;
+    let c = BinaryServer::start_with(&dirs[2], None, &flags).await;
+    let ids: Vec<String> = dirs.iter().map(|d| node_id(d)).collect();
+
+    // Kick off on A, poll on B.
+    let client = reqwest::Client::new();
+    let response = client
+        .get(format!("{}/$export", a.base))
+        .header("accept", "application/fhir+json")
+        .header("prefer", "respond-async")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    let status_on_a = response.headers()["content-location"].to_str().unwrap().to_owned();
+    let job_id = status_on_a.rsplit('/').next().unwrap().to_owned();
+    let status_on_b = status_on_a.replace(&a.base, &b.base);
+    assert_ne!(status_on_a, status_on_b);
+    let units = psql(&url, &format!("SELECT count(*) FROM export_unit WHERE job_id = '{job_id}'"));
+    let unit_count: usize = units[0].parse().unwrap();
+    assert!(unit_count >= 10, "the export has {unit_count} parts; the test needs many");
+
+    // Wait until node C is half-way through a part (it has checkpointed a file of it), then
+    // kill it with SIGKILL.
+    let (db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let c_prefix = format!("{}/%", ids[2]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let orphaned: Vec<i32> = loop {
+        let status: String = db
+            .query_one("SELECT status FROM export_job WHERE id = $1", &[&job_id])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(
+            status == "accepted" || status == "in-progress",
+            "the export must still run when node C is killed: {status}"
+        );
+        let halfway: Vec<i32> = db
+            .query(
+                "SELECT idx FROM export_unit WHERE job_id = $1 AND NOT done
+                   AND checkpoint IS NOT NULL AND lease_owner LIKE $2",
+                &[&job_id, &c_prefix],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        if !halfway.is_empty() {
+            c.kill();
+            break halfway;
+        }
+        assert!(std::time::Instant::now() < deadline, "node C never ran a part of the export");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let killed_at = std::time::Instant::now();
+
+    // B answers the status and, when it is done, the manifest.
+    let manifest = loop {
+        let response = client.get(&status_on_b).send().await.unwrap();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        match response.status().as_u16() {
+            200 => break body_json(response).await,
+            202 => {}
+            other => panic!("status {other}: {}", body_json(response).await),
+        }
+        assert!(std::time::Instant::now() < deadline, "the export did not finish");
+        let wait = retry_after.expect("202 carries Retry-After");
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+    };
+    assert_eq!(manifest["error"], serde_json::json!([]));
+
+    // Every resource exactly once, each file served by node B.
+    let mut seen: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut listed = BTreeSet::new();
+    for item in manifest["output"].as_array().unwrap() {
+        let url_on_b = item["url"].as_str().unwrap().replace(&a.base, &b.base);
+        listed.insert(url_on_b.rsplit('/').next().unwrap().to_owned());
+        let response = client.get(&url_on_b).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{url_on_b}");
+        let text = response.text().await.unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(item["count"].as_u64().unwrap() as usize, lines.len(), "{url_on_b}");
+        for line in lines {
+            let resource: Value = serde_json::from_str(line).unwrap();
+            let type_ids =
+                seen.entry(resource["resourceType"].as_str().unwrap().to_owned()).or_default();
+            assert!(
+                type_ids.insert(resource["id"].as_str().unwrap().to_owned()),
+                "{line:.80} exported twice"
+            );
+        }
+    }
+    let counts: BTreeMap<String, usize> =
+        seen.iter().map(|(t, ids)| (t.clone(), ids.len())).collect();
+    assert_eq!(counts, expected, "every generated resource, exactly once");
+    let job_dir = shared.join("jobs").join(&job_id);
+    let on_disk: BTreeSet<String> = std::fs::read_dir(&job_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(on_disk, listed, "the shared folder holds the manifest's files and nothing else");
+
+    // The parts were run by more than one node, and what C was half-way through was finished
+    // by a survivor, from C's checkpoint.
+    let owners: Vec<String> = db
+        .query("SELECT lease_owner FROM export_unit WHERE job_id = $1 AND done", &[&job_id])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let finishers: BTreeSet<&str> = owners.iter().filter_map(|o| o.split('/').next()).collect();
+    eprintln!(
+        "{unit_count} parts finished by nodes {finishers:?} of {ids:?}; C held {orphaned:?}; \
+         done {:.1} s after the kill",
+        killed_at.elapsed().as_secs_f64()
+    );
+    assert!(finishers.len() >= 2, "parts were run by {finishers:?} only");
+    assert!(finishers.iter().all(|f| ids.iter().any(|id| id == f)));
+    for idx in &orphaned {
+        let owner: String = db
+            .query_one(
+                "SELECT lease_owner FROM export_unit WHERE job_id = $1 AND idx = $2 AND done",
+                &[&job_id, idx],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(!owner.starts_with(&format!("{}/", ids[2])), "part {idx} finished by {owner}");
+    }
+    drop((a, b));
+}
