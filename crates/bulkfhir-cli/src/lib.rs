@@ -145,7 +145,14 @@ impl App {
         };
         let mut server = options.server;
         if options.authorization == Authorization::Smart {
-            let secret = token_secret(data_dir)?;
+            // Nodes sharing a database sign with one key, so a token from one node works on
+            // every other; a node on its own keeps its key in its data directory.
+            let candidate = TokenSigner::random_secret().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let secret = match stores.clients.shared_secret("token-signing-key", &candidate).await?
+            {
+                Some(secret) => secret,
+                None => token_secret(data_dir)?,
+            };
             let settings = AuthSettings::new(&secret, stores.clients)
                 .map_err(|e| anyhow::anyhow!("start authorization: {e}"))?;
             server.auth = Some(Arc::new(settings));

@@ -80,6 +80,26 @@ impl ClientStore for PostgresStore {
             .map_err(|e| pg_error("remove a client", e))
     }
 
+    async fn shared_secret(
+        &self,
+        name: &str,
+        candidate: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let db = self.client("read a shared secret").await?;
+        // Insert-if-absent, then read: two nodes starting together agree on the first one.
+        db.execute(
+            "INSERT INTO shared_secret (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+            &[&name, &candidate],
+        )
+        .await
+        .map_err(|e| pg_error("store a shared secret", e))?;
+        let row = db
+            .query_one("SELECT value FROM shared_secret WHERE name = $1", &[&name])
+            .await
+            .map_err(|e| pg_error("read a shared secret", e))?;
+        Ok(Some(row.get(0)))
+    }
+
     async fn use_jti(
         &self,
         client: &str,

@@ -93,6 +93,11 @@ CREATE TABLE auth_jti (
     PRIMARY KEY (client, jti)
 );
 CREATE INDEX auth_jti_expires ON auth_jti (expires);
+-- Secrets every node needs alike (the key that signs access tokens), made by the first node.
+CREATE TABLE shared_secret (
+    name  text  COLLATE "C" PRIMARY KEY,
+    value bytea NOT NULL
+);
 "#];
 
 /// Applies the migrations this database has not seen yet.

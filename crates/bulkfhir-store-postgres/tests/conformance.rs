@@ -53,6 +53,15 @@ async fn postgres_store_passes_the_client_store_suite_and_a_second_node_sees_its
     let t0 = bulkfhir_model::Instant::from_micros(1_800_000_000_000_000 + 302_000_000);
     let expires = bulkfhir_model::Instant::from_micros(t0.as_micros() + 1_000_000);
     assert!(!other.use_jti("a", "j1", expires, t0).await.unwrap(), "a replay on another node");
+    // The token signing key: the first node's candidate wins, every node gets it.
+    let first = other.shared_secret("token-signing-key", b"first").await.unwrap();
+    let second = PostgresStore::connect(&url)
+        .await
+        .unwrap()
+        .shared_secret("token-signing-key", b"second")
+        .await
+        .unwrap();
+    assert_eq!((first.as_deref(), second.as_deref()), (Some(&b"first"[..]), Some(&b"first"[..])));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,6 +38,19 @@ pub trait ClientStore: Send + Sync + std::fmt::Debug {
     /// Removes a client; whether it was there.
     async fn remove_client(&self, id: &str) -> Result<bool, StoreError>;
 
+    /// The secret named `name` that every node sharing this store must use (the key that
+    /// signs access tokens): stored as `candidate` by the first node that asks, the stored one
+    /// for every later call. `None` from a store that one node owns alone (the embedded one):
+    /// the node keeps the secret in its data directory instead.
+    async fn shared_secret(
+        &self,
+        name: &str,
+        candidate: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let _ = (name, candidate);
+        Ok(None)
+    }
+
     /// Records that `client` used `jti`, valid until `expires`: true the first time, false for a
     /// replay of a `jti` still remembered. Entries that expired before `now` are forgotten.
     async fn use_jti(

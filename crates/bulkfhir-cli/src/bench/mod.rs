@@ -40,6 +40,14 @@ use self::{
     server::Server,
 };
 
+/// The PostgreSQL rows of the report: rates as resources/s, RSS in KiB.
+struct PostgresRows {
+    load_rate: f64,
+    embedded_load_rate: f64,
+    /// (scenario, rate, embedded rate, server peak RSS, embedded server peak RSS)
+    exports: Vec<(&'static str, f64, f64, u64, u64)>,
+}
+
 /// Resources the generator writes per patient, on average.
 const RESOURCES_PER_PATIENT: u64 = 374;
 /// The seed of the population that is loaded and exported.
@@ -95,6 +103,10 @@ pub(crate) struct BenchArgs {
     /// The bucket for --s3-endpoint.
     #[arg(long, default_value = "bench")]
     s3_bucket: String,
+    /// Also load the population into this PostgreSQL database (empty, or one this bench
+    /// created) and run the system and Group exports on it, as ratios to the embedded store.
+    #[arg(long)]
+    database: Option<String>,
 }
 
 /// Runs the benchmark; the exit code is a failure when any check failed.
@@ -137,7 +149,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             let removed = if created {
                 std::fs::remove_dir_all(&work)
             } else {
-                ["generated", "bundle-population", "data", "copy", "server.log"]
+                ["generated", "bundle-population", "data", "data-pg", "copy", "server.log"]
                     .iter()
                     .map(|name| work.join(name))
                     .filter(|path| path.exists())
@@ -503,6 +515,90 @@ async fn bench(
         }
     }
 
+    // 5c. The same population on PostgreSQL: load, system and Group exports, against the
+    // embedded store's rows.
+    let mut postgres: Option<PostgresRows> = None;
+    if let Some(url) = &args.database {
+        let pg_data = work.join("data-pg");
+        eprintln!("bench: bulkfhir load --database into PostgreSQL");
+        let started = Instant::now();
+        let output = tokio::process::Command::new(&exe)
+            .arg("load")
+            .arg("--database")
+            .arg(url)
+            .arg("--data-dir")
+            .arg(&pg_data)
+            .arg(&generated)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .output()
+            .await
+            .context("run bulkfhir load --database")?;
+        let load_pg_s = started.elapsed().as_secs_f64();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        if !output.status.success() {
+            bail!("bulkfhir load --database failed ({}): {stdout}", output.status);
+        }
+        if !stdout.contains(&format!("loaded {} resources", population.resources)) {
+            failures.push(format!("load into PostgreSQL: {}", stdout.trim()));
+        }
+        let extra = vec!["--database".to_owned(), url.clone()];
+        let mut server =
+            Server::start(&exe, &pg_data, &work.join("server.log"), &http.client, false, &extra)
+                .await?;
+        http.base = server.base.clone();
+        scenarios::put_group(&http, GROUP_ID, &members).await?;
+        let mut rows = Vec::new();
+        for scenario in scenario_list.iter().filter(|s| matches!(s.name, "system" | "group-10pct"))
+        {
+            let mut scenario = scenario.clone();
+            if scenario.name == "system" {
+                // Population A and the Group: no Bundles were sent to this database.
+                scenario.expect = Expect::Exact(population.resources + 1);
+            }
+            let mut walls = Vec::new();
+            let mut count = 0;
+            for run in 1..=args.runs {
+                let result =
+                    scenarios::run_export(&http, &mut server, &scenario).await.with_context(
+                        || format!("scenario {} on PostgreSQL, run {run}", scenario.name),
+                    )?;
+                if let Err(message) = scenario.expect.check(&result.per_type) {
+                    failures.push(format!("{} on PostgreSQL run {run}: {message}", scenario.name));
+                }
+                eprintln!(
+                    "bench: {} on PostgreSQL run {run}/{}: {} resources in {:.3} s",
+                    scenario.name,
+                    args.runs,
+                    thousands(result.count),
+                    result.wall_s
+                );
+                scenarios::delete_export(&http, &result.status_url).await?;
+                walls.push(result.wall_s);
+                count = result.count;
+            }
+            let embedded = outcomes
+                .iter()
+                .find(|o| o.scenario.name == scenario.name)
+                .map(|o| {
+                    let wall = median(&o.runs.iter().map(|r| r.wall_s).collect::<Vec<_>>());
+                    let count = o.runs.last().map_or(0, |r| r.count);
+                    (count as f64 / wall.max(1e-9), o.hwm_kib)
+                })
+                .unwrap_or((f64::NAN, 0));
+            let hwm_kib = server::status_kib(server.pid(), "VmHWM")?;
+            let rate = count as f64 / median(&walls).max(1e-9);
+            rows.push((scenario.name, rate, embedded.0, hwm_kib, embedded.1));
+        }
+        server.stop().await?;
+        postgres = Some(PostgresRows {
+            load_rate: population.resources as f64 / load_pg_s.max(1e-9),
+            embedded_load_rate: loaded as f64 / load_s.max(1e-9),
+            exports: rows,
+        });
+    }
+
     // 6. The limits, on the last plain system export's files.
     let jobs_dir = data.join("exports").join("jobs");
     let plain = outcomes
@@ -770,6 +866,25 @@ async fn bench(
             *hwm_kib as f64 / 1024.0
         );
     }
+    if let Some(pg) = &postgres {
+        println!(
+            "postgres  load: {} resources/s through COPY vs {} resources/s embedded: ratio {:.2}",
+            thousands(pg.load_rate.round() as u64),
+            thousands(pg.embedded_load_rate.round() as u64),
+            pg.load_rate / pg.embedded_load_rate.max(1e-9)
+        );
+        for (name, rate, embedded, hwm_kib, embedded_hwm_kib) in &pg.exports {
+            println!(
+                "postgres  {name}: {} resources/s vs {} resources/s embedded: ratio {:.2}; \
+                 server RSS {:.1} MiB vs {:.1} MiB",
+                thousands(rate.round() as u64),
+                thousands(embedded.round() as u64),
+                rate / embedded.max(1e-9),
+                *hwm_kib as f64 / 1024.0,
+                *embedded_hwm_kib as f64 / 1024.0
+            );
+        }
+    }
     let (polls_off, polls_on) =
         (median(&auth_cost.off.polls_per_s), median(&auth_cost.on.polls_per_s));
     let (kick_off, kick_on) = (
@@ -898,6 +1013,17 @@ async fn bench(
             "gzip_mb_per_s": d.gzip_mb_s,
             "identity_bytes": d.identity_bytes,
             "gzip_wire_bytes": d.gzip_wire_bytes,
+        })),
+        "postgres": postgres.as_ref().map(|pg| json!({
+            "load_per_s": pg.load_rate,
+            "embedded_load_per_s": pg.embedded_load_rate,
+            "load_ratio": pg.load_rate / pg.embedded_load_rate.max(1e-9),
+            "exports": pg.exports.iter().map(|(name, rate, embedded, hwm, embedded_hwm)| json!({
+                "scenario": name, "resources_per_s": rate, "embedded_resources_per_s": embedded,
+                "ratio": rate / embedded.max(1e-9),
+                "server_peak_rss_mib": *hwm as f64 / 1024.0,
+                "embedded_server_peak_rss_mib": *embedded_hwm as f64 / 1024.0,
+            })).collect::<Vec<_>>(),
         })),
         "s3": s3_rows.iter().map(|(name, s3_s, local_s, hwm_kib)| json!({
             "scenario": name, "s3_wall_s": s3_s, "local_wall_s": local_s,

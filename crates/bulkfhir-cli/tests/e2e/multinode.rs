@@ -237,3 +237,59 @@ async fn three_nodes_share_one_export_and_a_killed_node_loses_nothing() {
     }
     drop((a, b));
 }
+
+/// With authorization on, nodes sharing a database share the clients registered and the key
+/// that signs access tokens: a token one node issued is accepted by every other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_issued_by_one_node_is_accepted_by_another() {
+    let work = tempfile::tempdir().unwrap();
+    let url = TestCluster::get().database();
+    let keys = work.path().join("keys");
+    bulkfhir(&["client", "keygen", "--out", keys.to_str().unwrap()]);
+    let admin_dir = work.path().join("admin");
+    let jwks = keys.join("jwks.json");
+    let id = bulkfhir(&[
+        "client",
+        "add",
+        "--database",
+        &url,
+        "--data-dir",
+        admin_dir.to_str().unwrap(),
+        "--name",
+        "nightly",
+        "--jwks",
+        jwks.to_str().unwrap(),
+        "--scope",
+        "system/*.rs",
+    ])
+    .trim()
+    .to_owned();
+    let flags = ["--auth", "smart", "--database", &url];
+    let a = BinaryServer::start_with(&work.path().join("a"), None, &flags).await;
+    let b = BinaryServer::start_with(&work.path().join("b"), None, &flags).await;
+    let key = keys.join("private-key.pem");
+    let token = bulkfhir(&[
+        "client",
+        "token",
+        "--base-url",
+        &a.base,
+        "--client-id",
+        &id,
+        "--key",
+        key.to_str().unwrap(),
+    ])
+    .trim()
+    .to_owned();
+    let client = reqwest::Client::new();
+    for base in [&a.base, &b.base] {
+        let response = client
+            .get(format!("{base}/Patient?_count=1"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{base}: {}", body_json(response).await);
+    }
+    let anonymous = client.get(format!("{}/Patient", b.base)).send().await.unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401, "and node B still checks tokens");
+}
