@@ -25,6 +25,10 @@ CREATE TABLE resource_version (
     patients     text    COLLATE "C",      -- compartment patient ids, space-separated
     body         bytea                     -- the exact stored JSON, meta stamped (not jsonb)
 );
+-- Bodies stay inline and uncompressed up to a page (most resources are 1-8 KB): no pglz on
+-- write or read, and no TOAST lookup per row on a scan; larger ones go out of line uncompressed.
+ALTER TABLE resource_version SET (toast_tuple_target = 8160);
+ALTER TABLE resource_version ALTER COLUMN body SET STORAGE EXTERNAL;
 CREATE UNIQUE INDEX resource_version_key ON resource_version (rtype, id, version);
 CREATE INDEX resource_version_scan ON resource_version (rtype, seq);
 CREATE TABLE compartment (

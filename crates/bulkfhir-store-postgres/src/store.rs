@@ -745,19 +745,19 @@ impl ResourceStore for PostgresStore {
             client.prepare_cached(&compartment_sql(options.deleted)).await.map_err(sql)?;
         let mut budget = options.limit.max(1);
         let mut pages = Vec::new();
-        // Each patient's query asks for the whole remaining budget and the queries of a batch
-        // go out together (tokio-postgres pipelines them on the connection); trimming each
-        // result to the budget left after the earlier patients gives exactly the pages that
-        // one query per patient, in turn, would give.
-        for (batch_no, batch) in patients.chunks(COMPARTMENT_PIPELINE).enumerate() {
+        // The queries of a wave go out together (tokio-postgres pipelines them on the
+        // connection), each asking for the whole remaining budget; trimming each result to the
+        // budget left after the patients before it gives exactly the pages that one query per
+        // patient, in turn, would give. Waves are sized from the rows per patient seen so far,
+        // so that a type with hundreds of resources per patient is not read many times over.
+        let (mut next, mut wave, mut rows_seen, mut patients_seen) = (0, 4, 0_usize, 0_usize);
+        while next < patients.len() {
+            let batch = &patients[next..(next + wave).min(patients.len())];
             let limit = limit_param(budget);
             let seq = to_i64(snapshot.seq);
             let rtype = resource_type.as_str();
-            let afters: Vec<i64> = (0..batch.len())
-                .map(|offset| {
-                    let first = batch_no == 0 && offset == 0;
-                    to_i64(if first { options.after_seq } else { restart_after })
-                })
+            let afters: Vec<i64> = (next..next + batch.len())
+                .map(|index| to_i64(if index == 0 { options.after_seq } else { restart_after }))
                 .collect();
             let (client, statement) = (&client, &statement);
             let queries = batch.iter().zip(&afters).map(|(patient, after)| async move {
@@ -766,6 +766,8 @@ impl ResourceStore for PostgresStore {
             });
             let results = futures::future::try_join_all(queries).await.map_err(sql)?;
             for rows in results {
+                rows_seen += rows.len();
+                patients_seen += 1;
                 let taken = &rows[..rows.len().min(budget)];
                 let page = page(resource_type, taken, options.with_patients, budget)?;
                 budget = budget.saturating_sub(page.resources.len());
@@ -775,6 +777,9 @@ impl ResourceStore for PostgresStore {
                     return Ok(pages);
                 }
             }
+            next += batch.len();
+            let per_patient = rows_seen.div_ceil(patients_seen.max(1)).max(1);
+            wave = budget.div_ceil(per_patient).clamp(1, COMPARTMENT_PIPELINE);
         }
         Ok(pages)
     }
