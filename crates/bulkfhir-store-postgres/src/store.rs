@@ -829,7 +829,7 @@ impl ResourceStore for PostgresStore {
         // (both hold because seq is handed out under the clock lock), so a binary search over
         // seq finds the last write at or before `time`.
         let max_seq: i64 = client
-            .query_one("SELECT COALESCE(MAX(seq), 0) FROM resource_version", &[])
+            .query_one("SELECT last_seq FROM clock WHERE id = 1", &[])
             .await
             .map_err(sql)?
             .get(0);
