@@ -57,10 +57,14 @@ async fn three_nodes_share_one_export_and_a_killed_node_loses_nothing() {
     let work = tempfile::tempdir().unwrap();
     let url = TestCluster::get().database();
     let generated = work.path().join("generated");
+    // 160 patients (about 60,000 resources) in CI; BULKFHIR_MULTINODE_PATIENTS=2674 makes it
+    // the issue's million.
+    let patients =
+        std::env::var("BULKFHIR_MULTINODE_PATIENTS").unwrap_or_else(|_| "160".to_owned());
     bulkfhir(&[
         "generate",
         "--patients",
-        "160",
+        &patients,
         "--seed",
         "11",
         "--out",
@@ -218,7 +222,7 @@ async fn three_nodes_share_one_export_and_a_killed_node_loses_nothing() {
         .collect();
     let finishers: BTreeSet<&str> = owners.iter().filter_map(|o| o.split('/').next()).collect();
     eprintln!(
-        "{unit_count} parts finished by nodes {finishers:?} of {ids:?}; C held {orphaned:?}; \
+        "{total} resources; {unit_count} parts finished by nodes {finishers:?} of {ids:?}; C held {orphaned:?}; \
          done {:.1} s after the kill",
         killed_at.elapsed().as_secs_f64()
     );
