@@ -8,6 +8,7 @@
 mod bench;
 mod clients;
 mod config;
+mod pull;
 
 use std::{
     net::SocketAddr,
@@ -59,6 +60,9 @@ enum Command {
     Demo(DemoArgs),
     /// Benchmark ingest and every kind of export against this machine's copy and gzip limits.
     Bench(bench::BenchArgs),
+    /// Pull a bulk export from any Bulk Data server into a folder: kick off, poll, download
+    /// the files in parallel; rerun the same command to resume.
+    Pull(Box<pull::PullArgs>),
     /// Configuration files for `serve --config`.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -515,6 +519,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => bench::run(args).await,
+        Command::Pull(args) => pull::run(*args).await,
         Command::Client(command) => match command {
             ClientCommand::Add { name, jwks, jwks_url, scope, store } => {
                 let keys = match (&jwks, &jwks_url) {

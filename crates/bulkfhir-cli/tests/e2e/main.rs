@@ -19,6 +19,7 @@ mod hardening;
 mod multinode;
 mod operations;
 mod postgres;
+mod pull;
 mod real_data;
 mod tls;
 mod typefilter;

@@ -1,0 +1,358 @@
+//! `bulkfhir pull`, the client, against bulkfhir's own server (directly, and through a loopback
+//! proxy that counts requests and delivers files slowly, as a far server does) and against
+//! loopback servers that misbehave.
+
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    body::{Body, Bytes},
+    extract::{Request, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use bulkfhir_export::ExportConfig;
+use serde_json::{Value, json};
+
+use crate::common::{Dataset, TestServer, medium, test_export_config};
+
+/// Runs `bulkfhir pull ARGS` to the end.
+async fn pull(args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_bulkfhir"))
+        .arg("pull")
+        .args(args)
+        .output()
+        .await
+        .expect("run bulkfhir pull")
+}
+
+/// A resource with the server's `meta.versionId` and `meta.lastUpdated` taken out (and `meta`,
+/// if nothing else was in it): what a pulled resource must equal of the loaded one.
+fn without_server_meta(mut resource: Value) -> Value {
+    if let Some(meta) = resource.get_mut("meta").and_then(Value::as_object_mut) {
+        meta.remove("versionId");
+        meta.remove("lastUpdated");
+        if meta.is_empty() {
+            resource.as_object_mut().unwrap().remove("meta");
+        }
+    }
+    resource
+}
+
+/// The resources of every `*.ndjson` file directly in `out`, by type and id; a resource pulled
+/// twice fails.
+fn pulled(out: &Path) -> BTreeMap<String, BTreeMap<String, Value>> {
+    let mut all: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
+    for entry in std::fs::read_dir(out).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "ndjson") {
+            continue;
+        }
+        for line in std::fs::read_to_string(&path).unwrap().lines() {
+            let resource: Value = serde_json::from_str(line).unwrap();
+            let (t, id) =
+                (resource["resourceType"].as_str().unwrap(), resource["id"].as_str().unwrap());
+            let previous = all
+                .entry(t.to_owned())
+                .or_default()
+                .insert(id.to_owned(), without_server_meta(resource.clone()));
+            assert!(previous.is_none(), "{t}/{id} pulled twice");
+        }
+    }
+    all
+}
+
+fn expected(dataset: &Dataset) -> BTreeMap<String, BTreeMap<String, Value>> {
+    dataset
+        .lines
+        .iter()
+        .map(|(t, lines)| {
+            let by_id = lines
+                .iter()
+                .map(|line| {
+                    let resource: Value = serde_json::from_str(line).unwrap();
+                    (resource["id"].as_str().unwrap().to_owned(), without_server_meta(resource))
+                })
+                .collect();
+            (t.clone(), by_id)
+        })
+        .collect()
+}
+
+fn small_files() -> ExportConfig {
+    ExportConfig { max_resources_per_file: 700, ..test_export_config() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_system_pull_of_medium_equals_the_loaded_data() {
+    let dataset = medium();
+    let server = TestServer::start_loaded(dataset, small_files()).await;
+    let out = tempfile::tempdir().unwrap();
+    let output =
+        pull(&[&server.base, "--out", out.path().to_str().unwrap(), "--parallel", "3"]).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(pulled(out.path()), expected(dataset), "every loaded resource, once, as loaded");
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("manifest.json")).unwrap()).unwrap();
+    assert!(manifest["output"].as_array().unwrap().len() > 10, "many files");
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(out.path().join(".bulkfhir-pull.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["complete"], true);
+    assert_eq!(state["last_transaction_time"], manifest["transactionTime"]);
+    assert!(
+        std::fs::read_dir(out.path())
+            .unwrap()
+            .all(|e| { !e.unwrap().file_name().to_string_lossy().ends_with(".part") })
+    );
+}
+
+/// What the proxy saw: GETs by path.
+#[derive(Default)]
+struct Seen {
+    requests: Mutex<BTreeMap<String, usize>>,
+}
+
+struct Proxy {
+    upstream: String,
+    client: reqwest::Client,
+    seen: Seen,
+}
+
+/// Forwards every request to the real server; an export file's body arrives in two halves a
+/// moment apart, as over a slow network.
+async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Response {
+    let path = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    *proxy
+        .seen
+        .requests
+        .lock()
+        .unwrap()
+        .entry(format!("{} {}", request.method(), request.uri().path()))
+        .or_default() += 1;
+    let mut builder =
+        proxy.client.request(request.method().clone(), format!("{}{path}", proxy.upstream));
+    for (name, value) in request.headers() {
+        builder = builder.header(name, value);
+    }
+    let body = axum::body::to_bytes(request.into_body(), 1 << 20).await.unwrap();
+    let answer = builder.body(body).send().await.unwrap();
+    let status = answer.status();
+    let mut headers = HeaderMap::new();
+    for (name, value) in answer.headers() {
+        if name != header::TRANSFER_ENCODING {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+    let bytes = answer.bytes().await.unwrap();
+    if !path.contains("$export-file") || bytes.len() < 2 {
+        return (status, headers, bytes).into_response();
+    }
+    let (first, rest) = bytes.split_at(bytes.len() / 2);
+    let (first, rest) = (Bytes::copy_from_slice(first), Bytes::copy_from_slice(rest));
+    let halves = futures::stream::unfold(0, move |step| {
+        let (first, rest) = (first.clone(), rest.clone());
+        async move {
+            match step {
+                0 => Some((Ok::<_, std::io::Error>(first), 1)),
+                1 => {
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                    Some((Ok(rest), 2))
+                }
+                _ => None,
+            }
+        }
+    });
+    (status, headers, Body::from_stream(halves)).into_response()
+}
+
+async fn serve(router: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    format!("http://{address}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_killed_half_way_resumes_the_same_job_and_fetches_no_file_twice() {
+    let dataset = medium();
+    let server = TestServer::start_loaded(dataset, small_files()).await;
+    let origin = server.base.trim_end_matches("/fhir").to_owned();
+    let proxy =
+        Arc::new(Proxy { upstream: origin, client: reqwest::Client::new(), seen: Seen::default() });
+    let base = format!(
+        "{}/fhir",
+        serve(Router::new().fallback(forward).with_state(Arc::clone(&proxy))).await
+    );
+    let out = tempfile::tempdir().unwrap();
+    let args = ["pull", &base, "--out", out.path().to_str().unwrap(), "--parallel", "1"];
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bulkfhir"))
+        .args(args)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it while a file is half-way down, after a few are complete.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let (done_before, part) = loop {
+        let names: Vec<String> = std::fs::read_dir(out.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        let done = names.iter().filter(|n| n.ends_with(".ndjson")).count();
+        let part = names.iter().find(|n| n.ends_with(".part")).cloned();
+        if done >= 3
+            && let Some(part) =
+                part.filter(|p| std::fs::metadata(out.path().join(p)).is_ok_and(|m| m.len() > 0))
+        {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break (done, part);
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the pull ended before it could be killed");
+        assert!(std::time::Instant::now() < deadline, "the pull never got going");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    let output = pull(&args[1..]).await;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("resuming"));
+    assert_eq!(pulled(out.path()), expected(dataset), "every loaded resource, once, as loaded");
+
+    let requests = proxy.seen.requests.lock().unwrap().clone();
+    let kickoffs = requests.get("GET /fhir/$export").copied().unwrap_or(0);
+    assert_eq!(kickoffs, 1, "the rerun went on with the same job: {requests:?}");
+    let files: Vec<(&String, &usize)> =
+        requests.iter().filter(|(k, _)| k.contains("$export-file")).collect();
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(files.len(), manifest["output"].as_array().unwrap().len());
+    let twice: Vec<_> = files.iter().filter(|(_, n)| **n > 1).collect();
+    // Only the file that was half-way down was asked for again (with Range, for the rest).
+    assert!(
+        twice.len() <= 1 && twice.iter().all(|(_, n)| **n == 2),
+        "{twice:?} (part file {part}, {done_before} done)"
+    );
+}
+
+/// A server that kicks off every export and then misbehaves in the way its path says.
+async fn bad_server() -> String {
+    async fn kickoff(
+        State(origin): State<Arc<String>>,
+        axum::extract::Path(case): axum::extract::Path<String>,
+    ) -> Response {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_LOCATION,
+            HeaderValue::from_str(&format!("{origin}/{case}/status")).unwrap(),
+        );
+        (StatusCode::ACCEPTED, headers).into_response()
+    }
+    async fn status(
+        State(origin): State<Arc<String>>,
+        axum::extract::Path(case): axum::extract::Path<String>,
+    ) -> Response {
+        if case == "never" {
+            return (
+                StatusCode::ACCEPTED,
+                [
+                    (header::RETRY_AFTER, "1"),
+                    (header::HeaderName::from_static("x-progress"), "forever"),
+                ],
+            )
+                .into_response();
+        }
+        let url = if case == "relative" {
+            "files/Patient.ndjson".to_owned()
+        } else {
+            format!("{origin}/{case}/file")
+        };
+        let manifest = json!({
+            "transactionTime": "2026-01-01T00:00:00Z",
+            "request": format!("{origin}/{case}/fhir/$export"),
+            "requiresAccessToken": false,
+            "output": [{"type": "Patient", "url": url, "count": 2}],
+            "error": []
+        });
+        axum::Json(manifest).into_response()
+    }
+    async fn file(axum::extract::Path(case): axum::extract::Path<String>) -> Response {
+        let ndjson = "{\"resourceType\":\"Patient\",\"id\":\"a\"}\n{\"resourceType\":\"Patient\",\"id\":\"b\"}\n";
+        match case.as_str() {
+            "html" => {
+                ([(header::CONTENT_TYPE, "text/html")], "<html><body>Please log in</body></html>")
+                    .into_response()
+            }
+            "gzip" => {
+                let mut encoder =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                std::io::Write::write_all(&mut encoder, ndjson.as_bytes()).unwrap();
+                let mut gz = encoder.finish().unwrap();
+                gz.truncate(gz.len() - 10);
+                (
+                    [
+                        (header::CONTENT_ENCODING, "gzip"),
+                        (header::CONTENT_TYPE, "application/fhir+ndjson"),
+                    ],
+                    gz,
+                )
+                    .into_response()
+            }
+            "fail" => (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
+            _ => ([(header::CONTENT_TYPE, "application/fhir+ndjson")], ndjson).into_response(),
+        }
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = Arc::new(format!("http://{}", listener.local_addr().unwrap()));
+    let router = Router::new()
+        .route("/{case}/fhir/$export", get(kickoff))
+        .route("/{case}/status", get(status))
+        .route("/{case}/file", get(file))
+        .with_state(Arc::clone(&origin));
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    origin.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misbehaving_server_gets_a_clear_message_and_nothing_half_written_looks_complete() {
+    let origin = bad_server().await;
+    for (case, message) in [
+        ("relative", "not an absolute http(s) URL"),
+        ("html", "not NDJSON"),
+        ("gzip", "gzip stream is truncated"),
+        ("fail", "kept failing"),
+        ("never", "did not finish within 2 s"),
+        ("fine", ""),
+    ] {
+        let out = tempfile::tempdir().unwrap();
+        let output = pull(&[
+            &format!("{origin}/{case}/fhir"),
+            "--out",
+            out.path().to_str().unwrap(),
+            "--retries",
+            "1",
+            "--max-wait-secs",
+            "2",
+        ])
+        .await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let complete: Vec<String> = std::fs::read_dir(out.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".ndjson"))
+            .collect();
+        if case == "fine" {
+            assert!(output.status.success(), "{stderr}");
+            assert_eq!(complete, ["Patient.1.ndjson"]);
+            continue;
+        }
+        assert_eq!(output.status.code(), Some(1), "{case}: {stderr}");
+        assert!(stderr.contains(message), "{case}: {stderr}");
+        assert!(complete.is_empty(), "{case}: {complete:?} looks complete");
+    }
+}
