@@ -112,6 +112,15 @@ pub(crate) struct PullArgs {
     /// second, before the pull gives up.
     #[arg(long, default_value_t = 6)]
     retries: u32,
+    /// Apply the pull to the bulkfhir store in this data directory (with --into-database, to
+    /// that PostgreSQL database): every resource upserted with the source's meta, every listed
+    /// deletion applied, so that with --since-last the store is an exact replica of the source
+    /// as of each pull's transactionTime.
+    #[arg(long)]
+    into: Option<PathBuf>,
+    /// With --into: the replica's PostgreSQL database.
+    #[arg(long, requires = "into")]
+    into_database: Option<String>,
     /// Give up when the export has not finished after this many seconds.
     #[arg(long, default_value_t = 24 * 3600)]
     max_wait_secs: u64,
@@ -128,6 +137,9 @@ struct State {
     requires_access_token: bool,
     files: Vec<FileState>,
     complete: bool,
+    /// Whether this pull was applied to the `--into` store.
+    #[serde(default)]
+    applied: bool,
     /// The `transactionTime` of the last pull completed into this folder (`--since-last`).
     last_transaction_time: Option<String>,
 }
@@ -431,6 +443,13 @@ pub(crate) async fn run(args: PullArgs) -> anyhow::Result<ExitCode> {
         state.save(&args.out)?;
     }
     download_all(&args, &session, &mut state).await?;
+    if let Some(into) = &args.into
+        && !state.applied
+    {
+        apply_into(&args, into, &state).await?;
+        state.applied = true;
+        state.save(&args.out)?;
+    }
     state.complete = true;
     state.last_transaction_time = state.transaction_time.clone();
     state.save(&args.out)?;
@@ -882,5 +901,76 @@ async fn fetch(
         let _ = std::fs::remove_file(part);
         return Err(fatal(error));
     }
+    Ok(())
+}
+
+/// Applies a finished pull to a bulkfhir store: the output files loaded with their own meta kept,
+/// then the deletions the `deleted` files list.
+async fn apply_into(args: &PullArgs, data_dir: &Path, state: &State) -> anyhow::Result<()> {
+    use bulkfhir_model::{ResourceId, ResourceType};
+    use bulkfhir_store::{
+        Atomicity, WriteOp,
+        loader::{LoadOptions, load_files},
+    };
+    let stores = bulkfhir_app::Stores::open(data_dir, args.into_database.as_deref()).await?;
+    let outputs: Vec<PathBuf> =
+        state.files.iter().filter(|f| f.kind == "output").map(|f| args.out.join(&f.name)).collect();
+    let options = LoadOptions { keep_source_meta: true, ..LoadOptions::default() };
+    let report = load_files(stores.resources.as_ref(), outputs, options, &|_| {})
+        .await
+        .with_context(|| format!("apply the pull to {}", data_dir.display()))?;
+    if let Some(first) = report.rejections.first() {
+        bail!(
+            "{} resources could not be applied to {}; the first, {}:{}: {}",
+            report.n_rejected,
+            data_dir.display(),
+            first.file.display(),
+            first.line,
+            first.reason
+        );
+    }
+    let mut deletions = Vec::new();
+    for file in state.files.iter().filter(|f| f.kind == "deleted") {
+        let path = args.out.join(&file.name);
+        let bytes = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
+        let text = if file.name.ends_with(".gz") {
+            let mut decoded = String::new();
+            std::io::Read::read_to_string(
+                &mut flate2::read::MultiGzDecoder::new(&bytes[..]),
+                &mut decoded,
+            )
+            .with_context(|| format!("gunzip {}", path.display()))?;
+            decoded
+        } else {
+            String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8", path.display()))?
+        };
+        for (number, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let bundle: Value = serde_json::from_str(line)
+                .with_context(|| format!("{}:{}: not JSON", path.display(), number + 1))?;
+            for entry in bundle["entry"].as_array().into_iter().flatten() {
+                let url = entry["request"]["url"].as_str().unwrap_or_default();
+                let parsed = url.split_once('/').and_then(|(t, id)| {
+                    Some((ResourceType::parse(t).ok()?, ResourceId::parse(id).ok()?))
+                });
+                let Some((resource_type, id)) = parsed else {
+                    bail!("{}:{}: a deletion of {url:?}, not Type/id", path.display(), number + 1);
+                };
+                deletions.push(WriteOp::Delete { resource_type, id, if_match: None });
+            }
+        }
+    }
+    let deleted = deletions.len();
+    while !deletions.is_empty() {
+        let rest = deletions.split_off(deletions.len().min(1000));
+        let batch = std::mem::replace(&mut deletions, rest);
+        for result in stores.resources.transact(batch, Atomicity::EachOnItsOwn).await? {
+            result.context("apply a deletion")?;
+        }
+    }
+    println!(
+        "applied {} resources and {deleted} deletions to {}",
+        report.loaded,
+        data_dir.display()
+    );
     Ok(())
 }

@@ -26,6 +26,10 @@ pub struct PreparedResource {
     /// Patients whose compartment this resource is in, by its references (sorted, unique); the
     /// resource's own id is added for a Patient at stamping time.
     referenced_patients: Vec<ResourceId>,
+    /// `meta.versionId` and `meta.lastUpdated` as the resource arrived, when it had both.
+    source_meta: Option<(String, String)>,
+    /// Stamp `source_meta` instead of this server's version and time (a replica).
+    keep_source_meta: bool,
 }
 
 impl PreparedResource {
@@ -60,16 +64,50 @@ impl PreparedResource {
             None => None,
         };
         let mut meta_members = Vec::new();
+        let mut source_meta = None;
         if let Some(raw_meta) = members.get("meta") {
             let meta = RawMembers::parse(raw_meta.get()).map_err(|_| {
                 ModelError::InvalidResource("'meta' must be a JSON object".to_owned())
             })?;
             append_members(&meta, &["versionId", "lastUpdated"], &mut meta_members);
+            if let (Some(version), Some(updated)) = (meta.get("versionId"), meta.get("lastUpdated"))
+            {
+                source_meta = string_member(version, "meta.versionId")
+                    .ok()
+                    .zip(string_member(updated, "meta.lastUpdated").ok());
+            }
         }
         let mut body = Vec::with_capacity(bytes.len());
         append_members(&members, &["resourceType", "id", "meta"], &mut body);
         let referenced_patients = compartment::referenced_patients(resource_type, &members)?;
-        Ok(PreparedResource { resource_type, id, members: body, meta_members, referenced_patients })
+        Ok(PreparedResource {
+            resource_type,
+            id,
+            members: body,
+            meta_members,
+            referenced_patients,
+            source_meta,
+            keep_source_meta: false,
+        })
+    }
+
+    /// This resource, to be stored with the `meta.versionId` and `meta.lastUpdated` it arrived
+    /// with instead of this server's (a replica of another server keeps the source's meta; the
+    /// store still numbers and times its own versions). Refused when the resource lacks either
+    /// or `lastUpdated` is not a FHIR instant.
+    pub fn keeping_source_meta(mut self) -> Result<Self, ModelError> {
+        match &self.source_meta {
+            Some((version, updated))
+                if Instant::parse_fhir(updated).is_ok() && !version.is_empty() =>
+            {
+                self.keep_source_meta = true;
+                Ok(self)
+            }
+            _ => Err(ModelError::InvalidResource(
+                "a replicated resource needs meta.versionId and a meta.lastUpdated instant"
+                    .to_owned(),
+            )),
+        }
     }
 
     /// The resource's type.
@@ -101,17 +139,29 @@ impl PreparedResource {
 
     /// The stored form: minified JSON with `resourceType`, `id` and `meta` first and
     /// `meta.versionId` / `meta.lastUpdated` stamped.
+    /// With [`keeping_source_meta`](Self::keeping_source_meta), the resource's own
+    /// `versionId` and `lastUpdated` are stamped instead of `version` and `last_updated`.
     pub fn stamp(&self, id: &ResourceId, version: u64, last_updated: Instant) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.members.len() + self.meta_members.len() + 160);
         out.extend_from_slice(b"{\"resourceType\":\"");
         out.extend_from_slice(self.resource_type.as_str().as_bytes());
         out.extend_from_slice(b"\",\"id\":");
         write_json_string(&mut out, id.as_str());
-        out.extend_from_slice(b",\"meta\":{\"versionId\":\"");
-        out.extend_from_slice(version.to_string().as_bytes());
-        out.extend_from_slice(b"\",\"lastUpdated\":\"");
-        out.extend_from_slice(last_updated.to_fhir().as_bytes());
-        out.push(b'"');
+        out.extend_from_slice(b",\"meta\":{\"versionId\":");
+        match self.source_meta.as_ref().filter(|_| self.keep_source_meta) {
+            Some((version, updated)) => {
+                write_json_string(&mut out, version);
+                out.extend_from_slice(b",\"lastUpdated\":");
+                write_json_string(&mut out, updated);
+            }
+            None => {
+                out.push(b'"');
+                out.extend_from_slice(version.to_string().as_bytes());
+                out.extend_from_slice(b"\",\"lastUpdated\":\"");
+                out.extend_from_slice(last_updated.to_fhir().as_bytes());
+                out.push(b'"');
+            }
+        }
         if !self.meta_members.is_empty() {
             out.push(b',');
             out.extend_from_slice(&self.meta_members);
@@ -190,6 +240,32 @@ impl ResourceRef {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replica_keeps_the_source_meta_and_nothing_else_changes() {
+        let text = br#"{"resourceType":"Patient","meta":{"profile":["p"],"lastUpdated":"2024-01-02T03:04:05.678Z","versionId":"v7"},"active":true}"#;
+        let id = ResourceId::parse("x").unwrap();
+        let now = crate::Instant::parse_fhir("2026-01-01T00:00:00Z").unwrap();
+        let prepared = PreparedResource::parse(text).unwrap();
+        assert_eq!(
+            prepared.stamp(&id, 3, now),
+            br#"{"resourceType":"Patient","id":"x","meta":{"versionId":"3","lastUpdated":"2026-01-01T00:00:00.000000Z","profile":["p"]},"active":true}"#
+        );
+        let replica = prepared.keeping_source_meta().unwrap();
+        assert_eq!(
+            replica.stamp(&id, 3, now),
+            br#"{"resourceType":"Patient","id":"x","meta":{"versionId":"v7","lastUpdated":"2024-01-02T03:04:05.678Z","profile":["p"]},"active":true}"#
+        );
+        for missing in [
+            br#"{"resourceType":"Patient"}"#.as_slice(),
+            br#"{"resourceType":"Patient","meta":{"versionId":"1"}}"#,
+            br#"{"resourceType":"Patient","meta":{"versionId":"1","lastUpdated":"yesterday"}}"#,
+        ] {
+            let error =
+                PreparedResource::parse(missing).unwrap().keeping_source_meta().unwrap_err();
+            assert_eq!(error.kind(), crate::ErrorKind::Invalid);
+        }
+    }
 
     #[test]
     fn stamping_puts_server_fields_first_and_keeps_everything_else() {

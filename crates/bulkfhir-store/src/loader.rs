@@ -23,11 +23,14 @@ pub struct LoadOptions {
     pub batch_size: usize,
     /// How many rejected lines to keep in the report (all are counted).
     pub max_reported_rejections: usize,
+    /// Keep each resource's own `meta.versionId` and `meta.lastUpdated` (a replica of the
+    /// server it was exported from); a line without them is rejected.
+    pub keep_source_meta: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { batch_size: 5_000, max_reported_rejections: 1_000 }
+        LoadOptions { batch_size: 5_000, max_reported_rejections: 1_000, keep_source_meta: false }
     }
 }
 
@@ -133,8 +136,10 @@ pub async fn load_files(
     let (sender, mut receiver) = mpsc::channel::<Result<Batch, LoadError>>(2);
     let reader_files = files.clone();
     let batch_size = options.batch_size.max(1);
-    let reader =
-        tokio::task::spawn_blocking(move || read_batches(&reader_files, batch_size, &sender));
+    let keep_source_meta = options.keep_source_meta;
+    let reader = tokio::task::spawn_blocking(move || {
+        read_batches(&reader_files, batch_size, keep_source_meta, &sender)
+    });
     let mut report = LoadReport { files: files.len() as u64, ..LoadReport::default() };
     let keep_rejection = |report: &mut LoadReport, rejection: Rejection| {
         report.n_rejected += 1;
@@ -168,6 +173,7 @@ pub async fn load_files(
 fn read_batches(
     files: &[PathBuf],
     batch_size: usize,
+    keep_source_meta: bool,
     sender: &mpsc::Sender<Result<Batch, LoadError>>,
 ) {
     let new_batch = || Batch {
@@ -203,7 +209,10 @@ fn read_batches(
             if trimmed.is_empty() {
                 continue;
             }
-            match PreparedResource::parse(trimmed) {
+            let parsed = PreparedResource::parse(trimmed).and_then(|resource| {
+                if keep_source_meta { resource.keeping_source_meta() } else { Ok(resource) }
+            });
+            match parsed {
                 Ok(resource) => {
                     let op = match resource.id().cloned() {
                         Some(id) => WriteOp::Update { resource, id, if_match: None },

@@ -356,3 +356,94 @@ async fn a_misbehaving_server_gets_a_clear_message_and_nothing_half_written_look
         assert!(complete.is_empty(), "{case}: {complete:?} looks complete");
     }
 }
+
+/// Every live resource of a bulkfhir store, by type and id, with its stored bytes.
+async fn contents(data_dir: &Path) -> BTreeMap<(String, String), Vec<u8>> {
+    use bulkfhir_store::{ResourceStore, ScanOptions};
+    let store = bulkfhir_store_embedded::EmbeddedStore::open(data_dir).unwrap();
+    let snapshot = store.snapshot().await.unwrap();
+    let mut all = BTreeMap::new();
+    for resource_type in bulkfhir_model::ResourceType::all() {
+        let mut after = 0;
+        loop {
+            let page =
+                store.scan(snapshot, resource_type, ScanOptions::live(after, 5000)).await.unwrap();
+            for r in &page.resources {
+                all.insert((r.resource_type.to_string(), r.id.to_string()), r.body.to_vec());
+            }
+            match page.next {
+                Some(next) => after = next,
+                None => break,
+            }
+        }
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn successive_since_last_pulls_keep_a_replica_equal_to_the_source() {
+    let dataset = crate::common::small();
+    let server = TestServer::start_loaded(dataset, small_files()).await;
+    let (out, replica) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (out_arg, replica_arg) = (out.path().to_str().unwrap(), replica.path().to_str().unwrap());
+    let first = pull(&[&server.base, "--out", out_arg, "--into", replica_arg]).await;
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let source = contents(&server.data_path).await;
+    assert_eq!(source.len(), dataset.count());
+    assert!(contents(replica.path()).await == source, "the first pull makes an exact copy");
+
+    let observations: Vec<String> = dataset.lines["Observation"]
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["id"].as_str().unwrap().to_owned())
+        .collect();
+    let conditions: Vec<String> = dataset.lines["Condition"]
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["id"].as_str().unwrap().to_owned())
+        .collect();
+    for round in 0..3_usize {
+        // Updates (one resource twice), deletions, a resource created and deleted within the
+        // round, and new resources.
+        for id in &observations[round * 5..round * 5 + 5] {
+            let (_, current) = server.get(&format!("Observation/{id}")).await;
+            let mut changed = current.clone();
+            changed["status"] = json!(if round % 2 == 0 { "amended" } else { "final" });
+            let path = format!("Observation/{id}");
+            let (status, ..) =
+                server.send_json(reqwest::Method::PUT, &path, &changed.to_string()).await;
+            assert_eq!(status, 200);
+        }
+        let twice = &observations[round * 5];
+        let (_, again) = server.get(&format!("Observation/{twice}")).await;
+        let mut again = again.clone();
+        again["issued"] = json!(format!("2026-0{}-01T00:00:00Z", round + 1));
+        let path = format!("Observation/{twice}");
+        server.send_json(reqwest::Method::PUT, &path, &again.to_string()).await;
+        for id in &conditions[round * 3..round * 3 + 3] {
+            let (status, ..) =
+                server.send_json(reqwest::Method::DELETE, &format!("Condition/{id}"), "").await;
+            assert!(status == 200 || status == 204, "{status}");
+        }
+        let brief = format!("Patient/brief-{round}");
+        let body = json!({"resourceType": "Patient", "id": format!("brief-{round}")}).to_string();
+        server.send_json(reqwest::Method::PUT, &brief, &body).await;
+        server.send_json(reqwest::Method::DELETE, &brief, "").await;
+        for i in 0..2 {
+            let id = format!("new-{round}-{i}");
+            let body = json!({"resourceType": "Patient", "id": id, "active": true}).to_string();
+            let (status, ..) =
+                server.send_json(reqwest::Method::PUT, &format!("Patient/{id}"), &body).await;
+            assert_eq!(status, 201);
+        }
+
+        let next =
+            pull(&[&server.base, "--out", out_arg, "--since-last", "--into", replica_arg]).await;
+        let stdout = String::from_utf8_lossy(&next.stdout);
+        assert!(next.status.success(), "{}", String::from_utf8_lossy(&next.stderr));
+        assert!(stdout.contains("applied 7 resources and 4 deletions"), "round {round}: {stdout}");
+        let source = contents(&server.data_path).await;
+        let copy = contents(replica.path()).await;
+        let differ: Vec<_> =
+            source.keys().chain(copy.keys()).filter(|k| source.get(*k) != copy.get(*k)).collect();
+        assert!(differ.is_empty(), "round {round}: the replica differs at {differ:?}");
+    }
+}
