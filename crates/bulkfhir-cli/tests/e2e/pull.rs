@@ -447,3 +447,60 @@ async fn successive_since_last_pulls_keep_a_replica_equal_to_the_source() {
         assert!(differ.is_empty(), "round {round}: the replica differs at {differ:?}");
     }
 }
+
+fn bulkfhir_ok(args: &[&str]) -> String {
+    let output =
+        std::process::Command::new(env!("CARGO_BIN_EXE_bulkfhir")).args(args).output().unwrap();
+    assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// With authorization on: the client finds the token endpoint, signs its assertion, sends the
+/// token with every request, and downloads files that need it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_with_smart_backend_services_gets_everything() {
+    let dataset = crate::common::small();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let keys = dir.path().join("keys");
+    let data_arg = data.to_str().unwrap();
+    bulkfhir_ok(&["client", "keygen", "--alg", "rs384", "--out", keys.to_str().unwrap()]);
+    let jwks = keys.join("jwks.json");
+    let id = bulkfhir_ok(&[
+        "client",
+        "add",
+        "--data-dir",
+        data_arg,
+        "--name",
+        "lake",
+        "--jwks",
+        jwks.to_str().unwrap(),
+        "--scope",
+        "system/*.rs",
+    ])
+    .trim()
+    .to_owned();
+    bulkfhir_ok(&["load", "--data-dir", data_arg, dataset.dir.to_str().unwrap()]);
+    let server = crate::common::BinaryServer::start_with(&data, None, &["--auth", "smart"]).await;
+    let anonymous =
+        pull(&[&server.base, "--out", dir.path().join("refused").to_str().unwrap()]).await;
+    assert!(!anonymous.status.success());
+    assert!(String::from_utf8_lossy(&anonymous.stderr).contains("401"), "{anonymous:?}");
+    let out = dir.path().join("out");
+    let key = keys.join("private-key.pem");
+    let output = pull(&[
+        &server.base,
+        "--out",
+        out.to_str().unwrap(),
+        "--client-id",
+        &id,
+        "--key",
+        key.to_str().unwrap(),
+    ])
+    .await;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["requiresAccessToken"], true);
+    assert_eq!(pulled(&out), expected(dataset));
+}
