@@ -721,34 +721,69 @@ async fn download(
         }
     }
     // Check: whole lines, each a JSON object, as many as the manifest says.
-    let bytes = std::fs::read(&part).with_context(|| format!("read {}", part.display()))?;
-    if !bytes.is_empty() && bytes.last() != Some(&b'\n') {
-        bail!("the file ends in the middle of a line (truncated)");
-    }
-    let mut lines = 0_u64;
-    for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        if line.first() != Some(&b'{') {
-            bail!("line {} is not a JSON object: {:.60}", lines + 1, String::from_utf8_lossy(line));
-        }
-        lines += 1;
-    }
+    let lines = check_ndjson(&part)?;
     if let Some(count) = file.count
         && count != lines
     {
         bail!("the file holds {lines} resources; the manifest says {count}");
     }
     if args.gzip {
-        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        encoder.write_all(&bytes).context("gzip")?;
-        let compressed = encoder.finish().context("gzip")?;
         let partial_gz = args.out.join(format!("{}.partial", file.name));
-        std::fs::write(&partial_gz, compressed)
+        let mut source =
+            std::fs::File::open(&part).with_context(|| format!("read {}", part.display()))?;
+        let sink = std::fs::File::create(&partial_gz)
             .with_context(|| format!("write {}", partial_gz.display()))?;
+        let mut encoder = flate2::write::GzEncoder::new(sink, flate2::Compression::fast());
+        std::io::copy(&mut source, &mut encoder)
+            .and_then(|_| encoder.finish())
+            .with_context(|| format!("gzip into {}", partial_gz.display()))?;
         std::fs::rename(&partial_gz, &target)
             .with_context(|| format!("write {}", target.display()))?;
         std::fs::remove_file(&part).with_context(|| format!("remove {}", part.display()))?;
     } else {
         std::fs::rename(&part, &target).with_context(|| format!("write {}", target.display()))?;
+    }
+    Ok(lines)
+}
+
+/// Reads an NDJSON file through once: whole lines only, each a JSON object (its first byte is
+/// `{`; the lines are not parsed). Returns the line count.
+fn check_ndjson(path: &Path) -> anyhow::Result<u64> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).with_context(|| format!("read {}", path.display()))?;
+    let mut buffer = vec![0_u8; 1 << 20];
+    let (mut lines, mut at_line_start, mut last) = (0_u64, true, b'\n');
+    loop {
+        let n = file.read(&mut buffer).with_context(|| format!("read {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        let chunk = &buffer[..n];
+        let mut start = 0;
+        for end in memchr::memchr_iter(b'\n', chunk).chain(std::iter::once(n)) {
+            let piece = &chunk[start..end];
+            if at_line_start && !piece.is_empty() && piece[0] != b'{' {
+                bail!(
+                    "line {} is not a JSON object: {:.60}",
+                    lines + 1,
+                    String::from_utf8_lossy(piece)
+                );
+            }
+            if end < n {
+                // A newline: the line ends here (empty lines do not count).
+                if !(at_line_start && piece.is_empty()) {
+                    lines += 1;
+                }
+                at_line_start = true;
+                start = end + 1;
+            } else {
+                at_line_start = at_line_start && piece.is_empty();
+            }
+        }
+        last = chunk[n - 1];
+    }
+    if last != b'\n' {
+        bail!("the file ends in the middle of a line (truncated)");
     }
     Ok(lines)
 }
@@ -973,4 +1008,25 @@ async fn apply_into(args: &PullArgs, data_dir: &Path, state: &State) -> anyhow::
         data_dir.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ndjson_checks_count_whole_lines_of_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.ndjson");
+        let check = |bytes: &[u8]| {
+            std::fs::write(&path, bytes).unwrap();
+            check_ndjson(&path).map_err(|e| e.to_string())
+        };
+        assert_eq!(check(b""), Ok(0));
+        assert_eq!(check(b"{\"a\":1}\n{\"b\":\"x\\ny\"}\n\n{}\n"), Ok(3));
+        let long = format!("{{\"a\":\"{}\"}}\n", "z".repeat(3 << 20));
+        assert_eq!(check(format!("{long}{long}").as_bytes()), Ok(2), "lines longer than a read");
+        assert!(check(b"{}\n<html>\n").unwrap_err().contains("line 2 is not a JSON object"));
+        assert!(check(b"{}\n{\"a\"").unwrap_err().contains("truncated"));
+    }
 }

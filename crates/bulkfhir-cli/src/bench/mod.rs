@@ -599,6 +599,50 @@ async fn bench(
         });
     }
 
+    // 5d. `bulkfhir pull` of the system export, as a client on the same machine: its download
+    // rate against the server's export rate (the client must not be what users wait for).
+    let pull_row = {
+        let mut server =
+            Server::start(&exe, &data, &work.join("server.log"), &http.client, false, &[]).await?;
+        let pull_dir = work.join("pull");
+        let output = tokio::process::Command::new(&exe)
+            .args(["pull", &server.base, "--parallel", "4", "--out"])
+            .arg(&pull_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .output()
+            .await
+            .context("run bulkfhir pull")?;
+        let hwm_kib = server::status_kib(server.pid(), "VmHWM")?;
+        server.check_alive()?;
+        server.stop().await?;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        if !output.status.success() {
+            failures.push(format!("bulkfhir pull failed: {stdout}"));
+        }
+        // "pulled F files (F this run, N resources, R resources/s) into …"
+        let numbers: Vec<f64> = stdout
+            .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .filter_map(|w| w.parse::<f64>().ok())
+            .collect();
+        let (pulled, rate) =
+            (numbers.get(2).copied().unwrap_or(0.0), numbers.get(3).copied().unwrap_or(0.0));
+        if pulled as u64 != total {
+            failures.push(format!("bulkfhir pull: {pulled} resources, the store holds {total}"));
+        }
+        let _ = std::fs::remove_dir_all(&pull_dir);
+        let export_rate = outcomes
+            .iter()
+            .find(|o| o.scenario.name == "system")
+            .map(|o| {
+                let wall = median(&o.runs.iter().map(|r| r.wall_s).collect::<Vec<_>>());
+                total as f64 / wall.max(1e-9)
+            })
+            .unwrap_or(f64::NAN);
+        (rate, export_rate, hwm_kib)
+    };
+
     // 6. The limits, on the last plain system export's files.
     let jobs_dir = data.join("exports").join("jobs");
     let plain = outcomes
@@ -866,6 +910,13 @@ async fn bench(
             *hwm_kib as f64 / 1024.0
         );
     }
+    println!(
+        "pull      bulkfhir pull of the system export (4 files at once): {} resources/s downloaded \
+         vs {} resources/s exported: ratio {:.2}",
+        thousands(pull_row.0.round() as u64),
+        thousands(pull_row.1.round() as u64),
+        pull_row.0 / pull_row.1.max(1e-9)
+    );
     if let Some(pg) = &postgres {
         println!(
             "postgres  load: {} resources/s through COPY vs {} resources/s embedded: ratio {:.2}",
@@ -1014,6 +1065,11 @@ async fn bench(
             "identity_bytes": d.identity_bytes,
             "gzip_wire_bytes": d.gzip_wire_bytes,
         })),
+        "pull": {
+            "download_resources_per_s": pull_row.0,
+            "export_resources_per_s": pull_row.1,
+            "ratio": pull_row.0 / pull_row.1.max(1e-9),
+        },
         "postgres": postgres.as_ref().map(|pg| json!({
             "load_per_s": pg.load_rate,
             "embedded_load_per_s": pg.embedded_load_rate,
