@@ -707,9 +707,9 @@ async fn download(
     }
     let part = args.out.join(format!("{}.part", file.name.trim_end_matches(".gz")));
     let mut failures = 0;
-    loop {
+    let lines = loop {
         match fetch(session, file, requires_token, &part, bar).await {
-            Ok(()) => break,
+            Ok(lines) => break lines,
             Err(Fetch::Fatal(error)) => return Err(error),
             Err(Fetch::Transient(error)) => {
                 failures += 1;
@@ -719,9 +719,8 @@ async fn download(
                 tokio::time::sleep(backoff(failures)).await;
             }
         }
-    }
-    // Check: whole lines, each a JSON object, as many as the manifest says.
-    let lines = check_ndjson(&part)?;
+    };
+    // Checked as it arrived: whole lines, each a JSON object; as many as the manifest says.
     if let Some(count) = file.count
         && count != lines
     {
@@ -746,76 +745,121 @@ async fn download(
     Ok(lines)
 }
 
-/// Reads an NDJSON file through once: whole lines only, each a JSON object (its first byte is
-/// `{`; the lines are not parsed). Returns the line count.
-fn check_ndjson(path: &Path) -> anyhow::Result<u64> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path).with_context(|| format!("read {}", path.display()))?;
-    let mut buffer = vec![0_u8; 1 << 20];
-    let (mut lines, mut at_line_start, mut last) = (0_u64, true, b'\n');
-    loop {
-        let n = file.read(&mut buffer).with_context(|| format!("read {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        let chunk = &buffer[..n];
+/// Checks NDJSON as it streams by: whole lines only, each a JSON object (its first byte is `{`;
+/// the lines are not parsed); counts them.
+#[derive(Debug, Clone, Copy)]
+struct Checker {
+    lines: u64,
+    at_line_start: bool,
+    last: u8,
+}
+
+impl Checker {
+    fn new() -> Self {
+        Checker { lines: 0, at_line_start: true, last: b'\n' }
+    }
+
+    fn feed(&mut self, chunk: &[u8]) -> anyhow::Result<()> {
+        let Some(&last) = chunk.last() else { return Ok(()) };
         let mut start = 0;
-        for end in memchr::memchr_iter(b'\n', chunk).chain(std::iter::once(n)) {
+        for end in memchr::memchr_iter(b'\n', chunk).chain(std::iter::once(chunk.len())) {
             let piece = &chunk[start..end];
-            if at_line_start && !piece.is_empty() && piece[0] != b'{' {
+            if self.at_line_start && !piece.is_empty() && piece[0] != b'{' {
                 bail!(
                     "line {} is not a JSON object: {:.60}",
-                    lines + 1,
+                    self.lines + 1,
                     String::from_utf8_lossy(piece)
                 );
             }
-            if end < n {
+            if end < chunk.len() {
                 // A newline: the line ends here (empty lines do not count).
-                if !(at_line_start && piece.is_empty()) {
-                    lines += 1;
+                if !(self.at_line_start && piece.is_empty()) {
+                    self.lines += 1;
                 }
-                at_line_start = true;
+                self.at_line_start = true;
                 start = end + 1;
             } else {
-                at_line_start = at_line_start && piece.is_empty();
+                self.at_line_start = self.at_line_start && piece.is_empty();
             }
         }
-        last = chunk[n - 1];
+        self.last = last;
+        Ok(())
     }
-    if last != b'\n' {
-        bail!("the file ends in the middle of a line (truncated)");
+
+    /// The line count, when the data ended with a whole line.
+    fn finish(&self) -> anyhow::Result<u64> {
+        if self.last != b'\n' {
+            bail!("the file ends in the middle of a line (truncated)");
+        }
+        Ok(self.lines)
     }
-    Ok(lines)
+
+    /// A checker that has seen what `path` holds (a part file a download resumes).
+    fn of_file(path: &Path) -> anyhow::Result<Checker> {
+        use std::io::Read;
+        let mut checker = Checker::new();
+        let mut file =
+            std::fs::File::open(path).with_context(|| format!("read {}", path.display()))?;
+        let mut buffer = vec![0_u8; 1 << 20];
+        loop {
+            let n = file.read(&mut buffer).with_context(|| format!("read {}", path.display()))?;
+            if n == 0 {
+                return Ok(checker);
+            }
+            checker.feed(&buffer[..n])?;
+        }
+    }
+}
+
+/// A file that checks what is written to it.
+struct Checked {
+    file: std::fs::File,
+    checker: Checker,
+}
+
+impl Write for Checked {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.checker.feed(&buf[..n]).map_err(std::io::Error::other)?;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
 }
 
 /// Where a download's bytes go: straight into the part file, or through a gzip decoder.
 enum Sink {
-    Plain(std::fs::File),
+    Plain(Checked),
     /// `Content-Encoding: gzip`.
-    Gzip(flate2::write::GzDecoder<std::fs::File>),
+    Gzip(flate2::write::GzDecoder<Checked>),
     /// A body that is itself a gzip file.
-    StoredGzip(flate2::write::GzDecoder<std::fs::File>),
+    StoredGzip(flate2::write::GzDecoder<Checked>),
 }
 
 impl Sink {
     fn write(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
         match self {
-            Sink::Plain(file) => file.write_all(bytes).context("write"),
+            Sink::Plain(checked) => checked.write_all(bytes).context("write"),
             Sink::Gzip(decoder) | Sink::StoredGzip(decoder) => {
                 decoder.write_all(bytes).context("the gzip stream is corrupt")
             }
         }
     }
 
-    /// Flushes; a gzip stream must have ended with its trailer.
-    fn finish(self) -> anyhow::Result<()> {
-        match self {
-            Sink::Plain(mut file) => file.flush().context("write"),
-            Sink::Gzip(decoder) | Sink::StoredGzip(decoder) => decoder
-                .finish()
-                .map(drop)
-                .context("the gzip stream is truncated or corrupt (no end)"),
-        }
+    /// Flushes (a gzip stream must have ended with its trailer); the file's line count.
+    fn finish(self) -> anyhow::Result<u64> {
+        let checked = match self {
+            Sink::Plain(mut checked) => {
+                checked.flush().context("write")?;
+                checked
+            }
+            Sink::Gzip(decoder) | Sink::StoredGzip(decoder) => {
+                decoder.finish().context("the gzip stream is truncated or corrupt (no end)")?
+            }
+        };
+        checked.checker.finish()
     }
 }
 
@@ -834,7 +878,7 @@ async fn fetch(
     requires_token: bool,
     part: &Path,
     bar: Option<&ProgressBar>,
-) -> Result<(), Fetch> {
+) -> Result<u64, Fetch> {
     let fatal = |e: anyhow::Error| Fetch::Fatal(e);
     let have = std::fs::metadata(part).map_or(0, |m| m.len());
     let mut request = session.http.get(&file.url).header(header::ACCEPT, "application/fhir+ndjson");
@@ -861,7 +905,7 @@ async fn fetch(
     }
     if status == StatusCode::RANGE_NOT_SATISFIABLE {
         // The part file already holds the whole file.
-        return Ok(());
+        return Checker::of_file(part).and_then(|c| c.finish()).map_err(fatal);
     }
     if !(status == StatusCode::OK || status == StatusCode::PARTIAL_CONTENT) {
         return Err(fatal(anyhow::anyhow!("{}", describe(response).await)));
@@ -890,8 +934,10 @@ async fn fetch(
         .truncate(!append)
         .open(part)
         .map_err(|e| fatal(anyhow::Error::new(e).context(format!("open {}", part.display()))))?;
+    // What the part file already holds is checked once, for a resumed download.
+    let checker = if append { Checker::of_file(part).map_err(fatal)? } else { Checker::new() };
     let mut sink: Option<Sink> = None;
-    let mut handle = Some(handle);
+    let mut handle = Some(Checked { file: handle, checker });
     if let Some(bar) = bar {
         bar.set_position(if append { have } else { 0 });
     }
@@ -930,13 +976,15 @@ async fn fetch(
             bar.inc(chunk.len() as u64);
         }
     }
-    if let Some(sink) = sink
-        && let Err(error) = sink.finish()
-    {
+    let finished = match sink {
+        Some(sink) => sink.finish(),
+        // An empty body.
+        None => handle.map_or(Ok(0), |checked| checked.checker.finish()),
+    };
+    finished.map_err(|error| {
         let _ = std::fs::remove_file(part);
-        return Err(fatal(error));
-    }
-    Ok(())
+        fatal(error)
+    })
 }
 
 /// Applies a finished pull to a bulkfhir store: the output files loaded with their own meta kept,
@@ -1020,7 +1068,7 @@ mod tests {
         let path = dir.path().join("f.ndjson");
         let check = |bytes: &[u8]| {
             std::fs::write(&path, bytes).unwrap();
-            check_ndjson(&path).map_err(|e| e.to_string())
+            Checker::of_file(&path).and_then(|c| c.finish()).map_err(|e| e.to_string())
         };
         assert_eq!(check(b""), Ok(0));
         assert_eq!(check(b"{\"a\":1}\n{\"b\":\"x\\ny\"}\n\n{}\n"), Ok(3));

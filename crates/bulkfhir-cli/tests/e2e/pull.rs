@@ -504,3 +504,131 @@ async fn a_pull_with_smart_backend_services_gets_everything() {
     assert_eq!(manifest["requiresAccessToken"], true);
     assert_eq!(pulled(&out), expected(dataset));
 }
+
+/// A server with its own token endpoint whose tokens live 61 s: with the client's 60 s margin,
+/// every request needs a fresh token. It counts token requests and refuses requests without a
+/// bearer token, and (when the manifest says files need no token) file requests with one.
+async fn token_server(requires_token: bool) -> (String, Arc<Mutex<Vec<String>>>) {
+    #[derive(Clone)]
+    struct Ctx {
+        origin: Arc<String>,
+        log: Arc<Mutex<Vec<String>>>,
+        requires_token: bool,
+    }
+    fn bearer(headers: &HeaderMap) -> Option<String> {
+        headers
+            .get(header::AUTHORIZATION)?
+            .to_str()
+            .ok()?
+            .strip_prefix("Bearer ")
+            .map(str::to_owned)
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = Arc::new(format!("http://{}", listener.local_addr().unwrap()));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let ctx = Ctx { origin: Arc::clone(&origin), log: Arc::clone(&log), requires_token };
+    let router = Router::new()
+        .route(
+            "/fhir/.well-known/smart-configuration",
+            get(|State(ctx): State<Ctx>| async move {
+                axum::Json(json!({"token_endpoint": format!("{}/token", ctx.origin)}))
+            }),
+        )
+        .route(
+            "/token",
+            axum::routing::post(|State(ctx): State<Ctx>| async move {
+                let mut log = ctx.log.lock().unwrap();
+                let n = log.iter().filter(|l| l.starts_with("token")).count();
+                log.push(format!("token t{n}"));
+                axum::Json(json!({"access_token": format!("t{n}"), "token_type": "bearer", "expires_in": 61, "scope": "system/*.rs"}))
+            }),
+        )
+        .route(
+            "/fhir/$export",
+            get(|State(ctx): State<Ctx>, headers: HeaderMap| async move {
+                let Some(token) = bearer(&headers) else { return StatusCode::UNAUTHORIZED.into_response() };
+                ctx.log.lock().unwrap().push(format!("kickoff {token}"));
+                let location = format!("{}/status", ctx.origin);
+                (StatusCode::ACCEPTED, [(header::CONTENT_LOCATION, location)]).into_response()
+            }),
+        )
+        .route(
+            "/status",
+            get(|State(ctx): State<Ctx>, headers: HeaderMap| async move {
+                let Some(token) = bearer(&headers) else { return StatusCode::UNAUTHORIZED.into_response() };
+                let polls = {
+                    let mut log = ctx.log.lock().unwrap();
+                    log.push(format!("poll {token}"));
+                    log.iter().filter(|l| l.starts_with("poll")).count()
+                };
+                if polls < 3 {
+                    return (StatusCode::ACCEPTED, [(header::RETRY_AFTER, "1")]).into_response();
+                }
+                axum::Json(json!({
+                    "transactionTime": "2026-01-01T00:00:00Z",
+                    "request": format!("{}/fhir/$export", ctx.origin),
+                    "requiresAccessToken": ctx.requires_token,
+                    "output": [{"type": "Patient", "url": format!("{}/file", ctx.origin), "count": 1}],
+                    "error": []
+                }))
+                .into_response()
+            }),
+        )
+        .route(
+            "/file",
+            get(|State(ctx): State<Ctx>, headers: HeaderMap| async move {
+                let token = bearer(&headers);
+                ctx.log.lock().unwrap().push(format!("file {}", token.as_deref().unwrap_or("-")));
+                if token.is_some() != ctx.requires_token {
+                    return StatusCode::FORBIDDEN.into_response();
+                }
+                ([(header::CONTENT_TYPE, "application/fhir+ndjson")], "{\"resourceType\":\"Patient\",\"id\":\"p\"}\n").into_response()
+            }),
+        )
+        .with_state(ctx);
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    (format!("{origin}/fhir"), log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_renewed_before_they_expire_and_sent_to_files_only_when_required() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    bulkfhir_ok(&["client", "keygen", "--out", keys.to_str().unwrap()]);
+    let key = keys.join("private-key.pem");
+    for requires_token in [true, false] {
+        let (base, log) = token_server(requires_token).await;
+        let out = dir.path().join(format!("out-{requires_token}"));
+        let output = pull(&[
+            &base,
+            "--out",
+            out.to_str().unwrap(),
+            "--client-id",
+            "c",
+            "--key",
+            key.to_str().unwrap(),
+        ])
+        .await;
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let log = log.lock().unwrap().clone();
+        // The polls come a second apart and a token is good for one second more than the
+        // margin: it was renewed during the polling, and each request carried the newest.
+        let tokens = log.iter().filter(|l| l.starts_with("token")).count();
+        assert!(tokens >= 3, "renewed while polling: {log:?}");
+        let mut newest = "";
+        for line in &log {
+            let (what, token) = line.split_once(' ').unwrap();
+            match what {
+                "token" => newest = token,
+                "file" if !requires_token => assert_eq!(token, "-", "{log:?}"),
+                _ => assert_eq!(token, newest, "{what} with an older token: {log:?}"),
+            }
+        }
+        let file_request = log.iter().find(|l| l.starts_with("file")).unwrap();
+        assert_eq!(
+            file_request.ends_with(" -"),
+            !requires_token,
+            "a token only when needed: {log:?}"
+        );
+    }
+}
