@@ -62,6 +62,93 @@ pub fn generate_rs384(kid: &str) -> Result<(String, String), AuthError> {
     Ok((pkcs8_pem(der.as_ref()), format!("{jwks:#}\n")))
 }
 
+/// A client's private key given as a JWK (or a JWKS holding one private key), as PKCS#8 PEM,
+/// with the key's algorithm and its `kid`: what [`sign_assertion`] takes. EC keys on P-384
+/// (ES384) and RSA keys with all CRT parameters (RS384).
+pub fn private_jwk_to_pem(
+    text: &str,
+) -> Result<(String, crate::Algorithm, Option<String>), AuthError> {
+    let bad = |why: &str| AuthError::new(OAuthError::InvalidRequest, why);
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|_| bad("the key file is not JSON"))?;
+    let jwk = match value["keys"].as_array() {
+        Some(keys) => keys
+            .iter()
+            .find(|k| k.get("d").is_some())
+            .ok_or_else(|| bad("the JWKS holds no private key ('d')"))?,
+        None => &value,
+    };
+    let field = |name: &str| -> Result<Vec<u8>, AuthError> {
+        let text = jwk[name].as_str().ok_or_else(|| bad("the JWK lacks a parameter"))?;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text.trim_end_matches('='))
+            .map_err(|_| bad("a JWK parameter is not base64url"))
+    };
+    let kid = jwk["kid"].as_str().map(str::to_owned);
+    match jwk["kty"].as_str() {
+        Some("EC") => {
+            use aws_lc_rs::signature::{ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair};
+            if jwk["crv"] != "P-384" {
+                return Err(bad("only EC keys on P-384 (ES384) are supported"));
+            }
+            let mut point = vec![0x04];
+            point.extend(field("x")?);
+            point.extend(field("y")?);
+            let pair = EcdsaKeyPair::from_private_key_and_public_key(
+                &ECDSA_P384_SHA384_FIXED_SIGNING,
+                &field("d")?,
+                &point,
+            )
+            .map_err(|_| bad("the EC key's d, x and y do not make a P-384 key pair"))?;
+            let der = pair.to_pkcs8v1().map_err(|_| bad("the EC key cannot be encoded"))?;
+            Ok((pkcs8_pem(der.as_ref()), crate::Algorithm::ES384, kid))
+        }
+        Some("RSA") => {
+            use aws_lc_rs::{
+                encoding::{AsDer, Pkcs8V1Der},
+                rsa::KeyPair,
+            };
+            // PKCS#1 RSAPrivateKey: SEQUENCE { 0, n, e, d, p, q, dp, dq, qi }.
+            let mut body = der_integer(&[0]);
+            for name in ["n", "e", "d", "p", "q", "dp", "dq", "qi"] {
+                body.extend(der_integer(&field(name)?));
+            }
+            let pkcs1 = der_tagged(0x30, &body);
+            let pair = KeyPair::from_der(&pkcs1)
+                .map_err(|_| bad("the RSA key's parameters do not make a key pair"))?;
+            let der = AsDer::<Pkcs8V1Der>::as_der(&pair)
+                .map_err(|_| bad("the RSA key cannot be encoded"))?;
+            Ok((pkcs8_pem(der.as_ref()), crate::Algorithm::RS384, kid))
+        }
+        _ => Err(bad("the JWK's kty must be EC or RSA")),
+    }
+}
+
+/// A DER element: `tag`, its length, `content`.
+fn der_tagged(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = content.len();
+    if len < 0x80 {
+        out.push(u8::try_from(len).unwrap_or(0));
+    } else {
+        let bytes: Vec<u8> = len.to_be_bytes().iter().copied().skip_while(|b| *b == 0).collect();
+        out.push(0x80 | u8::try_from(bytes.len()).unwrap_or(0));
+        out.extend(bytes);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// A DER INTEGER of the unsigned big-endian `value`.
+fn der_integer(value: &[u8]) -> Vec<u8> {
+    let trimmed: Vec<u8> = value.iter().copied().skip_while(|b| *b == 0).collect();
+    let mut content = if trimmed.is_empty() { vec![0] } else { trimmed };
+    if content[0] & 0x80 != 0 {
+        content.insert(0, 0);
+    }
+    der_tagged(0x02, &content)
+}
+
 /// Checks a JWKS offered at registration: valid JSON, no private key material, and at least
 /// one key this server can verify assertions with (RSA of at least 2048 bits for RS384, EC
 /// P-384 for ES384; not marked `"use": "enc"`). Returns the number of such keys.
@@ -157,6 +244,72 @@ pub fn sign_assertion(key_pem: &str, assertion: &ClientAssertion<'_>) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The DER elements inside `der` (one level): (tag, content).
+    fn der_children(mut der: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        while der.len() >= 2 {
+            let tag = der[0];
+            let (len, header) = if der[1] < 0x80 {
+                (usize::from(der[1]), 2)
+            } else {
+                let n = usize::from(der[1] & 0x7f);
+                (der[2..2 + n].iter().fold(0, |acc, b| acc * 256 + usize::from(*b)), 2 + n)
+            };
+            out.push((tag, der[header..header + len].to_vec()));
+            der = &der[header + len..];
+        }
+        out
+    }
+
+    /// The private key structure inside a PKCS#8 PEM (PKCS#1 for RSA, RFC 5915 for EC).
+    fn inner_key(pem: &str) -> Vec<(u8, Vec<u8>)> {
+        let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let der = base64::engine::general_purpose::STANDARD.decode(body).unwrap();
+        let pkcs8 = der_children(&der_children(&der)[0].1);
+        der_children(&der_children(&pkcs8[2].1)[0].1)
+    }
+
+    fn unsigned(bytes: &[u8]) -> String {
+        b64(&bytes.iter().copied().skip_while(|b| *b == 0).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn private_jwks_become_the_same_keys_as_pem() {
+        // EC: d from the generated PKCS#8, x and y from its JWKS.
+        let (pem, jwks) = generate_es384("e1").unwrap();
+        let public: serde_json::Value = serde_json::from_str(&jwks).unwrap();
+        let d = &inner_key(&pem)[1].1;
+        let mut jwk = public["keys"][0].clone();
+        jwk["d"] = json!(b64(d));
+        let (converted, alg, kid) = private_jwk_to_pem(&jwk.to_string()).unwrap();
+        assert_eq!((alg, kid.as_deref()), (crate::Algorithm::ES384, Some("e1")));
+        assert_eq!(&inner_key(&converted)[1].1, d, "the same private scalar");
+        // RSA: every PKCS#1 parameter of a generated key, as a JWK inside a JWKS.
+        let (pem, _) = generate_rs384("r1").unwrap();
+        let parts = inner_key(&pem);
+        let names = ["n", "e", "d", "p", "q", "dp", "dq", "qi"];
+        let mut jwk = json!({"kty": "RSA", "kid": "r1"});
+        for (name, (_, value)) in names.iter().zip(&parts[1..]) {
+            jwk[*name] = json!(unsigned(value));
+        }
+        let (converted, alg, _) = private_jwk_to_pem(&json!({"keys": [jwk]}).to_string()).unwrap();
+        assert_eq!(alg, crate::Algorithm::RS384);
+        let again = inner_key(&converted);
+        for (index, name) in names.iter().enumerate() {
+            assert_eq!(unsigned(&again[index + 1].1), unsigned(&parts[index + 1].1), "{name}");
+        }
+        // What is not a usable private key says why.
+        for (text, why) in [
+            ("{}", "kty"),
+            (r#"{"keys":[{"kty":"EC"}]}"#, "no private key"),
+            (r#"{"kty":"EC","crv":"P-256","d":"AA"}"#, "P-384"),
+            (r#"{"kty":"RSA","n":"AQAB"}"#, "lacks"),
+        ] {
+            let error = private_jwk_to_pem(text).unwrap_err().to_string();
+            assert!(error.contains(why), "{text}: {error}");
+        }
+    }
 
     #[test]
     fn a_generated_rs384_key_signs_assertions_its_jwks_verifies() {

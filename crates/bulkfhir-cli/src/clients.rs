@@ -103,28 +103,46 @@ pub(crate) struct TokenRequest<'a> {
 
 /// Asks the server's token endpoint for an access token with a freshly signed assertion.
 pub(crate) async fn token(request: &TokenRequest<'_>) -> anyhow::Result<String> {
-    let pem = std::fs::read_to_string(request.key)
-        .with_context(|| format!("read {}", request.key.display()))?;
-    // The key's id and algorithm: given, or from the jwks.json `client keygen` wrote beside it.
-    let beside = request.key.with_file_name("jwks.json");
-    let jwks: Option<serde_json::Value> =
-        std::fs::read_to_string(&beside).ok().and_then(|t| serde_json::from_str(&t).ok());
-    let first = jwks.as_ref().map(|j| &j["keys"][0]);
-    let kid = match (request.kid, first.and_then(|k| k["kid"].as_str())) {
-        (Some(kid), _) | (None, Some(kid)) => kid.to_owned(),
-        (None, None) => bail!("give --kid (no jwks.json beside {})", request.key.display()),
-    };
-    let alg = if pem.contains("RSA") || first.is_some_and(|k| k["kty"] == "RSA") {
-        bulkfhir_auth::Algorithm::RS384
-    } else {
-        bulkfhir_auth::Algorithm::ES384
-    };
+    let (pem, kid, alg) = load_key(request.key, request.kid)?;
     let key = SigningKey { pem: &pem, kid: &kid, alg };
     let granted = request_token(&key, request.base_url, request.client_id, request.scope)
         .await
         .with_context(|| format!("with the key {}", request.key.display()))?;
     eprintln!("granted: {} (expires in {} s)", granted.scope, granted.expires_in);
     Ok(granted.access_token)
+}
+
+/// A client's private key file: PKCS#8 PEM (its key id given, or read from the `jwks.json`
+/// `client keygen` wrote beside it), or a private JWK / JWKS (its own `kid` unless one is
+/// given). Returns the PEM, the key id and the algorithm.
+pub(crate) fn load_key(
+    path: &Path,
+    kid: Option<&str>,
+) -> anyhow::Result<(String, String, bulkfhir_auth::Algorithm)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    if text.trim_start().starts_with('{') {
+        let (pem, alg, own_kid) = keys::private_jwk_to_pem(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let kid = kid
+            .map(str::to_owned)
+            .or(own_kid)
+            .with_context(|| format!("give --kid ({} has no kid)", path.display()))?;
+        return Ok((pem, kid, alg));
+    }
+    let beside = path.with_file_name("jwks.json");
+    let jwks: Option<serde_json::Value> =
+        std::fs::read_to_string(&beside).ok().and_then(|t| serde_json::from_str(&t).ok());
+    let first = jwks.as_ref().map(|j| &j["keys"][0]);
+    let kid = match (kid, first.and_then(|k| k["kid"].as_str())) {
+        (Some(kid), _) | (None, Some(kid)) => kid.to_owned(),
+        (None, None) => bail!("give --kid (no jwks.json beside {})", path.display()),
+    };
+    let alg = if text.contains("RSA") || first.is_some_and(|k| k["kty"] == "RSA") {
+        bulkfhir_auth::Algorithm::RS384
+    } else {
+        bulkfhir_auth::Algorithm::ES384
+    };
+    Ok((text, kid, alg))
 }
 
 /// A client's private key and what its JWKS says of it.

@@ -98,8 +98,8 @@ pub(crate) struct PullArgs {
     /// SMART Backend Services: the client id (with --key).
     #[arg(long, requires = "key")]
     client_id: Option<String>,
-    /// The client's private key (PKCS#8 PEM, ES384 or RS384); its key id is read from the
-    /// `jwks.json` beside it unless --kid is given.
+    /// The client's private key, ES384 or RS384: PKCS#8 PEM (its key id read from the
+    /// `jwks.json` beside it unless --kid is given) or a private JWK / JWKS (its own kid).
     #[arg(long, requires = "client_id")]
     key: Option<PathBuf>,
     /// The key id, when there is no `jwks.json` beside the key.
@@ -193,22 +193,7 @@ struct Tokens {
 impl Tokens {
     fn from_args(args: &PullArgs) -> anyhow::Result<Option<Tokens>> {
         let (Some(client_id), Some(key)) = (&args.client_id, &args.key) else { return Ok(None) };
-        let pem =
-            std::fs::read_to_string(key).with_context(|| format!("read {}", key.display()))?;
-        let beside: Option<Value> = std::fs::read_to_string(key.with_file_name("jwks.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok());
-        let first = beside.as_ref().map(|j| &j["keys"][0]);
-        let kid = match (&args.kid, first.and_then(|k| k["kid"].as_str())) {
-            (Some(kid), _) => kid.clone(),
-            (None, Some(kid)) => kid.to_owned(),
-            (None, None) => bail!("give --kid (no jwks.json beside {})", key.display()),
-        };
-        let alg = if pem.contains("RSA") || first.is_some_and(|k| k["kty"] == "RSA") {
-            bulkfhir_auth::Algorithm::RS384
-        } else {
-            bulkfhir_auth::Algorithm::ES384
-        };
+        let (pem, kid, alg) = crate::clients::load_key(key, args.kid.as_deref())?;
         Ok(Some(Tokens {
             pem,
             kid,

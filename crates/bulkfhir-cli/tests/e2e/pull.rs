@@ -464,7 +464,7 @@ async fn a_pull_with_smart_backend_services_gets_everything() {
     let data = dir.path().join("data");
     let keys = dir.path().join("keys");
     let data_arg = data.to_str().unwrap();
-    bulkfhir_ok(&["client", "keygen", "--alg", "rs384", "--out", keys.to_str().unwrap()]);
+    bulkfhir_ok(&["client", "keygen", "--out", keys.to_str().unwrap()]);
     let jwks = keys.join("jwks.json");
     let id = bulkfhir_ok(&[
         "client",
@@ -503,6 +503,48 @@ async fn a_pull_with_smart_backend_services_gets_everything() {
         serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["requiresAccessToken"], true);
     assert_eq!(pulled(&out), expected(dataset));
+
+    // The same key as a private JWK (as other tools keep keys): d from the PKCS#8 key (an
+    // RFC 5915 ECPrivateKey inside), x, y and kid from the registered JWKS.
+    let pem = std::fs::read_to_string(&key).unwrap();
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    use base64::Engine;
+    let der = base64::engine::general_purpose::STANDARD.decode(body).unwrap();
+    // PKCS#8: SEQUENCE { INTEGER, SEQUENCE, OCTET STRING { SEQUENCE { INTEGER, OCTET STRING d … } } }
+    let children = |der: &[u8]| -> Vec<Vec<u8>> {
+        let (mut rest, mut out) = (der, Vec::new());
+        while rest.len() >= 2 {
+            let (len, header) = if rest[1] < 0x80 {
+                (usize::from(rest[1]), 2)
+            } else {
+                let n = usize::from(rest[1] & 0x7f);
+                (rest[2..2 + n].iter().fold(0, |a, b| a * 256 + usize::from(*b)), 2 + n)
+            };
+            out.push(rest[header..header + len].to_vec());
+            rest = &rest[header + len..];
+        }
+        out
+    };
+    let pkcs8 = children(&children(&der)[0]);
+    let ec = children(&children(&pkcs8[2])[0]);
+    let mut jwk: Value =
+        serde_json::from_slice::<Value>(&std::fs::read(&jwks).unwrap()).unwrap()["keys"][0].clone();
+    jwk["d"] = json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&ec[1]));
+    let jwk_file = dir.path().join("private-jwk.json");
+    std::fs::write(&jwk_file, jwk.to_string()).unwrap();
+    let again = dir.path().join("again");
+    let output = pull(&[
+        &server.base,
+        "--out",
+        again.to_str().unwrap(),
+        "--client-id",
+        &id,
+        "--key",
+        jwk_file.to_str().unwrap(),
+    ])
+    .await;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(pulled(&again), expected(dataset));
 }
 
 /// A server with its own token endpoint whose tokens live 61 s: with the client's 60 s margin,
