@@ -92,6 +92,11 @@ pub(crate) struct PullArgs {
     /// Keep the files gzipped (`.ndjson.gz`).
     #[arg(long)]
     gzip: bool,
+    /// Do not ask for `Accept-Encoding: gzip` on downloads. Compression saves about 90% of the
+    /// bytes on a network, but costs CPU on both ends: on loopback or a fast LAN the files come
+    /// faster without it (360,000 resources from a bulkfhir on the same machine: 2.1x).
+    #[arg(long)]
+    no_wire_gzip: bool,
     /// Cancel the export the state file in `--out` follows (DELETE on its status URL).
     #[arg(long)]
     cancel: bool,
@@ -693,7 +698,7 @@ async fn download(
     let part = args.out.join(format!("{}.part", file.name.trim_end_matches(".gz")));
     let mut failures = 0;
     let lines = loop {
-        match fetch(session, file, requires_token, &part, bar).await {
+        match fetch(session, file, requires_token, !args.no_wire_gzip, &part, bar).await {
             Ok(lines) => break lines,
             Err(Fetch::Fatal(error)) => return Err(error),
             Err(Fetch::Transient(error)) => {
@@ -860,6 +865,7 @@ async fn fetch(
     session: &Session,
     file: &FileState,
     requires_token: bool,
+    wire_gzip: bool,
     part: &Path,
     bar: Option<&ProgressBar>,
 ) -> Result<u64, Fetch> {
@@ -872,7 +878,8 @@ async fn fetch(
             .header(header::RANGE, format!("bytes={have}-"))
             .header(header::ACCEPT_ENCODING, "identity");
     } else {
-        request = request.header(header::ACCEPT_ENCODING, "gzip");
+        let encoding = if wire_gzip { "gzip" } else { "identity" };
+        request = request.header(header::ACCEPT_ENCODING, encoding);
     }
     if requires_token {
         request = session.authorize(request).await.map_err(fatal)?;
