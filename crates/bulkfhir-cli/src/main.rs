@@ -252,6 +252,10 @@ struct ExportArgs {
     /// how long the parts a dead node was running wait before another node takes them over.
     #[arg(long, env = "BULKFHIR_EXPORT_LEASE_SECS", default_value_t = 30)]
     export_lease_secs: u64,
+    /// How often, in milliseconds, an idle export runner looks for work: queued exports, and
+    /// parts of exports other nodes coordinate.
+    #[arg(long, env = "BULKFHIR_EXPORT_POLL_MS", default_value_t = 1000)]
+    export_poll_ms: u64,
     /// A type with more versions than this is exported as several key ranges of this many
     /// sequence numbers each, run at once (on every core, and on every node sharing the
     /// database).
@@ -300,6 +304,7 @@ impl ExportArgs {
             gzip_level: self.gzip_level.min(9),
             lease: Duration::from_secs(self.export_lease_secs.max(1)),
             key_range_span: self.export_key_range.max(1),
+            poll_interval: Duration::from_millis(self.export_poll_ms.clamp(10, 60_000)),
             unit_concurrency: self
                 .export_parallelism
                 .unwrap_or(ExportConfig::default().unit_concurrency)

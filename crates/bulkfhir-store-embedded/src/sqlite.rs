@@ -227,20 +227,8 @@ fn apply(tx: &Connection, clock: &WriteClock, op: &WriteOp) -> Result<WriteOutco
                           id: &ResourceId,
                           cur: &Option<Current>,
                           if_match: Option<u64>| {
-        let Some(expected) = if_match else { return Ok(()) };
-        match cur {
-            Some(c) if !c.deleted && to_u64(c.version) == expected => Ok(()),
-            other => Err(StoreError::PreconditionFailed {
-                resource_type,
-                id: id.clone(),
-                expected,
-                current: match other {
-                    Some(c) if !c.deleted => c.version.to_string(),
-                    Some(c) => format!("{} (deleted)", c.version),
-                    None => "none".to_owned(),
-                },
-            }),
-        }
+        let current = cur.as_ref().map(|c| (to_u64(c.version), c.deleted));
+        bulkfhir_store::check_if_match(resource_type, id, current, if_match)
     };
     match op {
         WriteOp::Create { resource, id } | WriteOp::Update { resource, id, .. } => {
@@ -547,16 +535,7 @@ fn collect_page(
             decode_row(resource_type, row, options.with_patients, &mut bodies).map_err(sql)??,
         );
     }
-    let bodies = Bytes::from(bodies);
-    let resources: Vec<StoredResource> = rows_read
-        .into_iter()
-        .map(|(mut stored, range)| {
-            stored.body = bodies.slice(range);
-            stored
-        })
-        .collect();
-    let next = if resources.len() >= limit { resources.last().map(|r| r.seq) } else { None };
-    Ok(ScanPage { resources, next })
+    Ok(ScanPage::assemble(rows_read, bodies, limit))
 }
 
 /// A type's versions live (or, with `deleted`, deleted) as of snapshot `?3`, in a key range:

@@ -156,20 +156,8 @@ fn precondition(
     current: Option<&Current>,
     if_match: Option<u64>,
 ) -> Result<(), StoreError> {
-    let Some(expected) = if_match else { return Ok(()) };
-    match current {
-        Some(c) if !c.deleted && to_u64(c.version) == expected => Ok(()),
-        other => Err(StoreError::PreconditionFailed {
-            resource_type,
-            id: id.clone(),
-            expected,
-            current: match other {
-                Some(c) if !c.deleted => c.version.to_string(),
-                Some(c) => format!("{} (deleted)", c.version),
-                None => "none".to_owned(),
-            },
-        }),
-    }
+    let current = current.map(|c| (to_u64(c.version), c.deleted));
+    bulkfhir_store::check_if_match(resource_type, id, current, if_match)
 }
 
 /// Plans `ops` in order against `currents` (every id they touch that exists), at `time`.
@@ -508,16 +496,7 @@ fn page(
         .iter()
         .map(|row| decode(resource_type, row, with_patients, &mut bodies))
         .collect::<Result<Vec<_>, _>>()?;
-    let bodies = Bytes::from(bodies);
-    let resources: Vec<StoredResource> = decoded
-        .into_iter()
-        .map(|(mut stored, range)| {
-            stored.body = bodies.slice(range);
-            stored
-        })
-        .collect();
-    let next = if resources.len() >= limit { resources.last().map(|r| r.seq) } else { None };
-    Ok(ScanPage { resources, next })
+    Ok(ScanPage::assemble(decoded, bodies, limit))
 }
 
 fn scan_sql(deleted: bool, in_any_compartment: bool) -> String {

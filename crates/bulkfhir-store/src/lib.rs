@@ -26,5 +26,6 @@ pub use jobs::{JobId, JobQuery, JobRecord, JobStatus, JobStore, NewJob, UnitReco
 pub use metered::{MeteredStore, STORE_OPERATION_SECONDS};
 pub use store::ResourceStore;
 pub use types::{
-    Atomicity, HistoryEntry, ScanOptions, ScanPage, Snapshot, StoredResource, WriteOp, WriteOutcome,
+    Atomicity, HistoryEntry, ScanOptions, ScanPage, Snapshot, StoredResource, WriteOp,
+    WriteOutcome, check_if_match,
 };

@@ -146,3 +146,51 @@ pub struct ScanPage {
     /// The cursor to pass as `after_seq` for the next page, or `None` when the scan is complete.
     pub next: Option<u64>,
 }
+
+impl ScanPage {
+    /// A page of `limit` at most from rows read in order: each resource with the range of its
+    /// body in `bodies`, one buffer for the whole page that every resource slices (one
+    /// allocation per page, not per row). The page is full, and has a `next` cursor, when it
+    /// holds `limit` resources.
+    pub fn assemble(
+        rows: Vec<(StoredResource, std::ops::Range<usize>)>,
+        bodies: Vec<u8>,
+        limit: usize,
+    ) -> ScanPage {
+        let bodies = Bytes::from(bodies);
+        let resources: Vec<StoredResource> = rows
+            .into_iter()
+            .map(|(mut stored, range)| {
+                stored.body = bodies.slice(range);
+                stored
+            })
+            .collect();
+        let next = if resources.len() >= limit { resources.last().map(|r| r.seq) } else { None };
+        ScanPage { resources, next }
+    }
+}
+
+/// `If-Match` for a write: passes when no version was asked for, or when the resource's current
+/// version (`current`: its number and whether it is a deletion) is that version and not a
+/// deletion; `PreconditionFailed` naming the current version otherwise.
+pub fn check_if_match(
+    resource_type: ResourceType,
+    id: &ResourceId,
+    current: Option<(u64, bool)>,
+    if_match: Option<u64>,
+) -> Result<(), crate::StoreError> {
+    let Some(expected) = if_match else { return Ok(()) };
+    match current {
+        Some((version, false)) if version == expected => Ok(()),
+        other => Err(crate::StoreError::PreconditionFailed {
+            resource_type,
+            id: id.clone(),
+            expected,
+            current: match other {
+                Some((version, false)) => version.to_string(),
+                Some((version, true)) => format!("{version} (deleted)"),
+                None => "none".to_owned(),
+            },
+        }),
+    }
+}

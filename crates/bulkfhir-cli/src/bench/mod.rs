@@ -190,6 +190,36 @@ async fn restart<'a>(
     Ok(slot.insert(server))
 }
 
+/// Runs `bulkfhir load` of `generated` into `data` (on `database` when given); its stdout and
+/// how long it took.
+async fn load_with(
+    exe: &Path,
+    data: &Path,
+    database: Option<&str>,
+    generated: &Path,
+) -> anyhow::Result<(String, f64)> {
+    let started = Instant::now();
+    let mut command = tokio::process::Command::new(exe);
+    command.arg("load").arg("--data-dir").arg(data);
+    if let Some(url) = database {
+        command.arg("--database").arg(url);
+    }
+    let output = command
+        .arg(generated)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .output()
+        .await
+        .context("run bulkfhir load")?;
+    let seconds = started.elapsed().as_secs_f64();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() {
+        bail!("bulkfhir load failed ({}): {stdout}", output.status);
+    }
+    Ok((stdout, seconds))
+}
+
 fn generate(patients: u64, seed: u64, dir: &Path) -> anyhow::Result<(GenerateStats, f64)> {
     let started = Instant::now();
     let stats = generate_to_dir(&GenerateOptions { patients, seed }, dir, &mut |_| {})
@@ -239,23 +269,7 @@ async fn bench(
     // 2. Load with the real binary.
     let data = work.join("data");
     eprintln!("bench: bulkfhir load into {}", data.display());
-    let load_started = Instant::now();
-    let output = tokio::process::Command::new(&exe)
-        .arg("load")
-        .arg("--data-dir")
-        .arg(&data)
-        .arg(&generated)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .output()
-        .await
-        .context("run bulkfhir load")?;
-    let load_s = load_started.elapsed().as_secs_f64();
-    let load_stdout = String::from_utf8_lossy(&output.stdout);
-    if !output.status.success() {
-        bail!("bulkfhir load failed ({}): {load_stdout}", output.status);
-    }
+    let (load_stdout, load_s) = load_with(&exe, &data, None, &generated).await?;
     let loaded = load_stdout
         .split_whitespace()
         .skip_while(|w| *w != "loaded")
@@ -521,25 +535,7 @@ async fn bench(
     if let Some(url) = &args.database {
         let pg_data = work.join("data-pg");
         eprintln!("bench: bulkfhir load --database into PostgreSQL");
-        let started = Instant::now();
-        let output = tokio::process::Command::new(&exe)
-            .arg("load")
-            .arg("--database")
-            .arg(url)
-            .arg("--data-dir")
-            .arg(&pg_data)
-            .arg(&generated)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .output()
-            .await
-            .context("run bulkfhir load --database")?;
-        let load_pg_s = started.elapsed().as_secs_f64();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        if !output.status.success() {
-            bail!("bulkfhir load --database failed ({}): {stdout}", output.status);
-        }
+        let (stdout, load_pg_s) = load_with(&exe, &pg_data, Some(url), &generated).await?;
         if !stdout.contains(&format!("loaded {} resources", population.resources)) {
             failures.push(format!("load into PostgreSQL: {}", stdout.trim()));
         }

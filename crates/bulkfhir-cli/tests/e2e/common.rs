@@ -331,6 +331,20 @@ pub(crate) fn medium() -> &'static Dataset {
     DATA.get_or_init(|| unpack("medium"))
 }
 
+/// Runs `bulkfhir ARGS` to the end; its stdout, or a failed test with its stderr.
+pub(crate) fn bulkfhir_ok(args: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_bulkfhir"))
+        .args(args)
+        .output()
+        .expect("run bulkfhir");
+    assert!(
+        output.status.success(),
+        "bulkfhir {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// The real `bulkfhir serve` binary on a loopback port, killed on drop.
 pub(crate) struct BinaryServer {
     pub(crate) base: String,

@@ -20,7 +20,7 @@ use axum::{
 use bulkfhir_export::ExportConfig;
 use serde_json::{Value, json};
 
-use crate::common::{Dataset, TestServer, medium, test_export_config};
+use crate::common::{Dataset, TestServer, bulkfhir_ok, medium, test_export_config};
 
 /// Runs `bulkfhir pull ARGS` to the end.
 async fn pull(args: &[&str]) -> std::process::Output {
@@ -446,13 +446,6 @@ async fn successive_since_last_pulls_keep_a_replica_equal_to_the_source() {
             source.keys().chain(copy.keys()).filter(|k| source.get(*k) != copy.get(*k)).collect();
         assert!(differ.is_empty(), "round {round}: the replica differs at {differ:?}");
     }
-}
-
-fn bulkfhir_ok(args: &[&str]) -> String {
-    let output =
-        std::process::Command::new(env!("CARGO_BIN_EXE_bulkfhir")).args(args).output().unwrap();
-    assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// With authorization on: the client finds the token endpoint, signs its assertion, sends the
