@@ -17,10 +17,9 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use bulkfhir_export::ExportConfig;
 use serde_json::{Value, json};
 
-use crate::common::{Dataset, TestServer, bulkfhir_ok, medium, test_export_config};
+use crate::common::{BinaryServer, Dataset, body_json, bulkfhir_ok, medium};
 
 /// Runs `bulkfhir pull ARGS` to the end.
 async fn pull(args: &[&str]) -> std::process::Output {
@@ -85,17 +84,104 @@ fn expected(dataset: &Dataset) -> BTreeMap<String, BTreeMap<String, Value>> {
         .collect()
 }
 
-fn small_files() -> ExportConfig {
-    ExportConfig { max_resources_per_file: 700, ..test_export_config() }
+/// The real `bulkfhir serve` with authorization on, over `dataset` loaded with `bulkfhir load`,
+/// small files; one client registered for everything, its key for the pulls, and a token of its
+/// own for the tests' REST writes.
+struct Authed {
+    server: BinaryServer,
+    data: std::path::PathBuf,
+    id: String,
+    key: std::path::PathBuf,
+    token: String,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Authed {
+    async fn start(dataset: &Dataset) -> Authed {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let keys = dir.path().join("keys");
+        let data_arg = data.to_str().unwrap();
+        bulkfhir_ok(&["client", "keygen", "--out", keys.to_str().unwrap()]);
+        let jwks = keys.join("jwks.json");
+        let id = bulkfhir_ok(&[
+            "client",
+            "add",
+            "--data-dir",
+            data_arg,
+            "--name",
+            "lake",
+            "--jwks",
+            jwks.to_str().unwrap(),
+            "--scope",
+            "system/*.cruds",
+        ])
+        .trim()
+        .to_owned();
+        bulkfhir_ok(&["load", "--data-dir", data_arg, dataset.dir.to_str().unwrap()]);
+        let flags = [
+            "--auth",
+            "smart",
+            "--export-file-resources",
+            "700",
+            "--export-key-range",
+            "2000",
+            "--export-poll-ms",
+            "50",
+        ];
+        let server = BinaryServer::start_with(&data, None, &flags).await;
+        let key = keys.join("private-key.pem");
+        let token = bulkfhir_ok(&[
+            "client",
+            "token",
+            "--base-url",
+            &server.base,
+            "--client-id",
+            &id,
+            "--key",
+            key.to_str().unwrap(),
+            "--scope",
+            "system/*.cruds",
+        ])
+        .trim()
+        .to_owned();
+        Authed { server, data, id, key, token, http: reqwest::Client::new(), _dir: dir }
+    }
+
+    fn base(&self) -> &str {
+        &self.server.base
+    }
+
+    /// `--client-id ID --key KEY`.
+    fn key_args(&self) -> [&str; 4] {
+        ["--client-id", &self.id, "--key", self.key.to_str().unwrap()]
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let url = format!("{}/{path}", self.base());
+        let response = self.http.get(url).bearer_auth(&self.token).send().await.unwrap();
+        (response.status().as_u16(), body_json(response).await)
+    }
+
+    async fn send_json(&self, method: reqwest::Method, path: &str, body: &str) -> u16 {
+        let url = format!("{}/{path}", self.base());
+        let mut request = self.http.request(method, url).bearer_auth(&self.token);
+        if !body.is_empty() {
+            request = request.header("content-type", "application/fhir+json").body(body.to_owned());
+        }
+        request.send().await.unwrap().status().as_u16()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_system_pull_of_medium_equals_the_loaded_data() {
     let dataset = medium();
-    let server = TestServer::start_loaded(dataset, small_files()).await;
+    let server = Authed::start(dataset).await;
     let out = tempfile::tempdir().unwrap();
-    let output =
-        pull(&[&server.base, "--out", out.path().to_str().unwrap(), "--parallel", "3"]).await;
+    let mut args = vec![server.base(), "--out", out.path().to_str().unwrap(), "--parallel", "3"];
+    args.extend(server.key_args());
+    let output = pull(&args).await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert_eq!(pulled(out.path()), expected(dataset), "every loaded resource, once, as loaded");
@@ -183,8 +269,8 @@ async fn serve(router: Router) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pull_killed_half_way_resumes_the_same_job_and_fetches_no_file_twice() {
     let dataset = medium();
-    let server = TestServer::start_loaded(dataset, small_files()).await;
-    let origin = server.base.trim_end_matches("/fhir").to_owned();
+    let server = Authed::start(dataset).await;
+    let origin = server.base().trim_end_matches("/fhir").to_owned();
     let proxy =
         Arc::new(Proxy { upstream: origin, client: reqwest::Client::new(), seen: Seen::default() });
     let base = format!(
@@ -192,9 +278,10 @@ async fn a_pull_killed_half_way_resumes_the_same_job_and_fetches_no_file_twice()
         serve(Router::new().fallback(forward).with_state(Arc::clone(&proxy))).await
     );
     let out = tempfile::tempdir().unwrap();
-    let args = ["pull", &base, "--out", out.path().to_str().unwrap(), "--parallel", "1"];
+    let mut args = vec!["pull", &base, "--out", out.path().to_str().unwrap(), "--parallel", "1"];
+    args.extend(server.key_args());
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bulkfhir"))
-        .args(args)
+        .args(&args)
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -383,12 +470,14 @@ async fn contents(data_dir: &Path) -> BTreeMap<(String, String), Vec<u8>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn successive_since_last_pulls_keep_a_replica_equal_to_the_source() {
     let dataset = crate::common::small();
-    let server = TestServer::start_loaded(dataset, small_files()).await;
+    let server = Authed::start(dataset).await;
     let (out, replica) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (out_arg, replica_arg) = (out.path().to_str().unwrap(), replica.path().to_str().unwrap());
-    let first = pull(&[&server.base, "--out", out_arg, "--into", replica_arg]).await;
+    let mut args = vec![server.base(), "--out", out_arg, "--into", replica_arg];
+    args.extend(server.key_args());
+    let first = pull(&args).await;
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
-    let source = contents(&server.data_path).await;
+    let source = contents(&server.data).await;
     assert_eq!(source.len(), dataset.count());
     assert!(contents(replica.path()).await == source, "the first pull makes an exact copy");
 
@@ -408,8 +497,7 @@ async fn successive_since_last_pulls_keep_a_replica_equal_to_the_source() {
             let mut changed = current.clone();
             changed["status"] = json!(if round % 2 == 0 { "amended" } else { "final" });
             let path = format!("Observation/{id}");
-            let (status, ..) =
-                server.send_json(reqwest::Method::PUT, &path, &changed.to_string()).await;
+            let status = server.send_json(reqwest::Method::PUT, &path, &changed.to_string()).await;
             assert_eq!(status, 200);
         }
         let twice = &observations[round * 5];
@@ -417,30 +505,29 @@ async fn successive_since_last_pulls_keep_a_replica_equal_to_the_source() {
         let mut again = again.clone();
         again["issued"] = json!(format!("2026-0{}-01T00:00:00Z", round + 1));
         let path = format!("Observation/{twice}");
-        server.send_json(reqwest::Method::PUT, &path, &again.to_string()).await;
+        assert_eq!(server.send_json(reqwest::Method::PUT, &path, &again.to_string()).await, 200);
         for id in &conditions[round * 3..round * 3 + 3] {
-            let (status, ..) =
+            let status =
                 server.send_json(reqwest::Method::DELETE, &format!("Condition/{id}"), "").await;
             assert!(status == 200 || status == 204, "{status}");
         }
         let brief = format!("Patient/brief-{round}");
         let body = json!({"resourceType": "Patient", "id": format!("brief-{round}")}).to_string();
-        server.send_json(reqwest::Method::PUT, &brief, &body).await;
-        server.send_json(reqwest::Method::DELETE, &brief, "").await;
+        assert_eq!(server.send_json(reqwest::Method::PUT, &brief, &body).await, 201);
+        assert!(matches!(server.send_json(reqwest::Method::DELETE, &brief, "").await, 200 | 204));
         for i in 0..2 {
             let id = format!("new-{round}-{i}");
             let body = json!({"resourceType": "Patient", "id": id, "active": true}).to_string();
-            let (status, ..) =
+            let status =
                 server.send_json(reqwest::Method::PUT, &format!("Patient/{id}"), &body).await;
             assert_eq!(status, 201);
         }
 
-        let next =
-            pull(&[&server.base, "--out", out_arg, "--since-last", "--into", replica_arg]).await;
+        let next = pull(&[args.clone(), vec!["--since-last"]].concat()).await;
         let stdout = String::from_utf8_lossy(&next.stdout);
         assert!(next.status.success(), "{}", String::from_utf8_lossy(&next.stderr));
         assert!(stdout.contains("applied 7 resources and 4 deletions"), "round {round}: {stdout}");
-        let source = contents(&server.data_path).await;
+        let source = contents(&server.data).await;
         let copy = contents(replica.path()).await;
         let differ: Vec<_> =
             source.keys().chain(copy.keys()).filter(|k| source.get(*k) != copy.get(*k)).collect();
