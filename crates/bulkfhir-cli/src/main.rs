@@ -245,7 +245,8 @@ struct ExportArgs {
     /// gzip level for .ndjson.gz output.
     #[arg(long, env = "BULKFHIR_GZIP_LEVEL", default_value_t = 1)]
     gzip_level: u32,
-    /// Parts (types, key ranges) of one export that run at once [default: the core count].
+    /// Parts (types, key ranges) of one export that run at once [default: the core count;
+    /// twice that with --database, where each part waits on the database].
     #[arg(long, env = "BULKFHIR_EXPORT_PARALLELISM")]
     export_parallelism: Option<usize>,
     /// Seconds an export lease lasts without a heartbeat (a job's, and each of its parts'):
@@ -467,7 +468,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let options = ServeOptions {
                 data_dir: args.store.data_dir,
                 server,
-                export: args.export.config(),
+                export: {
+                    let mut config = args.export.config();
+                    // On PostgreSQL each part waits on round trips and the database's own reads,
+                    // so twice as many parts in flight keep the cores busy (1M resources, 2
+                    // cores: 137-169k resources/s with 2, 233k with 4, 219k with 8).
+                    if args.store.database.is_some() && args.export.export_parallelism.is_none() {
+                        config.unit_concurrency *= 2;
+                    }
+                    config
+                },
                 authorization,
                 export_store: args.export.export_store.clone(),
                 database: args.store.database,
