@@ -540,44 +540,16 @@ async fn successive_since_last_pulls_keep_a_replica_equal_to_the_source() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pull_with_smart_backend_services_gets_everything() {
     let dataset = crate::common::small();
+    let server = Authed::start(dataset).await;
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let keys = dir.path().join("keys");
-    let data_arg = data.to_str().unwrap();
-    bulkfhir_ok(&["client", "keygen", "--out", keys.to_str().unwrap()]);
-    let jwks = keys.join("jwks.json");
-    let id = bulkfhir_ok(&[
-        "client",
-        "add",
-        "--data-dir",
-        data_arg,
-        "--name",
-        "lake",
-        "--jwks",
-        jwks.to_str().unwrap(),
-        "--scope",
-        "system/*.rs",
-    ])
-    .trim()
-    .to_owned();
-    bulkfhir_ok(&["load", "--data-dir", data_arg, dataset.dir.to_str().unwrap()]);
-    let server = crate::common::BinaryServer::start_with(&data, None, &["--auth", "smart"]).await;
     let anonymous =
-        pull(&[&server.base, "--out", dir.path().join("refused").to_str().unwrap()]).await;
+        pull(&[server.base(), "--out", dir.path().join("refused").to_str().unwrap()]).await;
     assert!(!anonymous.status.success());
     assert!(String::from_utf8_lossy(&anonymous.stderr).contains("401"), "{anonymous:?}");
     let out = dir.path().join("out");
-    let key = keys.join("private-key.pem");
-    let output = pull(&[
-        &server.base,
-        "--out",
-        out.to_str().unwrap(),
-        "--client-id",
-        &id,
-        "--key",
-        key.to_str().unwrap(),
-    ])
-    .await;
+    let mut args = vec![server.base(), "--out", out.to_str().unwrap()];
+    args.extend(server.key_args());
+    let output = pull(&args).await;
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
@@ -586,7 +558,7 @@ async fn a_pull_with_smart_backend_services_gets_everything() {
 
     // The same key as a private JWK (as other tools keep keys): d from the PKCS#8 key (an
     // RFC 5915 ECPrivateKey inside), x, y and kid from the registered JWKS.
-    let pem = std::fs::read_to_string(&key).unwrap();
+    let pem = std::fs::read_to_string(&server.key).unwrap();
     let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
     use base64::Engine;
     let der = base64::engine::general_purpose::STANDARD.decode(body).unwrap();
@@ -607,6 +579,7 @@ async fn a_pull_with_smart_backend_services_gets_everything() {
     };
     let pkcs8 = children(&children(&der)[0]);
     let ec = children(&children(&pkcs8[2])[0]);
+    let jwks = server.key.with_file_name("jwks.json");
     let mut jwk: Value =
         serde_json::from_slice::<Value>(&std::fs::read(&jwks).unwrap()).unwrap()["keys"][0].clone();
     jwk["d"] = json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&ec[1]));
@@ -614,11 +587,11 @@ async fn a_pull_with_smart_backend_services_gets_everything() {
     std::fs::write(&jwk_file, jwk.to_string()).unwrap();
     let again = dir.path().join("again");
     let output = pull(&[
-        &server.base,
+        server.base(),
         "--out",
         again.to_str().unwrap(),
         "--client-id",
-        &id,
+        &server.id,
         "--key",
         jwk_file.to_str().unwrap(),
     ])
