@@ -7,14 +7,14 @@
 //! written whole and renamed), so a rerun of the same command after Ctrl-C or a crash continues
 //! the same job and fetches only what is missing. A file is downloaded to `NAME.part` and renamed
 //! only once complete and checked (its line count against the manifest's `count`), so nothing
-//! half-written ever looks complete.
+//! half-written ever looks complete, and a file under its final name is done: the state need not
+//! be saved after every file (thousands of small files made that quadratic).
 
 use std::{
     collections::BTreeMap,
     io::{IsTerminal, Write},
     path::{Path, PathBuf},
     process::ExitCode,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -159,6 +159,13 @@ struct FileState {
     name: String,
     count: Option<u64>,
     done: bool,
+}
+
+impl FileState {
+    /// Where the file is downloaded to before it is checked (plain NDJSON, also for --gzip).
+    fn part_name(&self) -> String {
+        format!("{}.part", self.name.trim_end_matches(".gz"))
+    }
 }
 
 impl State {
@@ -355,6 +362,7 @@ pub(crate) async fn run(args: PullArgs) -> anyhow::Result<ExitCode> {
         if !(response.status().is_success() || response.status() == StatusCode::NOT_FOUND) {
             bail!("the server refused to cancel {status_url}: {}", describe(response).await);
         }
+        remove_files(&args.out, &state);
         state.status_url = None;
         state.files.clear();
         state.save(&args.out)?;
@@ -385,9 +393,7 @@ pub(crate) async fn run(args: PullArgs) -> anyhow::Result<ExitCode> {
         eprintln!("resuming {}", state.status_url.as_deref().unwrap_or_default());
     } else {
         // A new pull replaces the files of the previous one in this folder.
-        for file in state.files.iter().filter(|f| f.done) {
-            let _ = std::fs::remove_file(args.out.join(&file.name));
-        }
+        remove_files(&args.out, &state);
         state =
             State { last_transaction_time: state.last_transaction_time.take(), ..State::default() };
         state.request = request;
@@ -444,6 +450,15 @@ pub(crate) async fn run(args: PullArgs) -> anyhow::Result<ExitCode> {
     state.last_transaction_time = state.transaction_time.clone();
     state.save(&args.out)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Removes the files of the pull `state` describes, finished or partial: only the current pull's
+/// files ever stand under final names in the folder (what makes a file's presence mean done).
+fn remove_files(out: &Path, state: &State) {
+    for file in &state.files {
+        let _ = std::fs::remove_file(out.join(&file.name));
+        let _ = std::fs::remove_file(out.join(file.part_name()));
+    }
 }
 
 /// `url` if it is an absolute http(s) URL.
@@ -612,6 +627,11 @@ fn take_manifest(state: &mut State, manifest: &Value, args: &PullArgs) -> anyhow
 /// (after the others in flight end) with its message.
 async fn download_all(args: &PullArgs, session: &Session, state: &mut State) -> anyhow::Result<()> {
     let started = Instant::now();
+    // A file has its final name only once it was checked whole, so a file that exists is done,
+    // whether or not the state saved that before a crash.
+    for file in &mut state.files {
+        file.done = file.done || args.out.join(&file.name).is_file();
+    }
     let pending: Vec<usize> = (0..state.files.len()).filter(|&i| !state.files[i].done).collect();
     let total = state.files.len();
     let terminal = std::io::stderr().is_terminal();
@@ -625,12 +645,11 @@ async fn download_all(args: &PullArgs, session: &Session, state: &mut State) -> 
         bar
     });
     let requires_token = state.requires_access_token;
-    let files = state.files.clone();
-    let shared = Arc::new(std::sync::Mutex::new(std::mem::take(state)));
+    let files = &state.files;
     let results = futures::stream::iter(pending.iter().copied())
         .map(|index| {
             let file = &files[index];
-            let (bars, overall, shared) = (&bars, &overall, Arc::clone(&shared));
+            let (bars, overall) = (&bars, &overall);
             async move {
                 let bar = terminal.then(|| {
                     let bar = bars.add(ProgressBar::new(0));
@@ -648,28 +667,35 @@ async fn download_all(args: &PullArgs, session: &Session, state: &mut State) -> 
                     bar.finish_and_clear();
                 }
                 if let Ok(lines) = &result {
-                    let mut state =
-                        shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                    state.files[index].done = true;
-                    state.save(&args.out)?;
                     match overall {
                         Some(bar) => bar.inc(1),
                         None => eprintln!("downloaded {} ({lines} resources)", file.name),
                     }
                 }
-                result.with_context(|| format!("{} ({})", file.name, file.url))
+                let result = result.with_context(|| format!("{} ({})", file.name, file.url));
+                (index, result)
             }
         })
         .buffer_unordered(args.parallel.max(1))
-        .collect::<Vec<anyhow::Result<u64>>>()
+        .collect::<Vec<(usize, anyhow::Result<u64>)>>()
         .await;
     if let Some(bar) = overall {
         bar.finish_and_clear();
     }
-    *state = std::mem::take(&mut *shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
     let mut resources = 0;
-    for result in results {
-        resources += result?;
+    let mut first_error = None;
+    for (index, result) in results {
+        match result {
+            Ok(lines) => {
+                state.files[index].done = true;
+                resources += lines;
+            }
+            Err(error) => first_error = first_error.or(Some(error)),
+        }
+    }
+    state.save(&args.out)?;
+    if let Some(error) = first_error {
+        return Err(error);
     }
     let seconds = started.elapsed().as_secs_f64();
     println!(
@@ -695,7 +721,7 @@ async fn download(
     if let Some(parent) = target.parent() {
         std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
     }
-    let part = args.out.join(format!("{}.part", file.name.trim_end_matches(".gz")));
+    let part = args.out.join(file.part_name());
     let mut failures = 0;
     let lines = loop {
         match fetch(session, file, requires_token, !args.no_wire_gzip, &part, bar).await {
@@ -1036,8 +1062,7 @@ async fn apply_into(args: &PullArgs, data_dir: &Path, state: &State) -> anyhow::
     }
     let deleted = deletions.len();
     while !deletions.is_empty() {
-        let rest = deletions.split_off(deletions.len().min(1000));
-        let batch = std::mem::replace(&mut deletions, rest);
+        let batch: Vec<WriteOp> = deletions.drain(..deletions.len().min(1000)).collect();
         for result in stores.resources.transact(batch, Atomicity::EachOnItsOwn).await? {
             result.context("apply a deletion")?;
         }
