@@ -20,7 +20,6 @@ use std::{
 #[derive(Debug)]
 pub struct TestCluster {
     port: u16,
-    _dir: tempfile::TempDir,
 }
 
 static CLUSTER: OnceLock<TestCluster> = OnceLock::new();
@@ -137,10 +136,12 @@ fn free_port() -> u16 {
 fn start() -> TestCluster {
     let bin = server_bin();
     let user = run_as();
-    let dir = tempfile::Builder::new().prefix("bulkfhir-pg").tempdir().expect("temp dir");
-    let data = dir.path().join("data");
+    // Named after this process (a static is never dropped, so no TempDir would ever be removed):
+    // clusters of processes that are gone are removed before this one is made.
+    let dir = bulkfhir_store::scratch::process_dir("pg");
+    let data = dir.join("data");
     if let Some((uid, gid)) = user {
-        std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown the cluster");
+        std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("chown the cluster");
     }
     let output = command(&bin.join("initdb"), user)
         .args(["-D"])
@@ -151,14 +152,14 @@ fn start() -> TestCluster {
         .expect("run initdb");
     assert!(output.status.success(), "initdb failed: {}", String::from_utf8_lossy(&output.stderr));
     let port = free_port();
-    let log = std::fs::File::create(dir.path().join("postgres.log")).expect("log file");
+    let log = std::fs::File::create(dir.join("postgres.log")).expect("log file");
     if let Some((uid, gid)) = user {
-        std::os::unix::fs::chown(dir.path().join("postgres.log"), Some(uid), Some(gid))
+        std::os::unix::fs::chown(dir.join("postgres.log"), Some(uid), Some(gid))
             .expect("chown the log");
     }
     // Spawned from a thread that lives as long as the process: the kernel's parent-death
     // signal fires when the spawning *thread* ends, and a test's thread ends with the test.
-    let (bin_dir, data_dir, socket_dir) = (bin.clone(), data.clone(), dir.path().to_owned());
+    let (bin_dir, data_dir, socket_dir) = (bin.clone(), data.clone(), dir.clone());
     let (spawned, spawned_rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("test-postgres".to_owned())
@@ -201,11 +202,11 @@ fn start() -> TestCluster {
         assert!(
             Instant::now() < deadline,
             "postgres did not start: {}",
-            std::fs::read_to_string(dir.path().join("postgres.log")).unwrap_or_default()
+            std::fs::read_to_string(dir.join("postgres.log")).unwrap_or_default()
         );
         // Condition polling: there is nothing to wait on but the port.
         #[allow(clippy::disallowed_methods)]
         std::thread::sleep(Duration::from_millis(100));
     }
-    TestCluster { port, _dir: dir }
+    TestCluster { port }
 }

@@ -16,6 +16,8 @@ pub mod jobs;
 pub mod loader;
 mod metered;
 mod store;
+#[cfg(any(test, feature = "testsuite"))]
+pub mod scratch;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
 mod types;

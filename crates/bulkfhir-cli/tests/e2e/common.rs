@@ -274,20 +274,28 @@ impl Dataset {
     }
 }
 
-/// Unpacks `name.tar.xz` into a cache folder shared by test runs, named by the archive's size
-/// and modification time, so that runs neither repeat the work nor leave copies behind: a run
-/// unpacks into a private folder and renames it into place (a concurrent run that won the
-/// race is used instead).
+/// Unpacks `name.tar.xz` into a cache folder shared by test runs, named by a hash of the
+/// archive's bytes (a fresh clone has new modification times but the same bytes), so that runs
+/// neither repeat the work nor leave copies behind: copies of other versions of the archive are
+/// removed, and a run unpacks into a private folder and renames it into place (a concurrent run
+/// that won the race is used instead).
 fn unpack(name: &str) -> Dataset {
+    use std::hash::{Hash, Hasher};
     let archive = synthea_dir().join(format!("{name}.tar.xz"));
-    let meta = std::fs::metadata(&archive).unwrap();
-    let stamp = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs());
+    let bytes = std::fs::read(&archive).unwrap();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    let key = format!("{name}-{}-{:016x}", bytes.len(), hasher.finish());
     let cache = std::env::temp_dir().join("bulkfhir-test-data");
-    let target = cache.join(format!("{name}-{}-{stamp}", meta.len()));
+    let target = cache.join(&key);
+    for entry in std::fs::read_dir(&cache).into_iter().flatten().flatten() {
+        let file = entry.file_name();
+        let file = file.to_string_lossy();
+        let other_version = file.starts_with(&format!("{name}-")) && file != key;
+        if other_version {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
     if !target.is_dir() {
         let staging = cache.join(format!(".{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&staging);

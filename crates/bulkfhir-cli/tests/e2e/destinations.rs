@@ -35,8 +35,7 @@ fn seaweed() -> &'static str {
             "SeaweedFS is missing at {}; `bash .ci/run` installs it",
             weed.display()
         );
-        let dir = std::env::temp_dir().join(format!("bulkfhir-weed-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = bulkfhir_store::scratch::process_dir("weed");
         let (args, s3_port) = weed_args(&dir);
         spawn_for_the_process(
             weed,
@@ -420,8 +419,7 @@ fn azurite() -> &'static str {
         let azurite = clients.join("npm/node_modules/.bin/azurite-blob");
         assert!(azurite.is_file(), "Azurite is missing at {}; `bash .ci/run` installs it", azurite.display());
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let dir = std::env::temp_dir().join(format!("bulkfhir-azurite-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = bulkfhir_store::scratch::process_dir("azurite");
         let args: Vec<String> = vec![
             "--blobHost".into(),
             "127.0.0.1".into(),
@@ -570,12 +568,14 @@ struct OwnWeed {
     args: Vec<String>,
     child: Option<Child>,
     s3_port: u16,
+    log: PathBuf,
 }
 
 impl OwnWeed {
     fn start(dir: &Path) -> Self {
         let (args, s3_port) = weed_args(dir);
-        let mut weed = OwnWeed { args, child: None, s3_port };
+        let log = dir.with_extension("log");
+        let mut weed = OwnWeed { args, child: None, s3_port, log };
         weed.resume();
         weed
     }
@@ -588,7 +588,7 @@ impl OwnWeed {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(std::env::temp_dir().join(format!("bulkfhir-own-weed-{}.log", self.s3_port)))
+            .open(&self.log)
             .unwrap();
         let child = Command::new(clients_dir().join("venv/bin/weed"))
             .args(&self.args)
