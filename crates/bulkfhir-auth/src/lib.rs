@@ -19,5 +19,7 @@ pub mod token;
 
 pub use error::{AuthError, OAuthError};
 pub use jsonwebtoken::{Algorithm, jwk::JwkSet};
-pub use scope::{ADMIN_SCOPE, Action, Actions, Grant, ReadAccess, ScopeError, ScopeRule};
+pub use scope::{
+    ADMIN_SCOPE, Action, Actions, Grant, ReadAccess, ScopeError, ScopeRule, TENANTS_SCOPE,
+};
 pub use token::{AccessToken, MAX_TOKEN_SECONDS, TokenSigner};

@@ -7,6 +7,8 @@
 //!   covers: `system/Observation.rs?category=laboratory`.
 //! - [`ADMIN_SCOPE`] (`bulkfhir/admin`) lets a client see and manage every export job, not only
 //!   its own.
+//! - [`TENANTS_SCOPE`] (`bulkfhir/tenants`), held by a client of the default tenant, lets its
+//!   tokens reach every tenant (`/fhir/t/{tenant}`), within its other scopes: the operator's.
 //!
 //! Scopes of other contexts (`patient/`, `user/`), `openid` and the like are not for backend
 //! services and are ignored, as SMART lets a server ignore what it does not grant.
@@ -17,6 +19,9 @@ use bulkfhir_model::{Instant, ResourceType};
 
 /// The scope that lets a client see every export job, whoever started it.
 pub const ADMIN_SCOPE: &str = "bulkfhir/admin";
+
+/// The scope that lets a client of the default tenant use its tokens at every tenant.
+pub const TENANTS_SCOPE: &str = "bulkfhir/tenants";
 
 /// One interaction a scope can allow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -173,6 +178,7 @@ pub struct ScopeError {
 pub struct Grant {
     rules: Vec<ScopeRule>,
     admin: bool,
+    tenants: bool,
 }
 
 /// How much of a resource type a grant lets a client read.
@@ -194,6 +200,10 @@ impl Grant {
         for scope in text.split_ascii_whitespace() {
             if scope == ADMIN_SCOPE {
                 grant.admin = true;
+                continue;
+            }
+            if scope == TENANTS_SCOPE {
+                grant.tenants = true;
                 continue;
             }
             let Some(rest) = scope.strip_prefix("system/") else { continue };
@@ -237,7 +247,12 @@ impl Grant {
 
     /// Whether the grant holds nothing at all.
     pub fn is_empty(&self) -> bool {
-        self.rules.is_empty() && !self.admin
+        self.rules.is_empty() && !self.admin && !self.tenants
+    }
+
+    /// Whether the client's tokens reach every tenant (when it belongs to the default one).
+    pub fn crosses_tenants(&self) -> bool {
+        self.tenants
     }
 
     /// Whether the client may see every export job.
@@ -248,7 +263,11 @@ impl Grant {
     /// The part of `requested` that `registered` allows: each requested rule cut down to what a
     /// registered rule covers (the narrower type, the common actions, both queries).
     pub fn intersect(requested: &Grant, registered: &Grant) -> Grant {
-        let mut out = Grant { rules: Vec::new(), admin: requested.admin && registered.admin };
+        let mut out = Grant {
+            rules: Vec::new(),
+            admin: requested.admin && registered.admin,
+            tenants: requested.tenants && registered.tenants,
+        };
         for want in &requested.rules {
             for have in &registered.rules {
                 let resource_type = match (want.resource_type, have.resource_type) {
@@ -312,6 +331,9 @@ impl Grant {
         let mut scopes: Vec<String> = self.rules.iter().map(ScopeRule::to_string).collect();
         if self.admin {
             scopes.push(ADMIN_SCOPE.to_owned());
+        }
+        if self.tenants {
+            scopes.push(TENANTS_SCOPE.to_owned());
         }
         scopes.join(" ")
     }

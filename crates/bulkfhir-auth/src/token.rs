@@ -19,6 +19,9 @@ struct Claims {
     scope: String,
     iat: u64,
     exp: u64,
+    /// The tenant whose client it was issued to; absent for the default tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tenant: Option<String>,
 }
 
 /// What a valid access token says.
@@ -30,6 +33,8 @@ pub struct AccessToken {
     pub grant: Grant,
     /// When it expires (seconds since the epoch).
     pub expires_at: u64,
+    /// The tenant whose client it was issued to (`None`: the default tenant).
+    pub tenant: Option<String>,
 }
 
 /// Issues and checks access tokens with one secret.
@@ -82,6 +87,19 @@ impl TokenSigner {
         now: u64,
         seconds: u64,
     ) -> Result<(String, u64), AuthError> {
+        self.issue_in(None, client_id, grant, now, seconds)
+    }
+
+    /// [`issue`](Self::issue) for a client of `tenant` (`None`: the default tenant): the
+    /// token names its tenant, and a server accepts it only there.
+    pub fn issue_in(
+        &self,
+        tenant: Option<&str>,
+        client_id: &str,
+        grant: &Grant,
+        now: u64,
+        seconds: u64,
+    ) -> Result<(String, u64), AuthError> {
         let lifetime = seconds.clamp(1, MAX_TOKEN_SECONDS);
         let claims = Claims {
             iss: ISSUER.to_owned(),
@@ -89,6 +107,7 @@ impl TokenSigner {
             scope: grant.to_scope_string(),
             iat: now,
             exp: now + lifetime,
+            tenant: tenant.map(str::to_owned),
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|_| {
@@ -114,7 +133,12 @@ impl TokenSigner {
         }
         let grant =
             Grant::parse(&claims.scope).map_err(|_| invalid("the access token is not valid"))?;
-        Ok(AccessToken { client_id: claims.sub, grant, expires_at: claims.exp })
+        Ok(AccessToken {
+            client_id: claims.sub,
+            grant,
+            expires_at: claims.exp,
+            tenant: claims.tenant,
+        })
     }
 }
 

@@ -16,8 +16,13 @@ use bulkfhir_server::{AppState, AuthSettings, ServerConfig};
 use bulkfhir_store::{ClientStore, JobStore, MeteredStore, ResourceStore};
 use bulkfhir_store_embedded::EmbeddedStore;
 use bulkfhir_store_postgres::PostgresStore;
+use tenants::{TenantWorlds, WorldTemplate};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+pub mod tenants;
+
+pub use tenants::TenantSpace;
 
 /// How long the start-up check of the export store may take.
 const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -52,6 +57,15 @@ pub struct Stores {
 }
 
 impl Stores {
+    /// The three stores of one backend value.
+    pub fn from_one<S: ResourceStore + JobStore + ClientStore + 'static>(store: Arc<S>) -> Stores {
+        Stores {
+            resources: Arc::clone(&store) as Arc<dyn ResourceStore>,
+            jobs: Arc::clone(&store) as Arc<dyn JobStore>,
+            clients: store,
+        }
+    }
+
     /// The PostgreSQL database at `database` when given (schema brought up to date), else the
     /// embedded store in `data_dir`.
     pub async fn open(data_dir: &Path, database: Option<&str>) -> anyhow::Result<Stores> {
@@ -60,22 +74,29 @@ impl Stores {
                 let store = Arc::new(PostgresStore::connect(url).await.with_context(|| {
                     format!("open the PostgreSQL store at {}", redact_password(url))
                 })?);
-                Ok(Stores {
-                    resources: Arc::clone(&store) as Arc<dyn ResourceStore>,
-                    jobs: Arc::clone(&store) as Arc<dyn JobStore>,
-                    clients: store,
-                })
+                Ok(Stores::from_one(store))
             }
             None => {
                 let store = Arc::new(
                     EmbeddedStore::open(data_dir)
                         .with_context(|| format!("open the store in {}", data_dir.display()))?,
                 );
-                Ok(Stores {
-                    resources: Arc::clone(&store) as Arc<dyn ResourceStore>,
-                    jobs: Arc::clone(&store) as Arc<dyn JobStore>,
-                    clients: store,
-                })
+                Ok(Stores::from_one(store))
+            }
+        }
+    }
+
+    /// The stores of `tenant` when given (which must exist), else the default tenant's.
+    pub async fn open_in(
+        data_dir: &Path,
+        database: Option<&str>,
+        tenant: Option<&str>,
+    ) -> anyhow::Result<Stores> {
+        match tenant {
+            None => Self::open(data_dir, database).await,
+            Some(name) => {
+                let tenant = bulkfhir_model::TenantName::parse(name)?;
+                TenantSpace::new(data_dir, database).open(&tenant).await
             }
         }
     }
@@ -113,6 +134,7 @@ pub enum Authorization {
 #[derive(Debug)]
 pub struct App {
     state: AppState,
+    tenants: Arc<TenantWorlds>,
     runner: Runner,
     sweeper: Sweeper,
     /// A listener of its own for `GET /metrics`, when one was given.
@@ -144,6 +166,7 @@ impl App {
                 .context("--export-store")?,
         };
         let mut server = options.server;
+        let mut signing_secret = None;
         if options.authorization == Authorization::Smart {
             // Nodes sharing a database sign with one key, so a token from one node works on
             // every other; a node on its own keeps its key in its data directory.
@@ -155,13 +178,28 @@ impl App {
             };
             let settings = AuthSettings::new(&secret, stores.clients)
                 .map_err(|e| anyhow::anyhow!("start authorization: {e}"))?;
-            server.auth = Some(Arc::new(settings));
+            let settings = Arc::new(settings);
+            server.auth = Some(Arc::clone(&settings));
+            signing_secret = Some((secret, settings));
         }
+        let template = WorldTemplate {
+            data_dir: data_dir.clone(),
+            node_id: node_id.clone(),
+            server: ServerConfig { auth: None, ..server.clone() },
+            export: options.export.clone(),
+            export_store: options.export_store.clone(),
+            auth: signing_secret,
+        };
+        let tenants = Arc::new(TenantWorlds::new(
+            TenantSpace::new(data_dir, options.database.as_deref()),
+            template,
+        ));
         let exports = ExportService::new(Arc::clone(&store), stores.jobs, output, options.export);
         let runner = exports.runner(&node_id);
         let sweeper = exports.sweeper();
-        let state = AppState::new(store, exports, server);
-        Ok(App { state, runner, sweeper, metrics_listener: None, _lock: lock })
+        let state = AppState::new(store, exports, server)
+            .with_tenants(Arc::clone(&tenants) as Arc<dyn bulkfhir_server::TenantDirectory>);
+        Ok(App { state, tenants, runner, sweeper, metrics_listener: None, _lock: lock })
     }
 
     /// Serves `GET /metrics` on `listener` only (not on the API's listener), so that metrics
@@ -206,6 +244,14 @@ impl App {
             .build()
             .context("start the export runtime")?;
         let runner = runtime.handle().spawn(self.runner.run(shutdown.clone()));
+        // Every tenant opens now, so that its interrupted exports resume at once.
+        if let Err(error) = self.tenants.start(runtime.handle().clone(), shutdown.clone()).await {
+            shutdown.cancel();
+            let _ = runner.await;
+            self.tenants.stopped().await;
+            ExportRuntime(Some(runtime)).stop().await?;
+            return Err(error.context("open the tenants"));
+        }
         let export_runtime = ExportRuntime(Some(runtime));
         let sweeper = tokio::spawn(self.sweeper.run(shutdown.clone()));
         let metrics = self.metrics_listener.map(|listener| {
@@ -231,6 +277,7 @@ impl App {
         }
         let _ = runner.await;
         let _ = sweeper.await;
+        self.tenants.stopped().await;
         export_runtime.stop().await?;
         served.context("serve HTTP")
     }

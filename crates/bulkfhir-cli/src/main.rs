@@ -22,7 +22,7 @@ use anyhow::Context;
 use bulkfhir_app::{App, Authorization, ServeOptions, Stores};
 use bulkfhir_export::ExportConfig;
 use bulkfhir_generator::{GenerateOptions, generate_to_dir};
-use bulkfhir_model::ResourceType;
+use bulkfhir_model::{ResourceType, TenantName};
 use bulkfhir_server::{ConnectionLimits, ServerConfig, TlsSettings};
 use bulkfhir_store::{
     ResourceStore, ScanOptions,
@@ -69,6 +69,42 @@ enum Command {
     /// SMART backend clients: register, list, remove, and make a key pair to try with.
     #[command(subcommand)]
     Client(ClientCommand),
+    /// Tenants: separate stores, exports and clients on one server, at [base]/fhir/t/NAME.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum TenantCommand {
+    /// Create a tenant, served at [base]/fhir/t/NAME with an empty store of its own (a
+    /// running server finds it at its first request).
+    Add {
+        /// 1-48 characters of a-z, 0-9 and '-'.
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List the tenants.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Remove a tenant with its resources, export jobs, clients and export files. Refused while
+    /// one of its exports is queued or running (unless --force) and, on the embedded store,
+    /// while a server uses the data directory.
+    Remove {
+        /// The tenant's name.
+        name: String,
+        /// Remove it even while its exports are queued or running.
+        #[arg(long)]
+        force: bool,
+        /// The export store the server writes to (as `serve --export-store`); the tenant's
+        /// files under t/NAME/ there are deleted too.
+        #[arg(long, env = "BULKFHIR_EXPORT_STORE")]
+        export_store: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -89,19 +125,19 @@ enum ClientCommand {
         #[arg(long)]
         scope: String,
         #[command(flatten)]
-        store: StoreArgs,
+        store: TenantStoreArgs,
     },
     /// List the registered clients.
     List {
         #[command(flatten)]
-        store: StoreArgs,
+        store: TenantStoreArgs,
     },
     /// Remove a client.
     Remove {
         /// The client's id.
         id: String,
         #[command(flatten)]
-        store: StoreArgs,
+        store: TenantStoreArgs,
     },
     /// Write a key pair for trying authorization: private-key.pem and jwks.json.
     Keygen {
@@ -157,9 +193,30 @@ struct StoreArgs {
     database: Option<String>,
 }
 
-impl StoreArgs {
+/// A store, in a tenant or the default one.
+#[derive(Args, Debug)]
+struct TenantStoreArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The tenant (`bulkfhir tenant add`); the default tenant when not given.
+    #[arg(long, env = "BULKFHIR_TENANT")]
+    tenant: Option<String>,
+}
+
+impl TenantStoreArgs {
     async fn open(&self) -> anyhow::Result<Stores> {
-        Stores::open(&self.data_dir, self.database.as_deref()).await
+        Stores::open_in(
+            &self.store.data_dir,
+            self.store.database.as_deref(),
+            self.tenant.as_deref(),
+        )
+        .await
+    }
+}
+
+impl StoreArgs {
+    fn tenants(&self) -> bulkfhir_app::TenantSpace {
+        bulkfhir_app::TenantSpace::new(&self.data_dir, self.database.as_deref())
     }
 }
 
@@ -328,7 +385,7 @@ impl ExportArgs {
 #[derive(Args, Debug)]
 struct LoadArgs {
     #[command(flatten)]
-    store: StoreArgs,
+    store: TenantStoreArgs,
     /// NDJSON files (.ndjson, .ndjson.gz, .jsonl) or folders holding them.
     #[arg(required = true)]
     paths: Vec<PathBuf>,
@@ -561,6 +618,29 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     scope: &scope,
                 };
                 println!("{}", clients::token(&request).await?);
+                Ok(ExitCode::SUCCESS)
+            }
+        },
+        Command::Tenant(command) => match command {
+            TenantCommand::Add { name, store } => {
+                let tenant = TenantName::parse(&name)?;
+                if store.tenants().add(&tenant).await? {
+                    println!("tenant {tenant} added: its FHIR base is [server]/fhir/t/{tenant}");
+                } else {
+                    println!("tenant {tenant} exists already");
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            TenantCommand::List { store } => {
+                for tenant in store.tenants().list().await? {
+                    println!("{tenant}");
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            TenantCommand::Remove { name, force, export_store, store } => {
+                let tenant = TenantName::parse(&name)?;
+                let files = store.tenants().remove(&tenant, force, export_store.as_deref()).await?;
+                println!("tenant {tenant} removed, with {files} export file(s)");
                 Ok(ExitCode::SUCCESS)
             }
         },

@@ -56,6 +56,11 @@ pub enum ModelError {
     /// An instant or date does not parse.
     #[error("invalid instant '{0}': expected a FHIR instant such as 2024-01-31T12:00:00Z")]
     InvalidInstant(String),
+    /// A tenant name does not match `[a-z0-9-]{1,48}` with a letter or digit at both ends.
+    #[error(
+        "invalid tenant name '{0}': tenant names are 1-48 characters of a-z, 0-9 and '-', starting and ending with a letter or digit"
+    )]
+    InvalidTenant(String),
 }
 
 impl ModelError {

@@ -21,9 +21,11 @@ pub mod outcome;
 mod prepare;
 mod resource_type;
 pub mod search;
+mod tenant;
 
 pub use error::{ErrorKind, ModelError, error_chain};
 pub use id::ResourceId;
 pub use instant::Instant;
 pub use prepare::{PreparedResource, ResourceRef};
 pub use resource_type::ResourceType;
+pub use tenant::{MAX_TENANT_LEN, TenantName};

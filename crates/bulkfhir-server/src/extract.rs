@@ -111,8 +111,9 @@ impl FromRequestParts<AppState> for BaseUrl {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        let tenant_path = state.tenant.as_ref().map(|t| format!("/t/{t}")).unwrap_or_default();
         if let Some(base) = &state.config.public_base_url {
-            return Ok(BaseUrl(base.trim_end_matches('/').to_owned()));
+            return Ok(BaseUrl(format!("{}{tenant_path}", base.trim_end_matches('/'))));
         }
         // The host check middleware has refused invalid and unlisted hosts already; check again
         // so that this extractor is safe on its own.
@@ -120,7 +121,7 @@ impl FromRequestParts<AppState> for BaseUrl {
             .ok_or_else(|| ApiError::invalid("request has no Host header"))?;
         check_host(host, &state.config.allowed_hosts)?;
         let scheme = if state.config.tls.is_some() { "https" } else { "http" };
-        Ok(BaseUrl(format!("{scheme}://{host}/fhir")))
+        Ok(BaseUrl(format!("{scheme}://{host}/fhir{tenant_path}")))
     }
 }
 

@@ -13,6 +13,7 @@ mod listener;
 mod ops;
 pub mod outcome;
 mod routes;
+mod tenant;
 mod tls;
 
 use std::{
@@ -31,6 +32,7 @@ use tokio_rustls::TlsAcceptor;
 pub use auth::AuthSettings;
 pub use listener::ConnectionLimits;
 pub use ops::{HTTP_REQUESTS, HTTP_SECONDS, metrics_handle};
+pub use tenant::TenantDirectory;
 pub use tls::{TlsError, TlsSettings};
 
 /// Server settings.
@@ -93,6 +95,10 @@ pub struct AppState {
     /// The Prometheus recorder's handle, when this process records metrics.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     pub(crate) ready: Arc<ops::ReadyCache>,
+    /// The tenant this state serves (`None`: the default tenant at `/fhir`).
+    pub tenant: Option<bulkfhir_model::TenantName>,
+    /// The other tenants, at `/fhir/t/{tenant}` (on the default tenant's state only).
+    pub(crate) tenants: Option<Arc<tenant::Tenants>>,
 }
 
 impl AppState {
@@ -109,7 +115,21 @@ impl AppState {
             polls: Arc::default(),
             metrics: ops::metrics_handle(),
             ready: Arc::default(),
+            tenant: None,
+            tenants: None,
         }
+    }
+
+    /// This state serves `tenant`: its URLs are under `/fhir/t/{tenant}`.
+    pub fn in_tenant(mut self, tenant: bulkfhir_model::TenantName) -> Self {
+        self.tenant = Some(tenant);
+        self
+    }
+
+    /// Serve the tenants `directory` knows at `/fhir/t/{tenant}` beside this (default) one.
+    pub fn with_tenants(mut self, directory: Arc<dyn TenantDirectory>) -> Self {
+        self.tenants = Some(Arc::new(tenant::Tenants::new(directory)));
+        self
     }
 }
 

@@ -18,4 +18,6 @@ mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use store::{PostgresStore, Sequencing};
+pub use store::{
+    PostgresStore, Sequencing, create_schema, drop_schema, list_schemas, schema_exists,
+};

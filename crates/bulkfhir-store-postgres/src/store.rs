@@ -68,9 +68,24 @@ impl PostgresStore {
     /// [`connect`](Self::connect) with a chosen [`Sequencing`] (tests only).
     #[doc(hidden)]
     pub async fn connect_with(url: &str, sequencing: Sequencing) -> Result<Self, StoreError> {
-        let config: tokio_postgres::Config = url.parse().map_err(|e| {
-            StoreError::Invalid(format!("the database URL is not a PostgreSQL URL: {e}"))
-        })?;
+        Self::open(parse_url(url)?, sequencing).await
+    }
+
+    /// The store whose tables are in `schema` of the database at `url` (a tenant's), which
+    /// must exist ([`create_schema`]); its tables are created or upgraded as on
+    /// [`connect`](Self::connect).
+    pub async fn connect_in_schema(url: &str, schema: &str) -> Result<Self, StoreError> {
+        let mut config = parse_url(url)?;
+        check_schema_name(schema)?;
+        // Every connection of the pool resolves unqualified names in the schema only.
+        config.options(format!("-c search_path={schema}"));
+        Self::open(config, Sequencing::Serialized).await
+    }
+
+    async fn open(
+        config: tokio_postgres::Config,
+        sequencing: Sequencing,
+    ) -> Result<Self, StoreError> {
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -90,6 +105,11 @@ impl PostgresStore {
                 .map_err(|e| pg_error("create the naive sequence", e))?;
         }
         Ok(store)
+    }
+
+    /// Closes the pool's connections (a removed tenant's store).
+    pub fn close(&self) {
+        self.inner.pool.close();
     }
 
     /// A pooled connection.
@@ -828,4 +848,86 @@ impl ResourceStore for PostgresStore {
         }
         Ok(to_u64(lo))
     }
+}
+
+fn parse_url(url: &str) -> Result<tokio_postgres::Config, StoreError> {
+    url.parse()
+        .map_err(|e| StoreError::Invalid(format!("the database URL is not a PostgreSQL URL: {e}")))
+}
+
+/// Schema names are put into SQL text: only `[a-z0-9_]`, starting with a letter.
+fn check_schema_name(schema: &str) -> Result<(), StoreError> {
+    let valid = schema.len() <= 63
+        && schema.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+        && schema.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!("'{schema}' is not a schema name this store uses")))
+    }
+}
+
+/// One short-lived connection to the database at `url`, for schema management.
+async fn admin_client(url: &str) -> Result<tokio_postgres::Client, StoreError> {
+    let (client, connection) =
+        parse_url(url)?.connect(NoTls).await.map_err(|e| pg_error("connect to PostgreSQL", e))?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "a schema management connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// Creates `schema` in the database at `url`; false when it existed already.
+pub async fn create_schema(url: &str, schema: &str) -> Result<bool, StoreError> {
+    check_schema_name(schema)?;
+    let client = admin_client(url).await?;
+    let existed = schema_exists_on(&client, schema).await?;
+    client
+        .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+        .await
+        .map_err(|e| pg_error("create a schema", e))?;
+    Ok(!existed)
+}
+
+/// Drops `schema` and everything in it; false when there was none.
+pub async fn drop_schema(url: &str, schema: &str) -> Result<bool, StoreError> {
+    check_schema_name(schema)?;
+    let client = admin_client(url).await?;
+    let existed = schema_exists_on(&client, schema).await?;
+    client
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .await
+        .map_err(|e| pg_error("drop a schema", e))?;
+    Ok(existed)
+}
+
+/// The schemas of the database at `url` whose names start with `prefix`, sorted.
+pub async fn list_schemas(url: &str, prefix: &str) -> Result<Vec<String>, StoreError> {
+    let client = admin_client(url).await?;
+    let rows = client
+        .query(
+            "SELECT nspname FROM pg_namespace WHERE starts_with(nspname, $1) ORDER BY nspname",
+            &[&prefix],
+        )
+        .await
+        .map_err(|e| pg_error("list schemas", e))?;
+    Ok(rows.iter().map(|row| row.get::<_, String>(0)).collect())
+}
+
+/// Whether `schema` exists in the database at `url`.
+pub async fn schema_exists(url: &str, schema: &str) -> Result<bool, StoreError> {
+    schema_exists_on(&admin_client(url).await?, schema).await
+}
+
+async fn schema_exists_on(
+    client: &tokio_postgres::Client,
+    schema: &str,
+) -> Result<bool, StoreError> {
+    let row = client
+        .query_one("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", &[&schema])
+        .await
+        .map_err(|e| pg_error("look up a schema", e))?;
+    Ok(row.get(0))
 }

@@ -15,9 +15,9 @@ mod error;
 pub mod jobs;
 pub mod loader;
 mod metered;
-mod store;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod scratch;
+mod store;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
 mod types;

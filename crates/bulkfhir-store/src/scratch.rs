@@ -59,7 +59,8 @@ mod tests {
     }
 
     fn tempfile_root() -> PathBuf {
-        let root = std::env::temp_dir().join(format!("bulkfhir-scratch-test-{}", std::process::id()));
+        let root =
+            std::env::temp_dir().join(format!("bulkfhir-scratch-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
         root

@@ -31,19 +31,19 @@ use crate::{
 
 const FHIR_JSON: &str = "application/fhir+json";
 
-fn succeeded(output: Output) -> String {
+pub(crate) fn succeeded(output: Output) -> String {
     stdout(&output)
 }
 
 /// A client key made by `bulkfhir client keygen`.
-struct Key {
+pub(crate) struct Key {
     alg: Algorithm,
     kid: String,
     pem: String,
     jwks: PathBuf,
 }
 
-fn keygen(dir: &Path, alg: Algorithm) -> Key {
+pub(crate) fn keygen(dir: &Path, alg: Algorithm) -> Key {
     let name = if alg == Algorithm::RS384 { "rs384" } else { "es384" };
     let out = dir.join(format!("{name}-{}", uuid::Uuid::new_v4()));
     let text = succeeded(bulkfhir(
@@ -55,7 +55,7 @@ fn keygen(dir: &Path, alg: Algorithm) -> Key {
     Key { alg, kid, pem, jwks: out.join("jwks.json") }
 }
 
-fn register(data: &Path, name: &str, keys: (&str, &str), scope: &str) -> String {
+pub(crate) fn register(data: &Path, name: &str, keys: (&str, &str), scope: &str) -> String {
     let (flag, value) = keys;
     let args = ["client", "add", "--name", name, flag, value, "--scope", scope];
     succeeded(bulkfhir(&args, data)).trim().to_owned()
@@ -65,12 +65,18 @@ fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
 
-fn fresh_jti() -> String {
+pub(crate) fn fresh_jti() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
 /// A well-formed assertion for `client` with `key`, valid `seconds` from now.
-fn assertion(key: &Key, client: &str, token_url: &str, seconds: u64, jti: &str) -> String {
+pub(crate) fn assertion(
+    key: &Key,
+    client: &str,
+    token_url: &str,
+    seconds: u64,
+    jti: &str,
+) -> String {
     let claims = ClientAssertion {
         alg: key.alg,
         kid: Some(&key.kid),
@@ -110,7 +116,7 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-async fn token_request(
+pub(crate) async fn token_request(
     http: &Client,
     token_url: &str,
     form: &[(&str, &str)],
@@ -152,7 +158,13 @@ async fn expect_token_error(
     assert_eq!(headers["cache-control"], "no-store");
 }
 
-async fn get_token(http: &Client, token_url: &str, key: &Key, client: &str, scope: &str) -> Value {
+pub(crate) async fn get_token(
+    http: &Client,
+    token_url: &str,
+    key: &Key,
+    client: &str,
+    scope: &str,
+) -> Value {
     let signed = assertion(key, client, token_url, 240, &fresh_jti());
     let (status, headers, body) = token_request(http, token_url, &grant_form(&signed, scope)).await;
     assert_eq!(status, 200, "{body}");
@@ -164,7 +176,7 @@ async fn get_token(http: &Client, token_url: &str, key: &Key, client: &str, scop
 }
 
 /// One request with an optional bearer token.
-async fn call(
+pub(crate) async fn call(
     http: &Client,
     method: Method,
     url: &str,
@@ -188,18 +200,23 @@ async fn call(
     (status, headers, body_json(response).await)
 }
 
-async fn get(http: &Client, url: &str, token: Option<&str>) -> (u16, HeaderMap, Value) {
+pub(crate) async fn get(http: &Client, url: &str, token: Option<&str>) -> (u16, HeaderMap, Value) {
     call(http, Method::GET, url, token, &[], None).await
 }
 
-async fn kick(http: &Client, url: &str, token: &str, lenient: bool) -> (u16, HeaderMap, Value) {
+pub(crate) async fn kick(
+    http: &Client,
+    url: &str,
+    token: &str,
+    lenient: bool,
+) -> (u16, HeaderMap, Value) {
     let prefer = if lenient { "respond-async, handling=lenient" } else { "respond-async" };
     call(http, Method::GET, url, Some(token), &[("accept", FHIR_JSON), ("prefer", prefer)], None)
         .await
 }
 
 /// Polls as `Retry-After` says until the manifest arrives.
-async fn manifest(http: &Client, status_url: &str, token: &str) -> Value {
+pub(crate) async fn manifest(http: &Client, status_url: &str, token: &str) -> Value {
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
         let (status, headers, body) = get(http, status_url, Some(token)).await;
@@ -215,7 +232,7 @@ async fn manifest(http: &Client, status_url: &str, token: &str) -> Value {
     }
 }
 
-async fn download_lines(http: &Client, url: &str, token: &str) -> Vec<Value> {
+pub(crate) async fn download_lines(http: &Client, url: &str, token: &str) -> Vec<Value> {
     let response = http.get(url).bearer_auth(token).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 200, "GET {url}");
     let text = response.text().await.unwrap();
@@ -223,7 +240,7 @@ async fn download_lines(http: &Client, url: &str, token: &str) -> Vec<Value> {
 }
 
 /// Every output resource of a manifest, by type.
-async fn outputs(
+pub(crate) async fn outputs(
     http: &Client,
     manifest: &Value,
     token: &str,
@@ -236,7 +253,7 @@ async fn outputs(
     by_type
 }
 
-fn ids(resources: &[Value]) -> BTreeSet<String> {
+pub(crate) fn ids(resources: &[Value]) -> BTreeSet<String> {
     resources.iter().map(|r| r["id"].as_str().unwrap().to_owned()).collect()
 }
 
@@ -648,7 +665,7 @@ async fn authorization_matrix_over_http() {
 }
 
 /// The path of a key's JWKS, as the `--jwks` argument.
-fn jwks_arg(key: &Key) -> &str {
+pub(crate) fn jwks_arg(key: &Key) -> &str {
     key.jwks.to_str().unwrap()
 }
 

@@ -585,11 +585,7 @@ impl OwnWeed {
     }
 
     fn resume(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let child = Command::new(clients_dir().join("venv/bin/weed"))
             .args(&self.args)
             .env("AWS_ACCESS_KEY_ID", KEY_ID)

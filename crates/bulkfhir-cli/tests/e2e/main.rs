@@ -21,5 +21,6 @@ mod operations;
 mod postgres;
 mod pull;
 mod real_data;
+mod tenants;
 mod tls;
 mod typefilter;

@@ -25,7 +25,7 @@ use axum::{
 };
 use bulkfhir_auth::{Action, AuthError, Grant, ReadAccess, TokenSigner};
 use bulkfhir_export::{ExportBound, JobAccess};
-use bulkfhir_model::{ErrorKind, Instant, ResourceType, search::SearchQuery};
+use bulkfhir_model::{ErrorKind, Instant, ResourceType, TenantName, search::SearchQuery};
 use bulkfhir_store::ClientStore;
 
 use crate::{AppState, outcome::ApiError};
@@ -43,6 +43,11 @@ pub struct AuthSettings {
     /// Tokens already verified, so that a client polling with one token pays for the signature
     /// and JSON once: the whole token is the key, and expiry is checked on every use.
     verified: std::sync::Mutex<std::collections::HashMap<String, Verified>>,
+    /// The tenant these settings serve (`None`: the default tenant): its tokens name it.
+    tenant: Option<TenantName>,
+    /// At a tenant, the default tenant's settings: its clients' tokens that hold
+    /// `bulkfhir/tenants` are accepted here too, and their registration is checked there.
+    operators: Option<Arc<AuthSettings>>,
 }
 
 /// A verified token's content.
@@ -51,6 +56,7 @@ struct Verified {
     client_id: String,
     grant: Arc<Grant>,
     expires_at: u64,
+    tenant: Option<String>,
 }
 
 /// The most verified tokens remembered (a few hundred bytes each).
@@ -69,7 +75,42 @@ impl AuthSettings {
             jwks: jwks::JwksFetcher::new()?,
             registered: std::sync::Mutex::default(),
             verified: std::sync::Mutex::default(),
+            tenant: None,
+            operators: None,
         })
+    }
+
+    /// Settings for `tenant`, whose clients are in `clients`: same signing `secret` as the
+    /// default tenant's `operators`, but its tokens name the tenant and are refused elsewhere.
+    pub fn for_tenant(
+        secret: &[u8],
+        clients: Arc<dyn ClientStore>,
+        tenant: TenantName,
+        operators: Arc<AuthSettings>,
+    ) -> Result<Self, AuthError> {
+        let mut settings = Self::new(secret, clients)?;
+        settings.tenant = Some(tenant);
+        settings.operators = Some(operators);
+        Ok(settings)
+    }
+
+    /// The tenant these settings serve, as tokens name it.
+    pub(crate) fn tenant(&self) -> Option<&str> {
+        self.tenant.as_ref().map(TenantName::as_str)
+    }
+
+    /// Whose client registry vouches for a token here: this tenant's for its own tokens, the
+    /// default tenant's for an operator's token (`bulkfhir/tenants`); `None` for a token of
+    /// another tenant, which must not learn that anything here exists.
+    fn registry_for(&self, access: &Verified) -> Option<&AuthSettings> {
+        let here = self.tenant.as_ref().map(TenantName::as_str);
+        if access.tenant.as_deref() == here {
+            return Some(self);
+        }
+        if access.tenant.is_none() && access.grant.crosses_tenants() {
+            return self.operators.as_deref();
+        }
+        None
     }
 
     /// Checks a bearer token: from the cache of verified tokens while it is unexpired, else by
@@ -84,6 +125,7 @@ impl AuthSettings {
             client_id: access.client_id,
             grant: Arc::new(access.grant),
             expires_at: access.expires_at,
+            tenant: access.tenant,
         };
         let mut cache = lock();
         if cache.len() >= VERIFIED_CACHE {
@@ -312,7 +354,15 @@ pub(crate) async fn authenticate(
     };
     match auth.verify(token, now_seconds()) {
         Ok(access) => {
-            match auth.still_registered(&access.client_id).await {
+            let Some(registry) = auth.registry_for(&access) else {
+                // Another tenant's token: the same answer as for a path that does not exist.
+                return ApiError::new(
+                    ErrorKind::NotFound,
+                    format!("no FHIR endpoint at {}", request.uri().path()),
+                )
+                .into_response();
+            };
+            match registry.still_registered(&access.client_id).await {
                 Ok(true) => {}
                 Ok(false) => {
                     return unauthorized(

@@ -164,8 +164,13 @@ async fn grant(
             "none of the requested scopes is allowed for this client",
         ));
     }
-    let (token, lifetime) =
-        auth.signer.issue(&client.id, &granted, now, bulkfhir_auth::MAX_TOKEN_SECONDS)?;
+    let (token, lifetime) = auth.signer.issue_in(
+        auth.tenant(),
+        &client.id,
+        &granted,
+        now,
+        bulkfhir_auth::MAX_TOKEN_SECONDS,
+    )?;
     tracing::info!(client_id = %client.id, scope = %granted.to_scope_string(), "access token issued");
     Ok(json!({
         "access_token": token,

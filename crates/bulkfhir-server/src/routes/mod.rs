@@ -16,7 +16,7 @@ use axum::{
     extract::{FromRequestParts, Path, State},
     http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{any, get, post},
 };
 use bulkfhir_model::{
     ErrorKind, Instant, ResourceId, ResourceType,
@@ -35,6 +35,32 @@ use crate::{
 };
 
 pub(crate) fn router(state: AppState) -> Router {
+    fhir_routes(&state)
+        // A tenant's requests are measured by its own router, under its own route names.
+        .route("/fhir/t/{tenant}", any(crate::tenant::dispatch))
+        .route("/fhir/t/{tenant}/{*rest}", any(crate::tenant::dispatch))
+        // The FHIR routes only: probes and scrapers address a node by its IP.
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), check_host_header))
+        .merge(crate::ops::routes(state.config.metrics_on_api_listener))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(RequestBodyTimeoutLayer::new(state.config.limits.body_read_timeout))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// One tenant's FHIR API at `/fhir/...`: the outer router has checked the host and set the
+/// timeouts, and rewrote `/fhir/t/{tenant}/...` to this.
+pub(crate) fn tenant_router(state: AppState) -> Router {
+    fhir_routes(&state)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+/// The FHIR API of one tenant, measured.
+fn fhir_routes(state: &AppState) -> Router<AppState> {
     let started = Instant::now();
     let secured = state.config.auth.is_some();
     Router::new()
@@ -63,15 +89,6 @@ pub(crate) fn router(state: AppState) -> Router {
         // A static page with no data in it; its requests carry the token it is given.
         .route("/fhir/$export-jobs", get(page::export_jobs))
         .route_layer(axum::middleware::from_fn(crate::ops::measure))
-        // The FHIR routes only: probes and scrapers address a node by its IP.
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), check_host_header))
-        .merge(crate::ops::routes(state.config.metrics_on_api_listener))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(CatchPanicLayer::custom(panic_response))
-        .layer(RequestBodyTimeoutLayer::new(state.config.limits.body_read_timeout))
-        .layer(TraceLayer::new_for_http())
-        .with_state(state)
 }
 
 /// Refuses a request whose `Host` is not a valid `host[:port]`, or not allowed, before any
