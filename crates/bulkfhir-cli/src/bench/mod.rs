@@ -15,6 +15,7 @@
 //! 7. kick-off and status-poll latency while a system export runs.
 
 mod auth;
+mod fairness;
 mod latency;
 mod limits;
 mod report;
@@ -639,6 +640,48 @@ async fn bench(
         (rate, export_rate, hwm_kib)
     };
 
+    // 5e. Tenants: the second population in a tenant of its own, exported alone and while the
+    // whole store (the default tenant) exports.
+    let fairness = {
+        for args in [vec!["tenant", "add", "small"], vec!["load", "--tenant", "small"]] {
+            let mut command = tokio::process::Command::new(&exe);
+            command.args(&args).arg("--data-dir").arg(&data);
+            if args[0] == "load" {
+                command.arg(&bundle_dir);
+            }
+            let output = command
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .status()
+                .await
+                .context("run bulkfhir tenant add / load --tenant")?;
+            if !output.success() {
+                bail!("bulkfhir {} failed ({output})", args.join(" "));
+            }
+        }
+        let server =
+            Server::start(&exe, &data, &work.join("server.log"), &http.client, false, &[]).await?;
+        let big = Http { client: http.client.clone(), base: server.base.clone() };
+        let small = Http { client: http.client.clone(), base: format!("{}/t/small", server.base) };
+        let measured = fairness::measure(&big, &small, "$export", args.runs).await;
+        server.stop().await?;
+        let measured = measured.context("the tenant fairness runs")?;
+        if measured.small_resources != bundle_population.resources {
+            failures.push(format!(
+                "tenant small exported {} resources, it holds {}",
+                measured.small_resources, bundle_population.resources
+            ));
+        }
+        if measured.big_resources != total {
+            failures.push(format!(
+                "the default tenant exported {} resources beside tenant small, it holds {total}",
+                measured.big_resources
+            ));
+        }
+        measured
+    };
+
     // 6. The limits, on the last plain system export's files.
     let jobs_dir = data.join("exports").join("jobs");
     let plain = outcomes
@@ -913,6 +956,19 @@ async fn bench(
         thousands(pull_row.1.round() as u64),
         pull_row.0 / pull_row.1.max(1e-9)
     );
+    println!(
+        "tenants   a small tenant's export ({} resources) kicked off just after another \
+         tenant's ({} resources): {:.3} s vs {:.3} s alone: ratio {:.2} (the big one took {:.2} s; \
+         the small one finished first in {} of {} runs)",
+        thousands(fairness.small_resources),
+        thousands(fairness.big_resources),
+        fairness.small_beside_big_s,
+        fairness.small_alone_s,
+        fairness.small_beside_big_s / fairness.small_alone_s.max(1e-9),
+        fairness.big_s,
+        fairness.overlapped,
+        fairness.runs
+    );
     if let Some(pg) = &postgres {
         println!(
             "postgres  load: {} resources/s through COPY vs {} resources/s embedded: ratio {:.2}",
@@ -1065,6 +1121,15 @@ async fn bench(
             "download_resources_per_s": pull_row.0,
             "export_resources_per_s": pull_row.1,
             "ratio": pull_row.0 / pull_row.1.max(1e-9),
+        },
+        "tenants": {
+            "small_resources": fairness.small_resources,
+            "big_resources": fairness.big_resources,
+            "small_alone_s": fairness.small_alone_s,
+            "small_beside_big_s": fairness.small_beside_big_s,
+            "big_s": fairness.big_s,
+            "runs_where_the_small_one_finished_first": fairness.overlapped,
+            "ratio": fairness.small_beside_big_s / fairness.small_alone_s.max(1e-9),
         },
         "postgres": postgres.as_ref().map(|pg| json!({
             "load_per_s": pg.load_rate,

@@ -115,30 +115,55 @@ async fn export(server: &TestServer, path: &str) -> (Value, BTreeMap<String, Vec
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_tenants_with_the_same_ids_export_exactly_their_own_data() {
+    isolation(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tenants_with_the_same_ids_export_exactly_their_own_data_on_postgres() {
+    isolation(Some(bulkfhir_store_postgres::testing::TestCluster::get().database())).await;
+}
+
+/// `bulkfhir ARGS` on `data`, and on `database` when given.
+fn cli(args: &[&str], data: &std::path::Path, database: Option<&str>) -> std::process::Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_bulkfhir"));
+    command.args(args).env("BULKFHIR_DATA_DIR", data);
+    if let Some(url) = database {
+        command.env("BULKFHIR_DATABASE", url);
+    }
+    command.output().expect("run bulkfhir")
+}
+
+/// Two tenants, the same data set with different edits, every export level in both at once.
+async fn isolation(database: Option<String>) {
+    let db = database.as_deref();
     let dataset = medium();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     for tenant in ["acme", "beta"] {
-        let text = succeeded(bulkfhir(&["tenant", "add", tenant], &data));
+        let text = succeeded(cli(&["tenant", "add", tenant], &data, db));
         assert!(text.contains(&format!("/fhir/t/{tenant}")), "{text}");
-        succeeded(bulkfhir(&["load", "--tenant", tenant, dataset.dir.to_str().unwrap()], &data));
+        succeeded(cli(&["load", "--tenant", tenant, dataset.dir.to_str().unwrap()], &data, db));
     }
-    assert_eq!(succeeded(bulkfhir(&["tenant", "list"], &data)), "acme\nbeta\n");
-    assert!(succeeded(bulkfhir(&["tenant", "add", "acme"], &data)).contains("exists already"));
-    let refused = bulkfhir(&["tenant", "add", "Not_A_Name"], &data);
+    assert_eq!(succeeded(cli(&["tenant", "list"], &data, db)), "acme\nbeta\n");
+    assert!(succeeded(cli(&["tenant", "add", "acme"], &data, db)).contains("exists already"));
+    let refused = cli(&["tenant", "add", "Not_A_Name"], &data, db);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("invalid tenant name"));
-    let refused = bulkfhir(&["load", "--tenant", "nope", dataset.dir.to_str().unwrap()], &data);
+    let refused = cli(&["load", "--tenant", "nope", dataset.dir.to_str().unwrap()], &data, db);
     assert!(String::from_utf8_lossy(&refused.stderr).contains("there is no tenant 'nope'"));
     // The default tenant holds another data set, which must not appear in either tenant.
     let generated = dir.path().join("generated");
-    succeeded(bulkfhir(
+    succeeded(cli(
         &["generate", "--patients", "5", "--out", generated.to_str().unwrap()],
         &data,
+        db,
     ));
-    succeeded(bulkfhir(&["load", generated.to_str().unwrap()], &data));
+    succeeded(cli(&["load", generated.to_str().unwrap()], &data, db));
 
-    let server = BinaryServer::start(&data).await;
+    let server = match db {
+        Some(url) => BinaryServer::start_with(&data, None, &["--database", url]).await,
+        None => BinaryServer::start(&data).await,
+    };
     let http = Client::new();
     let acme = TestServer::client_only(&format!("{}/t/acme", server.base), http.clone());
     let beta = TestServer::client_only(&format!("{}/t/beta", server.base), http.clone());
@@ -287,6 +312,14 @@ async fn two_tenants_with_the_same_ids_export_exactly_their_own_data() {
         let folder = data.join("exports/t").join(tenant).join("jobs");
         assert_eq!(std::fs::read_dir(&folder).unwrap().count(), 4, "{}", folder.display());
     }
+    drop(server);
+    // Removal takes the tenant's store (folder or schema) and files, and leaves the other.
+    let text = succeeded(cli(&["tenant", "remove", "beta"], &data, db));
+    assert!(text.contains("tenant beta removed, with "), "{text}");
+    assert_eq!(succeeded(cli(&["tenant", "list"], &data, db)), "acme\n");
+    assert!(!data.join("exports/t/beta").exists());
+    let refused = cli(&["client", "list", "--tenant", "beta"], &data, db);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("there is no tenant 'beta'"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
