@@ -229,12 +229,25 @@ struct Spawner {
     shutdown: CancellationToken,
 }
 
+/// How long a node trusts that an open tenant still exists (another node, or `tenant remove`
+/// on PostgreSQL, may have removed it).
+const RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// An open tenant.
+#[derive(Debug)]
+struct Opened {
+    state: AppState,
+    checked: std::time::Instant,
+    /// Stops its runner and sweeper.
+    stop: CancellationToken,
+}
+
 /// The tenants a serving node has opened, opening others on first use.
 #[derive(Debug)]
 pub(crate) struct TenantWorlds {
     space: TenantSpace,
     template: WorldTemplate,
-    opened: tokio::sync::Mutex<HashMap<TenantName, AppState>>,
+    opened: tokio::sync::Mutex<HashMap<TenantName, Opened>>,
     spawner: OnceLock<Spawner>,
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -276,8 +289,20 @@ impl TenantWorlds {
 
     async fn open_world(&self, tenant: &TenantName) -> anyhow::Result<Option<AppState>> {
         let mut opened = self.opened.lock().await;
-        if let Some(state) = opened.get(tenant) {
-            return Ok(Some(state.clone()));
+        if let Some(open) = opened.get_mut(tenant) {
+            if open.checked.elapsed() < RECHECK {
+                return Ok(Some(open.state.clone()));
+            }
+            if self.space.exists(tenant).await? {
+                open.checked = std::time::Instant::now();
+                return Ok(Some(open.state.clone()));
+            }
+            // Removed behind this node's back: stop its work and answer as for no tenant.
+            if let Some(gone) = opened.remove(tenant) {
+                gone.stop.cancel();
+                tracing::info!(%tenant, "the tenant was removed; closed it");
+            }
+            return Ok(None);
         }
         let Some(spawner) = self.spawner.get() else { bail!("the server is not serving yet") };
         if !self.space.exists(tenant).await? {
@@ -312,15 +337,17 @@ impl TenantWorlds {
         );
         let runner = exports.runner(&template.node_id);
         let sweeper = exports.sweeper();
-        let runner = spawner.runtime.spawn(runner.run(spawner.shutdown.clone()));
-        let sweeper = tokio::spawn(sweeper.run(spawner.shutdown.clone()));
+        let stop = spawner.shutdown.child_token();
+        let runner = spawner.runtime.spawn(runner.run(stop.clone()));
+        let sweeper = tokio::spawn(sweeper.run(stop.clone()));
         self.tasks
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .extend([runner, sweeper]);
         let state = AppState::new(store, exports, server).in_tenant(tenant.clone());
         tracing::info!(%tenant, "tenant opened");
-        opened.insert(tenant.clone(), state.clone());
+        let open = Opened { state: state.clone(), checked: std::time::Instant::now(), stop };
+        opened.insert(tenant.clone(), open);
         Ok(Some(state))
     }
 }

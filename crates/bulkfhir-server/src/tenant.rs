@@ -34,11 +34,12 @@ pub trait TenantDirectory: Send + Sync + std::fmt::Debug {
     ) -> BoxFuture<'a, Result<Option<AppState>, String>>;
 }
 
-/// The directory and the routers of the tenants opened so far.
+/// The directory and the routers of the tenants opened so far, each with the settings it was
+/// built for (a tenant closed and opened again comes back with new ones).
 #[derive(Debug)]
 pub(crate) struct Tenants {
     directory: Arc<dyn TenantDirectory>,
-    routers: Mutex<HashMap<TenantName, Router>>,
+    routers: Mutex<HashMap<TenantName, (Arc<crate::ServerConfig>, Router)>>,
 }
 
 impl Tenants {
@@ -46,14 +47,22 @@ impl Tenants {
         Tenants { directory, routers: Mutex::default() }
     }
 
+    /// The tenant's router: the directory is asked every time (it knows whether the tenant
+    /// still exists), the router is built once per opening.
     async fn router(&self, tenant: &TenantName) -> Result<Option<Router>, String> {
         let lock = || self.routers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(router) = lock().get(tenant) {
+        let Some(state) = self.directory.open(tenant).await? else {
+            lock().remove(tenant);
+            return Ok(None);
+        };
+        if let Some((config, router)) = lock().get(tenant)
+            && Arc::ptr_eq(config, &state.config)
+        {
             return Ok(Some(router.clone()));
         }
-        let Some(state) = self.directory.open(tenant).await? else { return Ok(None) };
+        let config = Arc::clone(&state.config);
         let router = crate::routes::tenant_router(state);
-        lock().insert(tenant.clone(), router.clone());
+        lock().insert(tenant.clone(), (config, router.clone()));
         Ok(Some(router))
     }
 }

@@ -16,6 +16,10 @@ pub(crate) fn pg_error(context: impl Into<String>, error: tokio_postgres::Error)
                     | &SqlState::ADMIN_SHUTDOWN
                     | &SqlState::CANNOT_CONNECT_NOW
                     | &SqlState::TOO_MANY_CONNECTIONS
+                    // The store's tables are gone: its schema was dropped (a tenant removed
+                    // while this node served it, which it notices within seconds).
+                    | &SqlState::UNDEFINED_TABLE
+                    | &SqlState::INVALID_SCHEMA_NAME
             )
         )
         || std::error::Error::source(&error).is_some_and(|source| source.is::<std::io::Error>());
