@@ -167,4 +167,22 @@ mod tests {
         assert!(signer.verify(&tampered, 1_100).is_err());
         assert!(signer.verify("not.a.token", 1_100).is_err());
     }
+
+    #[test]
+    fn tokens_name_their_tenant_and_the_default_tenant_by_omission() {
+        let signer = TokenSigner::new(&[7; 32]).unwrap();
+        let grant = Grant::parse("system/*.rs bulkfhir/tenants").unwrap();
+        assert!(grant.crosses_tenants());
+        assert_eq!(grant.to_scope_string(), "system/*.rs bulkfhir/tenants");
+        let (token, _) = signer.issue_in(Some("north"), "c", &grant, 1_000, 60).unwrap();
+        let checked = signer.verify(&token, 1_001).unwrap();
+        assert_eq!(checked.tenant.as_deref(), Some("north"));
+        let (token, _) = signer.issue("c", &grant, 1_000, 60).unwrap();
+        assert_eq!(signer.verify(&token, 1_001).unwrap().tenant, None);
+        // Only granted when both asked for and registered.
+        let plain = Grant::parse("system/*.rs").unwrap();
+        assert!(!Grant::intersect(&grant, &plain).crosses_tenants());
+        assert!(!Grant::intersect(&plain, &grant).crosses_tenants());
+        assert!(Grant::intersect(&grant, &grant).crosses_tenants());
+    }
 }
