@@ -293,6 +293,7 @@ async fn isolation(database: Option<String>) {
             .map(|e| e["resource"]["id"].as_str().unwrap())
             .collect();
         for entry in bundle["entry"].as_array().unwrap() {
+            assert_eq!(entry["resource"]["tenant"].as_str(), own.base.rsplit('/').next());
             let id = entry["resource"]["id"].as_str().unwrap();
             assert!(!their_ids.contains(id));
             let (status, body) = other.get(&format!("BulkDataExport/{id}")).await;
@@ -307,6 +308,11 @@ async fn isolation(database: Option<String>) {
     // The default tenant saw no export and no edit.
     let (_, jobs) = default.get("BulkDataExport").await;
     assert_eq!(jobs["total"], 0, "{jobs}");
+    assert!(
+        jobs["entry"]
+            .as_array()
+            .is_none_or(|e| e.iter().all(|e| e["resource"].get("tenant").is_none()))
+    );
     // Each tenant's files are in its own folder.
     for tenant in ["acme", "beta"] {
         let folder = data.join("exports/t").join(tenant).join("jobs");

@@ -28,7 +28,10 @@ pub(super) async fn read(
     let view = state.exports.job(&job_id, &caller.job_access()).await?;
     let live = state.exports.live_progress(&view.record.id);
     let secured = state.config.auth.is_some();
-    Ok(json_response(StatusCode::OK, render(&view, live, secured).to_string()))
+    Ok(json_response(
+        StatusCode::OK,
+        render(&view, live, secured, state.tenant.as_ref()).to_string(),
+    ))
 }
 
 pub(super) async fn search(
@@ -70,15 +73,21 @@ pub(super) async fn search(
         .iter()
         .map(|v| {
             let live = state.exports.live_progress(&v.record.id);
-            json!({"fullUrl": format!("{base}/BulkDataExport/{}", v.record.id), "resource": render(v, live, secured), "search": {"mode": "match"}})
+            json!({"fullUrl": format!("{base}/BulkDataExport/{}", v.record.id), "resource": render(v, live, secured, state.tenant.as_ref()), "search": {"mode": "match"}})
         })
         .collect();
     let bundle = json!({"resourceType": "Bundle", "type": "searchset", "total": entries.len(), "entry": entries});
     Ok(json_response(StatusCode::OK, bundle.to_string()))
 }
 
-/// The job as a `BulkDataExport` resource (the shape of the Medplum and Aidbox seeds).
-fn render(view: &JobView, live: Option<LiveProgress>, requires_access_token: bool) -> Value {
+/// The job as a `BulkDataExport` resource (the shape of the Medplum and Aidbox seeds), with the
+/// tenant it belongs to unless that is the default one.
+fn render(
+    view: &JobView,
+    live: Option<LiveProgress>,
+    requires_access_token: bool,
+    tenant: Option<&bulkfhir_model::TenantName>,
+) -> Value {
     let record = &view.record;
     let request = &view.request;
     let base = &request.base_url;
@@ -132,6 +141,9 @@ fn render(view: &JobView, live: Option<LiveProgress>, requires_access_token: boo
     }
     if let Some(requester) = &record.requester {
         resource["requester"] = json!({"display": requester});
+    }
+    if let Some(tenant) = tenant {
+        resource["tenant"] = json!(tenant.as_str());
     }
     if let Some(expires) = record.expires_at {
         resource["expires"] = json!(expires.to_fhir());
