@@ -102,6 +102,9 @@ enum TenantCommand {
         /// files under t/NAME/ there are deleted too.
         #[arg(long, env = "BULKFHIR_EXPORT_STORE")]
         export_store: Option<String>,
+        /// The S3-compatible server of --export-store, as `serve --s3-endpoint`.
+        #[arg(long, env = "BULKFHIR_S3_ENDPOINT")]
+        s3_endpoint: Option<String>,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -637,9 +640,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 Ok(ExitCode::SUCCESS)
             }
-            TenantCommand::Remove { name, force, export_store, store } => {
+            TenantCommand::Remove { name, force, export_store, s3_endpoint, store } => {
                 let tenant = TenantName::parse(&name)?;
-                let files = store.tenants().remove(&tenant, force, export_store.as_deref()).await?;
+                let cloud = bulkfhir_output::CloudOptions { s3_endpoint };
+                let files =
+                    store.tenants().remove(&tenant, force, export_store.as_deref(), &cloud).await?;
                 println!("tenant {tenant} removed, with {files} export file(s)");
                 Ok(ExitCode::SUCCESS)
             }

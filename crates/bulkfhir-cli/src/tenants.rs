@@ -134,6 +134,7 @@ impl TenantSpace {
         tenant: &TenantName,
         force: bool,
         export_store: Option<&str>,
+        cloud: &CloudOptions,
     ) -> anyhow::Result<u64> {
         // On the embedded store, a serving node holds the tenant open: it must be stopped.
         let _lock = if self.database.is_none() {
@@ -153,7 +154,7 @@ impl TenantSpace {
             );
         }
         drop(stores);
-        let output = tenant_output(&self.data_dir, export_store, &CloudOptions::default(), tenant)?;
+        let output = tenant_output(&self.data_dir, export_store, cloud, tenant)?;
         let mut files = 0;
         for prefix in ["jobs", "health"] {
             let key = OutputKey::parse(prefix).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -283,6 +283,59 @@ async fn exports_in_s3_equal_local_disk_byte_for_byte_and_signed_urls_expire() {
     assert_eq!(http.get(status_url).send().await.unwrap().status().as_u16(), 404);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_files_go_under_its_prefix_in_the_bucket_and_leave_with_it() {
+    let endpoint = seaweed();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    stdout(&bulkfhir(&["tenant", "add", "acme"], &data));
+    stdout(&bulkfhir(&["load", "--tenant", "acme", small().dir.to_str().unwrap()], &data));
+    stdout(&bulkfhir(&["load", small().dir.to_str().unwrap()], &data));
+    let run = uuid::Uuid::new_v4();
+    let store = format!("s3://{BUCKET}/runs/{run}");
+    let flags = ["--export-store", &store, "--s3-endpoint", endpoint, "--export-urls", "signed"];
+    let server = Serve::start(&data, &flags).await;
+    let http = Client::new();
+    let patients = small().lines["Patient"].len();
+    let tenant =
+        manifest(&http, &format!("{}/t/acme/$export?_type=Patient,Condition", server.base)).await;
+    let default = manifest(&http, &format!("{}/$export?_type=Patient", server.base)).await;
+    let tenant_prefix = format!("{endpoint}/{BUCKET}/runs/{run}/t/acme/jobs/");
+    for item in tenant["output"].as_array().unwrap() {
+        assert!(item["url"].as_str().unwrap().starts_with(&tenant_prefix), "{item}");
+    }
+    for item in default["output"].as_array().unwrap() {
+        let url = item["url"].as_str().unwrap();
+        assert!(url.starts_with(&format!("{endpoint}/{BUCKET}/runs/{run}/jobs/")), "{url}");
+    }
+    let seen = exported_once(&http, &tenant).await;
+    assert_eq!(seen["Patient"].len(), patients);
+    assert_eq!(exported_once(&http, &default).await["Patient"].len(), patients);
+    let tenant_objects = tenant["output"].as_array().unwrap().len();
+    drop(server);
+
+    // Removal with the server's export store deletes the tenant's objects, and only those.
+    let output = Command::new(env!("CARGO_BIN_EXE_bulkfhir"))
+        .args(["tenant", "remove", "acme", "--export-store", &store, "--s3-endpoint", endpoint])
+        .env("BULKFHIR_DATA_DIR", &data)
+        .env("AWS_ACCESS_KEY_ID", KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET)
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .unwrap();
+    let text = stdout(&output);
+    assert!(text.contains(&format!("with {tenant_objects} export file(s)")), "{text}");
+    // The signed URLs are still valid: the tenant's objects are gone, the default tenant's stay.
+    for item in tenant["output"].as_array().unwrap() {
+        let url = item["url"].as_str().unwrap();
+        assert_eq!(http.get(url).send().await.unwrap().status().as_u16(), 404, "{url}");
+    }
+    for item in default["output"].as_array().unwrap() {
+        let url = item["url"].as_str().unwrap();
+        assert_eq!(http.get(url).send().await.unwrap().status().as_u16(), 200, "{url}");
+    }
+}
+
 /// The system (plain and gzip), Patient and Group exports of two servers over the same data,
 /// one on local disk and one on a bucket with signed URLs: the same files, byte for byte after
 /// decompression; the bucket's URLs start with `signed_prefix` and carry `signature`.
