@@ -29,8 +29,12 @@ pub struct ExportConfig {
     pub sweep_interval: Duration,
     /// gzip level for `.ndjson.gz` output (1 is fastest).
     pub gzip_level: u32,
-    /// The `Retry-After` a client is told while an export runs or the queue is full.
+    /// The `Retry-After` a client is told when the queue is full; polls faster than half of it
+    /// (or of what a status answer told, when that is less) get 429.
     pub retry_after: Duration,
+    /// The longest `Retry-After` a status answer gives. While an export runs it says the
+    /// expected remaining time (at least 1 s, the header's unit), at most this.
+    pub max_retry_after: Duration,
     /// Files listed per partial-manifest page (`allowPartialManifests`).
     pub files_per_manifest_page: usize,
     /// A type whose versions span more than this many sequence numbers is exported as several
@@ -59,6 +63,7 @@ impl Default for ExportConfig {
             sweep_interval: Duration::from_secs(60),
             gzip_level: 1,
             retry_after: Duration::from_secs(2),
+            max_retry_after: Duration::from_secs(30),
             files_per_manifest_page: 500,
             key_range_span: 50_000,
             max_signed_url: Duration::from_secs(7 * 24 * 3600),

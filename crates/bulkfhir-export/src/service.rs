@@ -4,6 +4,7 @@ use std::{
     collections::HashMap,
     ops::Range,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use bulkfhir_model::{
@@ -190,6 +191,8 @@ pub enum StatusView {
         percent: u8,
         /// A short phase text.
         text: String,
+        /// When to poll again: the expected remaining time, within bounds.
+        retry_after: Duration,
     },
     /// Finished.
     Completed {
@@ -221,6 +224,8 @@ pub enum StatusView {
         percent: u8,
         /// Phase text, while running.
         text: String,
+        /// When to poll again, while running.
+        retry_after: Duration,
         /// When the files expire (completed jobs).
         expires_at: Option<Instant>,
     },
@@ -503,9 +508,14 @@ impl ExportService {
         }
         let view = match record.status {
             JobStatus::Cancelled => return Err(not_found(id)),
-            JobStatus::Accepted => StatusView::InProgress { percent: 0, text: "queued".to_owned() },
+            JobStatus::Accepted => StatusView::InProgress {
+                percent: 0,
+                text: "queued".to_owned(),
+                retry_after: self.retry_after(&record),
+            },
             JobStatus::InProgress => StatusView::InProgress {
                 percent: record.progress_percent,
+                retry_after: self.retry_after(&record),
                 text: record.progress_text,
             },
             JobStatus::Error => StatusView::Failed {
@@ -583,6 +593,7 @@ impl ExportService {
                 // Nothing finished yet: a plain progress answer.
                 return Ok(StatusView::InProgress {
                     percent: record.progress_percent,
+                    retry_after: self.retry_after(&record),
                     text: record.progress_text,
                 });
             }
@@ -604,10 +615,27 @@ impl ExportService {
             request: Box::new(request),
             next,
             complete,
+            retry_after: self.retry_after(&record),
             percent: record.progress_percent,
             text: record.progress_text,
             expires_at: record.expires_at,
         })
+    }
+
+    /// When a client should poll a running export again: its expected remaining time. The
+    /// share done is the live unit count when this process runs the job, else the stored
+    /// percent; the time so far is counted from the kick-off. With nothing done yet the answer
+    /// is the time so far (so polls back off while a job waits), and it is always between 1 s
+    /// (the header's unit) and [`ExportConfig::max_retry_after`]. A small export is done
+    /// within the first second, so its client waits 1 s, not a fixed poll interval.
+    fn retry_after(&self, record: &JobRecord) -> Duration {
+        let elapsed_us = (Instant::now().as_micros() - record.request_time.as_micros()).max(0);
+        let elapsed = Duration::from_micros(u64::try_from(elapsed_us).unwrap_or(0));
+        let done = match self.live_progress(&record.id) {
+            Some(live) if live.units_total > 0 => live.units_done as f64 / live.units_total as f64,
+            _ => f64::from(record.progress_percent) / 100.0,
+        };
+        poll_again_after(elapsed, done, self.shared.config.max_retry_after)
     }
 
     /// Cancels an export and deletes its files (`NotFound` when unknown or already cancelled).
@@ -894,4 +922,44 @@ fn check_parameters(request: &mut ExportRequest, lenient: bool) -> Result<(), Ex
         }
     }
     Ok(())
+}
+
+/// The expected remaining time of an export `done` (0..1) after `elapsed`, in whole seconds
+/// rounded up, between 1 s and `max`; the time so far when nothing is done yet.
+pub(crate) fn poll_again_after(elapsed: Duration, done: f64, max: Duration) -> Duration {
+    let remaining = if done > 0.0 && done.is_finite() {
+        elapsed.mul_f64(((1.0 - done.min(1.0)) / done).min(1e6))
+    } else {
+        elapsed
+    };
+    let max = max.max(Duration::from_secs(1));
+    // Whole seconds, rounded up: the header has no fractions.
+    let seconds = remaining.as_secs() + u64::from(remaining.subsec_nanos() > 0);
+    Duration::from_secs(seconds).clamp(Duration::from_secs(1), max)
+}
+
+#[cfg(test)]
+mod poll_tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_follows_the_expected_remaining_time_within_bounds() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        let max = s(30);
+        // A small export: nothing or little done after a few milliseconds: 1 s, the floor.
+        assert_eq!(poll_again_after(ms(5), 0.0, max), s(1));
+        assert_eq!(poll_again_after(ms(40), 0.5, max), s(1));
+        // A quarter done after 3 s: 9 s to go.
+        assert_eq!(poll_again_after(s(3), 0.25, max), s(9));
+        // Rounded up to whole seconds.
+        assert_eq!(poll_again_after(ms(1500), 0.5, max), s(2));
+        // Nothing done after 4 s (queued, or a first unit still running): wait as long again.
+        assert_eq!(poll_again_after(s(4), 0.0, max), s(4));
+        // Never above the bound, never below 1 s, whatever the input.
+        assert_eq!(poll_again_after(s(600), 0.01, max), max);
+        assert_eq!(poll_again_after(s(600), f64::NAN, max), max);
+        assert_eq!(poll_again_after(s(5), 1.0, max), s(1));
+        assert_eq!(poll_again_after(s(5), 0.1, Duration::ZERO), s(1));
+    }
 }

@@ -89,9 +89,9 @@ pub struct AppState {
     pub exports: ExportService,
     /// Settings.
     pub config: Arc<ServerConfig>,
-    /// When each running export was last polled, to answer 429 to clients that poll faster
-    /// than `Retry-After` told them.
-    pub(crate) polls: Arc<Mutex<HashMap<JobId, std::time::Instant>>>,
+    /// When each running export was last polled and the `Retry-After` that poll was told, to
+    /// answer 429 to clients that poll faster than they were told.
+    pub(crate) polls: Arc<Mutex<HashMap<JobId, (std::time::Instant, std::time::Duration)>>>,
     /// The Prometheus recorder's handle, when this process records metrics.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     pub(crate) ready: Arc<ops::ReadyCache>,

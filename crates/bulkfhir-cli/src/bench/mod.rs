@@ -21,6 +21,7 @@ mod limits;
 mod report;
 mod scenarios;
 mod server;
+mod time_to_data;
 
 use std::{
     collections::BTreeMap,
@@ -485,6 +486,39 @@ async fn bench(
             Some(run) => Some(scenarios::download_rates(&http, &run.job_id).await?),
             None => None,
         };
+    // Time to data for the exports users run most: the `_since` 1% and one patient's, by a
+    // client that polls at once and then as Retry-After says.
+    // `patient` is a POST-only parameter.
+    let single_patient = members.first().map(|p| {
+        json!({"resourceType": "Parameters", "parameter": [
+            {"name": "patient", "valueReference": {"reference": format!("Patient/{p}")}}
+        ]})
+        .to_string()
+    });
+    let mut time_to_data = vec![
+        time_to_data::measure(
+            &http,
+            "since-1pct",
+            &format!("$export?_since={since_param}"),
+            None,
+            args.runs,
+        )
+        .await
+        .context("time to data, _since")?,
+    ];
+    if let Some(body) = &single_patient {
+        time_to_data.push(
+            time_to_data::measure(&http, "one-patient", "Patient/$export", Some(body), args.runs)
+                .await
+                .context("time to data, one patient")?,
+        );
+    }
+    for row in &time_to_data {
+        eprintln!(
+            "bench: time to data {}: manifest after {:.3} s, export done after {:.3} s",
+            row.name, row.to_manifest_s, row.export_s
+        );
+    }
     if let Some(server) = slot.take() {
         server.stop().await?;
     }
@@ -956,6 +990,13 @@ async fn bench(
         thousands(pull_row.1.round() as u64),
         pull_row.0 / pull_row.1.max(1e-9)
     );
+    for row in &time_to_data {
+        println!(
+            "to data   {}: kick-off → manifest {:.2} s for a client honouring Retry-After ({} polls, \
+             {} × 429); the export itself took {:.3} s",
+            row.name, row.to_manifest_s, row.polls, row.throttled, row.export_s
+        );
+    }
     println!(
         "tenants   a small tenant's export ({} resources) kicked off just after another \
          tenant's ({} resources): {:.3} s vs {:.3} s alone: ratio {:.2} (the big one took {:.2} s; \
@@ -1122,6 +1163,13 @@ async fn bench(
             "export_resources_per_s": pull_row.1,
             "ratio": pull_row.0 / pull_row.1.max(1e-9),
         },
+        "time_to_data": time_to_data.iter().map(|row| json!({
+            "scenario": row.name,
+            "kickoff_to_manifest_s": row.to_manifest_s,
+            "export_s": row.export_s,
+            "status_polls": row.polls,
+            "status_429": row.throttled,
+        })).collect::<Vec<_>>(),
         "tenants": {
             "small_resources": fairness.small_resources,
             "big_resources": fairness.big_resources,

@@ -280,9 +280,20 @@ async fn job_status(
     is_page: bool,
 ) -> Result<Response, ApiError> {
     let job_id = job_id.clone();
-    let retry_after = state.exports.config().retry_after;
+    // Polls faster than half of what the last answer told (or of the configured Retry-After,
+    // when that is less: a client polling once a second is never refused) get 429.
+    let patience = state.exports.config().retry_after;
     match view {
-        StatusView::Partial { page, request, next, complete, percent, text, expires_at } => {
+        StatusView::Partial {
+            page,
+            request,
+            next,
+            complete,
+            percent,
+            text,
+            retry_after,
+            expires_at,
+        } => {
             let links = file_links(state, &job_id, &page, &request, expires_at).await?;
             let mut body = manifest_json(&page, &request.base_url, &job_id, &links);
             if let Some(next) = next {
@@ -295,7 +306,7 @@ async fn job_status(
             } else if !is_page {
                 let mut polls =
                     state.polls.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                polls.insert(job_id.clone(), std::time::Instant::now());
+                polls.insert(job_id.clone(), (std::time::Instant::now(), retry_after));
             }
             let status = if complete { StatusCode::OK } else { StatusCode::ACCEPTED };
             let mut response = (status, body.to_string()).into_response();
@@ -311,22 +322,22 @@ async fn job_status(
             }
             Ok(response)
         }
-        StatusView::InProgress { percent, text } => {
+        StatusView::InProgress { percent, text, retry_after } => {
             let now = std::time::Instant::now();
             let too_fast = {
                 let mut polls =
                     state.polls.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 let too_fast = !is_page
-                    && polls
-                        .get(&job_id)
-                        .is_some_and(|last| now.duration_since(*last) < retry_after / 2);
+                    && polls.get(&job_id).is_some_and(|(last, told)| {
+                        now.duration_since(*last) < (*told).min(patience) / 2
+                    });
                 if !too_fast {
                     if polls.len() > 10_000 {
-                        polls.retain(|_, last| {
+                        polls.retain(|_, (last, _)| {
                             now.duration_since(*last) < std::time::Duration::from_secs(3600)
                         });
                     }
-                    polls.insert(job_id.clone(), now);
+                    polls.insert(job_id.clone(), (now, retry_after));
                 }
                 too_fast
             };
