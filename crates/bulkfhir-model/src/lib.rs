@@ -4,7 +4,7 @@
 //! ([`ResourceId`]), server instants ([`Instant`]), the preparation of an incoming resource into the
 //! exact bytes the store keeps ([`PreparedResource`]), Patient compartment membership
 //! ([`compartment`]), the shared error classification ([`ErrorKind`]) and `OperationOutcome`
-//! construction ([`outcome`]).
+//! construction ([`outcome`]), and the SQL on FHIR v2 ViewDefinition engine ([`view`]).
 //!
 //! It sits at the bottom of the tree: `model ← store ← export ← server`.
 #![warn(missing_docs)]
@@ -21,7 +21,9 @@ pub mod outcome;
 mod prepare;
 mod resource_type;
 pub mod search;
+pub mod tabular;
 mod tenant;
+pub mod view;
 
 pub use error::{ErrorKind, ModelError, error_chain};
 pub use id::ResourceId;
