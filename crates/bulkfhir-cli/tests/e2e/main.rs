@@ -24,3 +24,4 @@ mod real_data;
 mod tenants;
 mod tls;
 mod typefilter;
+mod views;

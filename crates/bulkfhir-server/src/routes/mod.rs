@@ -8,6 +8,7 @@ mod export;
 mod jobs;
 mod page;
 mod search;
+mod view;
 
 use std::any::Any;
 
@@ -71,6 +72,8 @@ fn fhir_routes(state: &AppState) -> Router<AppState> {
         .route("/fhir/Group/{id}/$export", get(export::kickoff_group).post(export::kickoff_group))
         .route("/fhir/$export-status/{job}", get(export::status).delete(export::cancel))
         .route("/fhir/$export-file/{job}/{name}", get(export::download))
+        .route("/fhir/$viewdefinition-run", post(view::run))
+        .route("/fhir/ViewDefinition/$run", post(view::run))
         .route("/fhir/BulkDataExport", get(jobs::search))
         .route("/fhir/BulkDataExport/{id}", get(jobs::read))
         .route("/fhir/{type}", get(search::list_type).post(crud::create))
