@@ -48,6 +48,26 @@ pub struct StoredRequest {
     /// The kick-off's own destination (an allow-listed URL), when it named one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination: Option<String>,
+    /// `$viewdefinition-export`: the views whose rows the files hold (checked at kick-off),
+    /// instead of resources.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub views: Vec<StoredView>,
+    /// `$viewdefinition-export`: `csv` or `ndjson`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view_format: Option<String>,
+    /// `$viewdefinition-export`: the client's `clientTrackingId`, echoed in the result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_tracking_id: Option<String>,
+}
+
+/// One view of a `$viewdefinition-export`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredView {
+    /// The output name (`view.name`, else the ViewDefinition's `name`): its files are
+    /// `{name}-{n}.csv` or `.ndjson`, listed under this name.
+    pub name: String,
+    /// The ViewDefinition resource.
+    pub view: serde_json::Value,
 }
 
 /// What a job does, fixed at kick-off.
@@ -97,9 +117,18 @@ pub(crate) enum UnitSpec {
         /// member (a Group of every patient is in every member's compartment).
         #[serde(default)]
         members_only: bool,
+        /// `$viewdefinition-export`: the index of the view whose rows this unit writes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        view: Option<u32>,
     },
     /// The compartments of the plan's members, for one type.
-    Members { resource_type: String, after_seq: u64 },
+    Members {
+        resource_type: String,
+        after_seq: u64,
+        /// As in `Scan`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        view: Option<u32>,
+    },
     /// Deletions after `_since` of one type (as `Scan`).
     Deleted { resource_type: String, compartment_only: bool, after_seq: u64 },
     /// Deletions after `_since` in the members' compartments.

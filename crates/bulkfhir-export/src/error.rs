@@ -35,6 +35,16 @@ pub enum ExportError {
     /// The job's stored documents are unreadable (a bug or a newer format).
     #[error("job data is corrupt: {0}")]
     Corrupt(String),
+    /// A view cannot run on a stored resource (`$viewdefinition-export`).
+    #[error("view '{view}' cannot run on {resource}: {message}")]
+    View {
+        /// The view's output name.
+        view: String,
+        /// `Type/id` of the resource.
+        resource: String,
+        /// Why.
+        message: String,
+    },
     /// A stored resource could not be tested against `_typeFilter` (it is not JSON the evaluator
     /// can read). The job fails rather than leave the resource out.
     #[error(
@@ -72,6 +82,7 @@ impl ExportError {
             ExportError::Output(e) => e.kind(),
             ExportError::Corrupt(_)
             | ExportError::Unfilterable { .. }
+            | ExportError::View { .. }
             | ExportError::Panicked(_)
             | ExportError::Stopped(_) => ErrorKind::Internal,
         }

@@ -24,11 +24,11 @@ mod unit;
 
 pub use access::{ExportBound, JobAccess};
 pub use config::ExportConfig;
-pub use docs::{FileEntry, FileKind, ManifestDoc, StoredRequest};
+pub use docs::{FileEntry, FileKind, ManifestDoc, StoredRequest, StoredView};
 pub use error::ExportError;
 pub use runner::Runner;
 pub use service::{
     ExportService, FileDownload, JobView, KickoffContext, LIVE_SAMPLES, LiveProgress, StatusReport,
-    StatusView,
+    StatusView, ViewExport,
 };
 pub use sweeper::Sweeper;

@@ -167,9 +167,14 @@ pub(crate) async fn plan(
                     part: 0,
                     before_seq: Some(high + 1),
                     members_only: true,
+                    view: None,
                 });
             } else {
-                units.push(UnitSpec::Members { resource_type: name.clone(), after_seq: since_seq });
+                units.push(UnitSpec::Members {
+                    resource_type: name.clone(),
+                    after_seq: since_seq,
+                    view: None,
+                });
             }
             if request.since.is_some() {
                 units.push(UnitSpec::DeletedMembers { resource_type: name, after_seq: since_seq });
@@ -302,8 +307,38 @@ fn range_scans(
             part,
             before_seq,
             members_only: false,
+            view: None,
         }
     })
+}
+
+/// A `$viewdefinition-export` plan from the plan of a resource export of the views' types:
+/// each unit that reads resources of a type becomes one unit per view over that type (a view
+/// writes its own files); deletions, supporting resources and Provenance have no place in a
+/// view's rows and go.
+pub(crate) fn for_views(units: Vec<UnitSpec>, view_types: &[ResourceType]) -> Vec<UnitSpec> {
+    let mut out = Vec::new();
+    for unit in units {
+        let resource_type = match &unit {
+            UnitSpec::Scan { resource_type, .. } | UnitSpec::Members { resource_type, .. } => {
+                resource_type.clone()
+            }
+            _ => continue,
+        };
+        for (index, view_type) in view_types.iter().enumerate() {
+            if view_type.as_str() != resource_type {
+                continue;
+            }
+            let index = u32::try_from(index).ok();
+            let mut copy = unit.clone();
+            match &mut copy {
+                UnitSpec::Scan { view, .. } | UnitSpec::Members { view, .. } => *view = index,
+                _ => {}
+            }
+            out.push(copy);
+        }
+    }
+    out
 }
 
 /// Splits the key range `first..=last` into parts of at most `span` sequence numbers (at most

@@ -17,6 +17,7 @@ use std::{
 };
 
 use bulkfhir_model::{Instant, elements::ElementSelection, error_chain, search::SearchQuery};
+use bulkfhir_model::{tabular::TabularFormat, view::ViewDefinition};
 use bulkfhir_store::{JobId, JobQuery, JobRecord, JobStatus, StoreError, UnitRecord};
 use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -574,6 +575,19 @@ fn job_context(
             .map_err(|e| ExportError::Corrupt(format!("scope query '{text}': {e}")))?;
         scope_filters.entry(query.resource_type()).or_default().push(query);
     }
+    let mut views = Vec::new();
+    for stored in &request.views {
+        let view = ViewDefinition::parse(&stored.view)
+            .map_err(|e| ExportError::Corrupt(format!("view '{}': {e}", stored.name)))?;
+        views.push((stored.name.clone(), view));
+    }
+    let view_format = match request.view_format.as_deref() {
+        None => None,
+        Some(code) => Some(
+            TabularFormat::parse(code)
+                .ok_or_else(|| ExportError::Corrupt(format!("view format '{code}'")))?,
+        ),
+    };
     let ctx = Arc::new(JobContext {
         store: Arc::clone(&shared.store),
         jobs: Arc::clone(&shared.jobs),
@@ -593,6 +607,8 @@ fn job_context(
         elements,
         filters,
         scope_filters,
+        views,
+        view_format,
     });
     Ok((ctx, request))
 }

@@ -12,6 +12,8 @@ use bulkfhir_model::{
     elements::ElementSelection,
     export::{ExportLevel, ExportRequest, OutputFormat},
     search::SearchQuery,
+    tabular::TabularFormat,
+    view::ViewDefinition,
 };
 use bulkfhir_output::{Compression, OutputError, OutputKey, OutputStore};
 use bulkfhir_store::{
@@ -25,7 +27,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     ExportBound, ExportConfig, ExportError, FileKind, JobAccess, Runner, Sweeper,
-    docs::{FileEntry, ManifestDoc, StoredRequest},
+    docs::{FileEntry, ManifestDoc, StoredRequest, StoredView},
     error::corrupt,
     plan::plan,
 };
@@ -286,6 +288,17 @@ pub struct KickoffContext {
     pub bound: ExportBound,
 }
 
+/// The views of a `$viewdefinition-export`: the files hold their rows instead of resources.
+#[derive(Debug, Clone)]
+pub struct ViewExport {
+    /// (output name, ViewDefinition resource), in request order.
+    pub views: Vec<(String, serde_json::Value)>,
+    /// CSV or NDJSON.
+    pub format: TabularFormat,
+    /// The client's `clientTrackingId`, echoed in the result.
+    pub client_tracking_id: Option<String>,
+}
+
 /// A status answer: the job's state and how the client asked to receive it.
 #[derive(Debug)]
 pub struct StatusReport {
@@ -399,9 +412,44 @@ impl ExportService {
     /// resource in the version current at that instant, and `transactionTime` is `_until`.
     pub async fn kickoff(
         &self,
-        mut request: ExportRequest,
+        request: ExportRequest,
         context: KickoffContext,
     ) -> Result<JobId, ExportError> {
+        self.kickoff_with(request, None, context).await
+    }
+
+    /// Starts a `$viewdefinition-export`: the export of `request` (level, `patient`, `_since`)
+    /// with the rows of `views` in its files. Every view is checked here; an invalid one is
+    /// refused before any job exists.
+    pub async fn kickoff_views(
+        &self,
+        request: ExportRequest,
+        views: ViewExport,
+        context: KickoffContext,
+    ) -> Result<JobId, ExportError> {
+        self.kickoff_with(request, Some(views), context).await
+    }
+
+    async fn kickoff_with(
+        &self,
+        mut request: ExportRequest,
+        views: Option<ViewExport>,
+        context: KickoffContext,
+    ) -> Result<JobId, ExportError> {
+        let view_types = match &views {
+            Some(views) => {
+                let types = check_views(views)?;
+                let mut distinct: Vec<ResourceType> = Vec::new();
+                for t in &types {
+                    if !distinct.contains(t) {
+                        distinct.push(*t);
+                    }
+                }
+                request.types = Some(distinct);
+                types
+            }
+            None => Vec::new(),
+        };
         check_parameters(&mut request, context.lenient)?;
         apply_bound(&mut request, &context.bound, context.lenient)?;
         if let Some(destination) = &request.destination {
@@ -424,7 +472,7 @@ impl ExportService {
             snapshot = Snapshot { seq: shared.store.seq_at(until).await?, time: until };
         }
         let snapshot_taken = started.elapsed();
-        let (plan, units) = plan(
+        let (mut plan, mut units) = plan(
             shared.store.as_ref(),
             &request,
             snapshot,
@@ -432,6 +480,10 @@ impl ExportService {
             context.lenient,
         )
         .await?;
+        if views.is_some() {
+            units = crate::plan::for_views(units, &view_types);
+            plan.supporting = None;
+        }
         let planned = started.elapsed();
         let (level, group_id) = match &request.level {
             ExportLevel::System => ("system", None),
@@ -458,6 +510,17 @@ impl ExportService {
             organize_output_by: request.organize_output_by.clone(),
             scope_filters: context.bound.required.clone(),
             destination: request.destination.clone(),
+            views: views
+                .as_ref()
+                .map(|v| {
+                    v.views
+                        .iter()
+                        .map(|(name, view)| StoredView { name: name.clone(), view: view.clone() })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            view_format: views.as_ref().map(|v| format_code(v.format).to_owned()),
+            client_tracking_id: views.as_ref().and_then(|v| v.client_tracking_id.clone()),
         };
         let id = JobId::new();
         let job = NewJob {
@@ -936,6 +999,55 @@ pub(crate) fn poll_again_after(elapsed: Duration, done: f64, max: Duration) -> D
     // Whole seconds, rounded up: the header has no fractions.
     let seconds = remaining.as_secs() + u64::from(remaining.subsec_nanos() > 0);
     Duration::from_secs(seconds).clamp(Duration::from_secs(1), max)
+}
+
+/// The file format code of a view export (`csv`, `ndjson`).
+pub(crate) fn format_code(format: TabularFormat) -> &'static str {
+    match format {
+        TabularFormat::Csv => "csv",
+        TabularFormat::Ndjson | TabularFormat::Json => "ndjson",
+    }
+}
+
+/// Checks the views of a `$viewdefinition-export`: at least one, each a valid ViewDefinition
+/// over an R4 type, with a distinct output name of `[A-Za-z0-9_]` (a file name stem). Returns
+/// each view's type, in order.
+fn check_views(views: &ViewExport) -> Result<Vec<ResourceType>, ExportError> {
+    if views.views.is_empty() {
+        return Err(ExportError::invalid("give at least one view", Some("view")));
+    }
+    if views.format == TabularFormat::Json {
+        return Err(ExportError::invalid(
+            "_format json is not a file format here: use ndjson or csv",
+            Some("_format"),
+        ));
+    }
+    let mut names = std::collections::HashSet::new();
+    let mut types = Vec::new();
+    for (name, resource) in &views.views {
+        let valid_name = !name.is_empty()
+            && name.len() <= 64
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !valid_name {
+            return Err(ExportError::invalid(
+                format!("the output name '{name}' is not 1-64 characters of A-Z, a-z, 0-9 and _"),
+                Some("view.name"),
+            ));
+        }
+        if !names.insert(name.as_str()) {
+            return Err(ExportError::invalid(
+                format!("two views are named '{name}'"),
+                Some("view.name"),
+            ));
+        }
+        let view = ViewDefinition::parse(resource).map_err(|e| {
+            ExportError::invalid(format!("view '{name}' is not valid: {e}"), Some("view"))
+        })?;
+        let resource_type = ResourceType::parse(view.resource())
+            .map_err(|e| ExportError::invalid(format!("view '{name}': {e}"), Some("view")))?;
+        types.push(resource_type);
+    }
+    Ok(types)
 }
 
 #[cfg(test)]

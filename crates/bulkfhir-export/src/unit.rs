@@ -18,6 +18,10 @@ use bulkfhir_model::{
     Instant, ResourceId, ResourceRef, ResourceType, compartment, elements::ElementSelection,
     json::write_json_string, search::SearchQuery,
 };
+use bulkfhir_model::{
+    tabular::{self, TabularFormat},
+    view::ViewDefinition,
+};
 use bulkfhir_output::{Compression, FileWriter, OutputKey, OutputStore};
 use bulkfhir_store::{
     JobId, JobStore, ResourceStore, ScanOptions, ScanPage, Snapshot, StoredResource,
@@ -70,6 +74,10 @@ pub(crate) struct JobContext {
     pub(crate) level: &'static str,
     /// Cancelled when the node shuts down: units stop at their next checkpoint.
     pub(crate) drain: CancellationToken,
+    /// `$viewdefinition-export`: the views (output name, checked view), by unit `view` index.
+    pub(crate) views: Vec<(String, ViewDefinition)>,
+    /// `$viewdefinition-export`: the files' format.
+    pub(crate) view_format: Option<TabularFormat>,
 }
 
 /// Whether one of `queries` matches `resource`; true when there are none.
@@ -124,12 +132,22 @@ impl JobContext {
     }
 
     pub(crate) fn extension(&self) -> &'static str {
-        if self.gzip { ".ndjson.gz" } else { ".ndjson" }
+        match self.view_format {
+            Some(TabularFormat::Csv) => ".csv",
+            Some(_) => ".ndjson",
+            None if self.gzip => ".ndjson.gz",
+            None => ".ndjson",
+        }
     }
 
     /// Records a finished file in the metrics and the log.
     pub(crate) fn file_finished(&self, name: &str, resources: u64, bytes: u64) {
-        let format = if self.gzip { "ndjson-gzip" } else { "ndjson" };
+        let format = match self.view_format {
+            Some(TabularFormat::Csv) => "view-csv",
+            Some(_) => "view-ndjson",
+            None if self.gzip => "ndjson-gzip",
+            None => "ndjson",
+        };
         crate::telemetry::file_written(self.level, format, resources, bytes);
         info!(file = name, resources, bytes, "export file finished");
     }
@@ -170,6 +188,9 @@ pub(crate) async fn run_unit(
             let keep = |r: &StoredResource| !members_only || owner(r, &ctx.member_set).is_some();
             roller.set_file(resource_type, deleted);
             roller.part = part;
+            if let UnitSpec::Scan { view: Some(view), .. } = spec {
+                roller.set_view(*view)?;
+            }
             let options = |after_seq| ScanOptions {
                 after_seq,
                 limit: ctx.config.page_size,
@@ -196,11 +217,14 @@ pub(crate) async fn run_unit(
                 page = next_page?;
             }
         }
-        UnitSpec::Members { resource_type, after_seq }
+        UnitSpec::Members { resource_type, after_seq, .. }
         | UnitSpec::DeletedMembers { resource_type, after_seq } => {
             let deleted = matches!(spec, UnitSpec::DeletedMembers { .. });
             let resource_type = parse_type(resource_type)?;
             roller.set_file(resource_type, deleted);
+            if let UnitSpec::Members { view: Some(view), .. } = spec {
+                roller.set_view(*view)?;
+            }
             let members = &ctx.plan.members;
             let options = |after_seq| ScanOptions {
                 after_seq,
@@ -580,6 +604,8 @@ struct Roller<'c> {
     apply_filters: bool,
     /// The key-range part of a split type (files `Type-p{part}-{n}` from part 2 on).
     part: u32,
+    /// `$viewdefinition-export`: the view whose rows this unit writes (index in `ctx.views`).
+    view: Option<usize>,
 }
 
 impl<'c> Roller<'c> {
@@ -602,6 +628,27 @@ impl<'c> Roller<'c> {
             reference_finder: memmem::Finder::new(br#""reference":""#),
             apply_filters: true,
             part: 0,
+            view: None,
+        }
+    }
+
+    /// The unit writes the rows of view `index` instead of resources.
+    fn set_view(&mut self, index: u32) -> Result<(), ExportError> {
+        let index = usize::try_from(index).unwrap_or(usize::MAX);
+        if index >= self.ctx.views.len() {
+            return Err(ExportError::Corrupt(format!(
+                "a unit names view {index}, which the job lacks"
+            )));
+        }
+        self.view = Some(index);
+        Ok(())
+    }
+
+    /// The name files and the manifest use for this unit's output.
+    fn output_name(&self) -> &str {
+        match self.view.and_then(|i| self.ctx.views.get(i)) {
+            Some((name, _)) => name,
+            None => self.resource_type.map_or("unknown", ResourceType::as_str),
         }
     }
 
@@ -611,7 +658,7 @@ impl<'c> Roller<'c> {
     }
 
     fn stem(&self) -> String {
-        let name = self.resource_type.map_or("unknown", ResourceType::as_str);
+        let name = self.output_name();
         match (self.deleted, self.part) {
             (true, _) => format!("{name}-deleted"),
             (false, 0 | 1) => name.to_owned(),
@@ -656,8 +703,12 @@ impl<'c> Roller<'c> {
             if !passes {
                 continue;
             }
-            if self.deleted {
+            let before = self.buffer.len();
+            let lines = if let Some(index) = self.view {
+                self.view_rows(index, resource)?
+            } else if self.deleted {
                 write_deletion_line(&mut self.buffer, resource);
+                1
             } else {
                 let line_start = self.buffer.len();
                 match project {
@@ -685,9 +736,15 @@ impl<'c> Roller<'c> {
                 if collect_refs {
                     self.collect_references(&resource.body);
                 }
+                1
+            };
+            if lines == 0 {
+                // A view that gives no row for this resource.
+                continue;
             }
-            self.lines_in_file += 1;
-            self.bytes_in_file += if self.deleted { 0 } else { resource.body.len() as u64 + 1 };
+            self.lines_in_file += lines;
+            self.bytes_in_file +=
+                if self.deleted { 0 } else { (self.buffer.len() - before) as u64 };
             self.last_seq = resource.seq;
             self.last_member = member_idx;
             if self.lines_in_file >= self.ctx.config.max_resources_per_file
@@ -702,6 +759,34 @@ impl<'c> Roller<'c> {
             self.flush().await?;
         }
         Ok(())
+    }
+
+    /// Appends the rows of view `index` for `resource` to the buffer; how many.
+    fn view_rows(&mut self, index: usize, resource: &StoredResource) -> Result<u64, ExportError> {
+        let Some((name, view)) = self.ctx.views.get(index) else {
+            return Err(ExportError::Corrupt(format!("no view {index}")));
+        };
+        let value: serde_json::Value = serde_json::from_slice(&resource.body).map_err(|e| {
+            ExportError::Corrupt(format!(
+                "{}/{} is not readable JSON: {e}",
+                resource.resource_type, resource.id
+            ))
+        })?;
+        // A view that cannot run on a stored resource fails the export with the reason: leaving
+        // the resource out would make the rows inexact.
+        let rows = view.rows(&value).map_err(|e| ExportError::View {
+            view: name.clone(),
+            resource: format!("{}/{}", resource.resource_type, resource.id),
+            message: e.to_string(),
+        })?;
+        let names: Vec<&str> = view.columns().iter().map(|c| c.name.as_str()).collect();
+        for row in &rows {
+            match self.ctx.view_format {
+                Some(TabularFormat::Csv) => tabular::csv_row(row, &mut self.buffer),
+                _ => tabular::ndjson_row(&names, row, &mut self.buffer),
+            }
+        }
+        Ok(rows.len() as u64)
     }
 
     /// Records the supporting resources `body` references.
@@ -719,7 +804,17 @@ impl<'c> Roller<'c> {
                 .count();
             self.file_name = format!("{}-{number}{}", self.stem(), self.ctx.extension());
             let key = self.ctx.key(&self.file_name)?;
-            self.writer = Some(self.ctx.output.create(&key, self.ctx.compression()).await?);
+            let mut writer = self.ctx.output.create(&key, self.ctx.compression()).await?;
+            // Every CSV file of a view starts with the header line.
+            if let (Some(index), Some(TabularFormat::Csv)) = (self.view, self.ctx.view_format)
+                && let Some((_, view)) = self.ctx.views.get(index)
+            {
+                let names: Vec<&str> = view.columns().iter().map(|c| c.name.as_str()).collect();
+                let mut header = Vec::new();
+                tabular::csv_header(&names, &mut header);
+                writer.write(&header).await?;
+            }
+            self.writer = Some(writer);
         }
         if let Some(writer) = self.writer.as_mut() {
             writer.write(&self.buffer).await?;
@@ -751,7 +846,7 @@ impl<'c> Roller<'c> {
             resource_type: if self.deleted {
                 "Bundle".to_owned()
             } else {
-                self.resource_type.map_or("unknown", ResourceType::as_str).to_owned()
+                self.output_name().to_owned()
             },
             count: self.lines_in_file,
             bytes: finished.stored_bytes,

@@ -293,3 +293,281 @@ async fn bad_view_runs_get_an_operation_outcome() {
     let status = response.status().as_u16();
     assert_outcome(status, 415, &body_json(response).await);
 }
+
+/// `$viewdefinition-export` kick-off parameters: `views` as (output name, view), the format,
+/// and more parameters.
+pub(crate) fn export_parameters(views: &[(&str, Value)], format: &str, extra: &[Value]) -> Value {
+    let mut list: Vec<Value> = views
+        .iter()
+        .map(|(name, view)| {
+            json!({"name": "view", "part": [
+                {"name": "name", "valueString": name},
+                {"name": "viewResource", "resource": view}
+            ]})
+        })
+        .collect();
+    list.push(json!({"name": "_format", "valueCode": format}));
+    list.extend(extra.iter().cloned());
+    json!({"resourceType": "Parameters", "parameter": list})
+}
+
+/// `POST [base]/$viewdefinition-export` with `parameters`, as an asynchronous request.
+async fn post_view_export(
+    http: &reqwest::Client,
+    base: &str,
+    parameters: &Value,
+) -> reqwest::Response {
+    http.post(format!("{base}/$viewdefinition-export"))
+        .header("content-type", "application/fhir+json")
+        .header("accept", "application/fhir+json")
+        .header("prefer", "respond-async")
+        .body(parameters.to_string())
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Kicks off a view export at `base`; its status URL.
+pub(crate) async fn kick_view_export(
+    http: &reqwest::Client,
+    base: &str,
+    parameters: &Value,
+) -> String {
+    let response = post_view_export(http, base, parameters).await;
+    let status = response.status().as_u16();
+    let location =
+        response.headers().get("content-location").map(|v| v.to_str().unwrap().to_owned());
+    let body = body_json(response).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["resourceType"], "Parameters");
+    assert_eq!(body["parameter"][1]["valueCode"], "accepted", "{body}");
+    let location = location.unwrap();
+    assert!(location.ends_with(body["parameter"][0]["valueString"].as_str().unwrap()));
+    location
+}
+
+/// Polls a view export's status as Retry-After says until the 303, follows it, and returns the
+/// result `Parameters` (with `client`, which must not follow redirects itself).
+pub(crate) async fn view_export_result(http: &reqwest::Client, status_url: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    let result_url = loop {
+        let response = http.get(status_url).send().await.unwrap();
+        match response.status().as_u16() {
+            303 => break response.headers()["location"].to_str().unwrap().to_owned(),
+            202 => {
+                let retry: u64 =
+                    response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+                assert!(response.headers().contains_key("x-progress"));
+                let body = body_json(response).await;
+                assert_eq!(body["resourceType"], "Parameters", "{body}");
+                tokio::time::sleep(std::time::Duration::from_secs(retry)).await;
+            }
+            other => panic!("status {other}: {}", body_json(response).await),
+        }
+        assert!(std::time::Instant::now() < deadline, "the view export did not finish");
+    };
+    let response = http.get(&result_url).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert!(response.headers().contains_key("expires"));
+    body_json(response).await
+}
+
+/// Each output's rows, by output name: NDJSON lines as JSON text, CSV rows as JSON objects of
+/// strings (header checked to be each file's first line).
+pub(crate) async fn view_export_rows(
+    http: &reqwest::Client,
+    result: &Value,
+    format: &str,
+) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut out = std::collections::BTreeMap::new();
+    for parameter in result["parameter"].as_array().unwrap() {
+        if parameter["name"] != "output" {
+            continue;
+        }
+        let parts = parameter["part"].as_array().unwrap();
+        let name = parts[0]["valueString"].as_str().unwrap().to_owned();
+        let rows: &mut Vec<String> = out.entry(name.clone()).or_default();
+        for part in &parts[1..] {
+            assert_eq!(part["name"], "location");
+            let url = part["valueUri"].as_str().unwrap();
+            assert!(
+                url.contains(&format!("/{name}-")) && url.ends_with(&format!(".{format}")),
+                "{url}"
+            );
+            let text = http.get(url).send().await.unwrap().text().await.unwrap();
+            if format == "csv" {
+                let mut lines = csv_lines(&text).into_iter();
+                let header = lines.next().unwrap();
+                for cells in lines {
+                    let object: serde_json::Map<String, Value> = header
+                        .iter()
+                        .zip(cells)
+                        .map(|(h, c)| {
+                            (h.clone(), if c.is_empty() { Value::Null } else { json!(c) })
+                        })
+                        .collect();
+                    rows.push(Value::Object(object).to_string());
+                }
+            } else {
+                rows.extend(
+                    text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap().to_string()),
+                );
+            }
+        }
+    }
+    out
+}
+
+fn as_csv_rows(rows: &BTreeSet<String>) -> BTreeSet<String> {
+    rows.iter()
+        .map(|row| {
+            let row: serde_json::Map<String, Value> = serde_json::from_str(row).unwrap();
+            Value::Object(row.iter().map(|(k, v)| (k.clone(), as_csv_cell(v))).collect())
+                .to_string()
+        })
+        .collect()
+}
+
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_export_writes_exactly_the_rows_of_each_view_as_csv_and_ndjson() {
+    let dataset = medium();
+    let server = TestServer::start_loaded(dataset, test_export_config()).await;
+    let http = no_redirects();
+    let patients = resources(dataset, "Patient");
+    let observations = resources(dataset, "Observation");
+    let views = [("patients", patient_view()), ("observations", observation_view())];
+    let want_patients = expected_patients(&patients);
+    let want_observations = expected_observations(&observations, None);
+
+    // NDJSON: exactly the rows computed from the raw data, each once.
+    let status =
+        kick_view_export(&http, &server.base, &export_parameters(&views, "ndjson", &[])).await;
+    let result = view_export_result(&http, &status).await;
+    assert_eq!(result["parameter"][0]["name"], "exportId");
+    let names: Vec<&str> = result["parameter"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] == "output")
+        .map(|p| p["part"][0]["valueString"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["patients", "observations"], "one output per view, in request order");
+    let rows = view_export_rows(&http, &result, "ndjson").await;
+    let set = |name: &str| -> BTreeSet<String> { rows[name].iter().cloned().collect() };
+    assert_eq!(rows["patients"].len(), patients.len(), "each Patient once");
+    assert_eq!(set("patients"), want_patients);
+    assert_eq!(rows["observations"].len(), observations.len(), "each Observation once");
+    assert_eq!(set("observations"), want_observations);
+
+    // CSV: the same rows, a header on every file.
+    let tracking = json!({"name": "clientTrackingId", "valueString": "nightly-42"});
+    let status =
+        kick_view_export(&http, &server.base, &export_parameters(&views, "csv", &[tracking])).await;
+    let result = view_export_result(&http, &status).await;
+    assert!(
+        result["parameter"].as_array().unwrap().iter().any(|p| p["valueString"] == "nightly-42")
+    );
+    let rows = view_export_rows(&http, &result, "csv").await;
+    assert_eq!(
+        rows["patients"].iter().cloned().collect::<BTreeSet<_>>(),
+        as_csv_rows(&want_patients)
+    );
+    assert_eq!(rows["observations"].len(), observations.len());
+    assert_eq!(
+        rows["observations"].iter().cloned().collect::<BTreeSet<_>>(),
+        as_csv_rows(&want_observations)
+    );
+
+    // One patient: that patient's rows only.
+    let patient = patients[0]["id"].as_str().unwrap();
+    let one =
+        json!({"name": "patient", "valueReference": {"reference": format!("Patient/{patient}")}});
+    let status =
+        kick_view_export(&http, &server.base, &export_parameters(&views[1..], "ndjson", &[one]))
+            .await;
+    let rows = view_export_rows(&http, &view_export_result(&http, &status).await, "ndjson").await;
+    assert_eq!(
+        rows["observations"].iter().cloned().collect::<BTreeSet<_>>(),
+        expected_observations(&observations, Some(patient))
+    );
+
+    // _since: only what changed after it.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let mut changed = observations[3].clone();
+    changed["status"] = json!("amended");
+    let id = changed["id"].as_str().unwrap().to_owned();
+    let (code, _, _) = server
+        .send_json(reqwest::Method::PUT, &format!("Observation/{id}"), &changed.to_string())
+        .await;
+    assert_eq!(code, 200);
+    let since = json!({"name": "_since", "valueInstant": since});
+    let status =
+        kick_view_export(&http, &server.base, &export_parameters(&views, "ndjson", &[since])).await;
+    let rows = view_export_rows(&http, &view_export_result(&http, &status).await, "ndjson").await;
+    assert!(rows["patients"].is_empty(), "no Patient changed");
+    assert_eq!(
+        rows["observations"],
+        vec![expected_observations(&[changed], None).into_iter().next().unwrap()]
+    );
+
+    // Cancel: 202, then the status URL is gone.
+    let status =
+        kick_view_export(&http, &server.base, &export_parameters(&views, "ndjson", &[])).await;
+    let response = http.delete(&status).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    let response = http.get(&status).send().await.unwrap();
+    let code = response.status().as_u16();
+    assert_outcome(code, 404, &body_json(response).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_view_exports_are_refused_before_any_job_exists() {
+    let server = TestServer::start().await;
+    let http = no_redirects();
+    let bad_view = json!({"resourceType": "ViewDefinition", "resource": "Patient", "status": "active",
+        "select": [{"column": [{"name": "x", "path": "name.family"}, {"name": "x", "path": "id"}]}]});
+    let cases = [
+        export_parameters(&[("bad", bad_view)], "ndjson", &[]),
+        export_parameters(&[("a", patient_view()), ("a", patient_view())], "ndjson", &[]),
+        export_parameters(&[("has space", patient_view())], "ndjson", &[]),
+        export_parameters(&[("p", patient_view())], "parquet", &[]),
+        export_parameters(
+            &[("p", patient_view())],
+            "ndjson",
+            &[json!({"name": "source", "valueString": "s3://x"})],
+        ),
+        json!({"resourceType": "Parameters", "parameter": [{"name": "_format", "valueCode": "csv"}]}),
+    ];
+    for parameters in cases {
+        let response = post_view_export(&http, &server.base, &parameters).await;
+        let code = response.status().as_u16();
+        assert_outcome(code, 400, &body_json(response).await);
+    }
+    let (_, jobs) = server.get("BulkDataExport").await;
+    assert_eq!(jobs["total"], 0, "no job was created: {jobs}");
+    // A plain export's job is not a view export's.
+    let response = http
+        .get(server.url("$export?_type=Patient"))
+        .header("accept", "application/fhir+json")
+        .header("prefer", "respond-async")
+        .send()
+        .await
+        .unwrap();
+    let job = response.headers()["content-location"]
+        .to_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let response =
+        http.get(server.url(&format!("$viewdefinition-export/status/{job}"))).send().await.unwrap();
+    let code = response.status().as_u16();
+    assert_outcome(code, 404, &body_json(response).await);
+}

@@ -114,16 +114,9 @@ async fn kickoff(
         requester: caller.client_id().map(str::to_owned),
         bound: caller.export_bound(),
     };
-    let kicked = state.exports.kickoff(export_request, context).await;
-    let job_id = match kicked {
+    let job_id = match state.exports.kickoff(export_request, context).await {
         Ok(job_id) => job_id,
-        Err(error) if error.kind() == ErrorKind::TooManyRequests => {
-            let mut response = ApiError::from(error).into_response();
-            let retry = state.exports.config().retry_after.as_secs().max(1).to_string();
-            set_header(&mut response, header::RETRY_AFTER.as_str(), &retry);
-            return Ok(response);
-        }
-        Err(error) => return Err(error.into()),
+        Err(error) => return refused_kickoff(&state, error),
     };
     let status_url = format!("{base}/$export-status/{job_id}");
     let mut response = outcome_response(
@@ -139,11 +132,25 @@ async fn kickoff(
     Ok(response)
 }
 
-fn header_text(headers: &HeaderMap, name: &str) -> String {
+pub(super) fn header_text(headers: &HeaderMap, name: &str) -> String {
     headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join(",")
 }
 
-fn parse_job_id(text: &str) -> Result<JobId, ApiError> {
+/// A refused kick-off: 429 with `Retry-After` when the queue is full, else the error.
+pub(super) fn refused_kickoff(
+    state: &AppState,
+    error: bulkfhir_export::ExportError,
+) -> Result<Response, ApiError> {
+    if error.kind() != ErrorKind::TooManyRequests {
+        return Err(error.into());
+    }
+    let mut response = ApiError::from(error).into_response();
+    let retry = state.exports.config().retry_after.as_secs().max(1).to_string();
+    set_header(&mut response, header::RETRY_AFTER.as_str(), &retry);
+    Ok(response)
+}
+
+pub(super) fn parse_job_id(text: &str) -> Result<JobId, ApiError> {
     JobId::parse(text)
         .ok_or_else(|| ApiError::new(ErrorKind::NotFound, format!("no export job {text}")))
 }
@@ -184,13 +191,13 @@ pub(super) async fn status(
 
 /// How a manifest's files are reached: URLs signed by their bucket (no token), or this server's
 /// download URLs (a token when authorization is on).
-struct FileLinks {
-    signed: Option<std::collections::HashMap<String, String>>,
-    requires_access_token: bool,
+pub(super) struct FileLinks {
+    pub(super) signed: Option<std::collections::HashMap<String, String>>,
+    pub(super) requires_access_token: bool,
 }
 
 /// Signed URLs when the server is set to hand them out and the job's store can sign.
-async fn file_links(
+pub(super) async fn file_links(
     state: &AppState,
     job_id: &JobId,
     manifest: &ManifestDoc,
@@ -385,11 +392,11 @@ async fn job_status(
     }
 }
 
-fn forget_polls(state: &AppState, job_id: &JobId) {
+pub(super) fn forget_polls(state: &AppState, job_id: &JobId) {
     state.polls.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(job_id);
 }
 
-fn set_header(response: &mut Response, name: &str, value: &str) {
+pub(super) fn set_header(response: &mut Response, name: &str, value: &str) {
     if let (Ok(name), Ok(value)) =
         (header::HeaderName::try_from(name), HeaderValue::from_str(value))
     {

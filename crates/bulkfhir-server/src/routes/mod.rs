@@ -4,11 +4,12 @@
 
 mod bundle;
 mod crud;
-mod export;
+pub(crate) mod export;
 mod jobs;
 mod page;
 mod search;
 mod view;
+mod view_export;
 
 use std::any::Any;
 
@@ -73,6 +74,13 @@ fn fhir_routes(state: &AppState) -> Router<AppState> {
         .route("/fhir/$export-status/{job}", get(export::status).delete(export::cancel))
         .route("/fhir/$export-file/{job}/{name}", get(export::download))
         .route("/fhir/$viewdefinition-run", post(view::run))
+        .route("/fhir/$viewdefinition-export", post(view_export::kickoff))
+        .route("/fhir/ViewDefinition/$viewdefinition-export", post(view_export::kickoff))
+        .route(
+            "/fhir/$viewdefinition-export/status/{job}",
+            get(view_export::status).delete(view_export::cancel),
+        )
+        .route("/fhir/$viewdefinition-export/result/{job}", get(view_export::result))
         .route("/fhir/ViewDefinition/$run", post(view::run))
         .route("/fhir/BulkDataExport", get(jobs::search))
         .route("/fhir/BulkDataExport/{id}", get(jobs::read))
