@@ -29,7 +29,11 @@ pub(crate) struct Fairness {
 }
 
 /// Kick-off sent → `finishedTime`, and the resources exported.
-async fn finish(http: &Http, kicked: &Kicked, sent: SystemTime) -> anyhow::Result<(f64, u64)> {
+pub(crate) async fn finish(
+    http: &Http,
+    kicked: &Kicked,
+    sent: SystemTime,
+) -> anyhow::Result<(f64, u64)> {
     let started = Instant::now();
     loop {
         let job = job_resource(http, &kicked.job_id).await?;

@@ -22,6 +22,7 @@ mod report;
 mod scenarios;
 mod server;
 mod time_to_data;
+mod views;
 
 use std::{
     collections::BTreeMap,
@@ -513,6 +514,7 @@ async fn bench(
                 .context("time to data, one patient")?,
         );
     }
+    let view_rows = views::measure(&http, args.runs).await.context("the view exports")?;
     for row in &time_to_data {
         eprintln!(
             "bench: time to data {}: manifest after {:.3} s, export done after {:.3} s",
@@ -990,6 +992,22 @@ async fn bench(
         thousands(pull_row.1.round() as u64),
         pull_row.0 / pull_row.1.max(1e-9)
     );
+    for row in &view_rows {
+        let rate = row.rows as f64 / row.wall_s.max(1e-9);
+        let plain = row.plain_resources as f64 / row.plain_wall_s.max(1e-9);
+        println!(
+            "views     {} ({}): {} rows in {:.3} s, {} rows/s vs {} resources/s plain \
+             $export?_type={}: ratio {:.2}",
+            row.name,
+            row.format,
+            thousands(row.rows),
+            row.wall_s,
+            thousands(rate.round() as u64),
+            thousands(plain.round() as u64),
+            row.resource_type,
+            rate / plain.max(1e-9)
+        );
+    }
     for row in &time_to_data {
         println!(
             "to data   {}: kick-off → manifest {:.2} s for a client honouring Retry-After ({} polls, \
@@ -1163,6 +1181,17 @@ async fn bench(
             "export_resources_per_s": pull_row.1,
             "ratio": pull_row.0 / pull_row.1.max(1e-9),
         },
+        "views": view_rows.iter().map(|row| json!({
+            "view": row.name,
+            "format": row.format,
+            "type": row.resource_type,
+            "rows": row.rows,
+            "wall_s": row.wall_s,
+            "plain_resources": row.plain_resources,
+            "plain_wall_s": row.plain_wall_s,
+            "ratio": (row.rows as f64 / row.wall_s.max(1e-9))
+                / (row.plain_resources as f64 / row.plain_wall_s.max(1e-9)).max(1e-9),
+        })).collect::<Vec<_>>(),
         "time_to_data": time_to_data.iter().map(|row| json!({
             "scenario": row.name,
             "kickoff_to_manifest_s": row.to_manifest_s,

@@ -29,7 +29,7 @@ pub(crate) struct TimeToData {
 }
 
 /// A kick-off of `path`: GET, or POST with a `Parameters` body.
-async fn kick(http: &Http, path: &str, body: Option<&str>) -> anyhow::Result<Kicked> {
+pub(crate) async fn kick(http: &Http, path: &str, body: Option<&str>) -> anyhow::Result<Kicked> {
     let Some(body) = body else {
         return match kickoff(http, path).await? {
             Ok(kicked) => Ok(kicked),
