@@ -15,6 +15,7 @@ mod blocks;
 mod config;
 mod docs;
 mod error;
+mod parquet;
 mod plan;
 mod runner;
 mod service;

@@ -1005,6 +1005,7 @@ pub(crate) fn poll_again_after(elapsed: Duration, done: f64, max: Duration) -> D
 pub(crate) fn format_code(format: TabularFormat) -> &'static str {
     match format {
         TabularFormat::Csv => "csv",
+        TabularFormat::Parquet => "parquet",
         TabularFormat::Ndjson | TabularFormat::Json => "ndjson",
     }
 }
@@ -1018,7 +1019,7 @@ fn check_views(views: &ViewExport) -> Result<Vec<ResourceType>, ExportError> {
     }
     if views.format == TabularFormat::Json {
         return Err(ExportError::invalid(
-            "_format json is not a file format here: use ndjson or csv",
+            "_format json is not a file format here: use ndjson, csv or parquet",
             Some("_format"),
         ));
     }

@@ -36,6 +36,7 @@ use crate::{
         Checkpoint, CompartmentScope, FileEntry, FileKind, Note, Plan, ProvenanceScope, UnitSpec,
     },
     error::corrupt,
+    parquet::{self, Cell, Kind},
 };
 
 /// Members whose compartments one store call may cover (it also stops at a page of resources).
@@ -134,6 +135,7 @@ impl JobContext {
     pub(crate) fn extension(&self) -> &'static str {
         match self.view_format {
             Some(TabularFormat::Csv) => ".csv",
+            Some(TabularFormat::Parquet) => ".parquet",
             Some(_) => ".ndjson",
             None if self.gzip => ".ndjson.gz",
             None => ".ndjson",
@@ -144,6 +146,7 @@ impl JobContext {
     pub(crate) fn file_finished(&self, name: &str, resources: u64, bytes: u64) {
         let format = match self.view_format {
             Some(TabularFormat::Csv) => "view-csv",
+            Some(TabularFormat::Parquet) => "view-parquet",
             Some(_) => "view-ndjson",
             None if self.gzip => "ndjson-gzip",
             None => "ndjson",
@@ -606,6 +609,10 @@ struct Roller<'c> {
     part: u32,
     /// `$viewdefinition-export`: the view whose rows this unit writes (index in `ctx.views`).
     view: Option<usize>,
+    /// Parquet: the current file's rows, encoded when the file closes (a Parquet file is
+    /// written whole), and their approximate size not yet counted in `bytes_in_file`.
+    parquet_rows: Vec<Vec<Cell>>,
+    parquet_bytes: u64,
 }
 
 impl<'c> Roller<'c> {
@@ -629,6 +636,8 @@ impl<'c> Roller<'c> {
             apply_filters: true,
             part: 0,
             view: None,
+            parquet_rows: Vec::new(),
+            parquet_bytes: 0,
         }
     }
 
@@ -743,8 +752,9 @@ impl<'c> Roller<'c> {
                 continue;
             }
             self.lines_in_file += lines;
+            let parquet_bytes = std::mem::take(&mut self.parquet_bytes);
             self.bytes_in_file +=
-                if self.deleted { 0 } else { (self.buffer.len() - before) as u64 };
+                if self.deleted { 0 } else { (self.buffer.len() - before) as u64 + parquet_bytes };
             self.last_seq = resource.seq;
             self.last_member = member_idx;
             if self.lines_in_file >= self.ctx.config.max_resources_per_file
@@ -779,6 +789,23 @@ impl<'c> Roller<'c> {
             resource: format!("{}/{}", resource.resource_type, resource.id),
             message: e.to_string(),
         })?;
+        if self.ctx.view_format == Some(TabularFormat::Parquet) {
+            let kinds: Vec<Kind> = view.columns().iter().map(Kind::of).collect();
+            for row in &rows {
+                let mut cells = Vec::with_capacity(row.len());
+                for ((value, kind), column) in row.iter().zip(&kinds).zip(view.columns()) {
+                    let cell = Cell::convert(*kind, value).map_err(|e| ExportError::View {
+                        view: name.clone(),
+                        resource: format!("{}/{}", resource.resource_type, resource.id),
+                        message: format!("column {}: {e}", column.name),
+                    })?;
+                    self.parquet_bytes += cell.size();
+                    cells.push(cell);
+                }
+                self.parquet_rows.push(cells);
+            }
+            return Ok(rows.len() as u64);
+        }
         let names: Vec<&str> = view.columns().iter().map(|c| c.name.as_str()).collect();
         for row in &rows {
             match self.ctx.view_format {
@@ -834,6 +861,14 @@ impl<'c> Roller<'c> {
     async fn close_file(&mut self) -> Result<(), ExportError> {
         if self.lines_in_file == 0 {
             return Ok(());
+        }
+        if let Some((_, view)) = self.view.and_then(|i| self.ctx.views.get(i))
+            && self.ctx.view_format == Some(TabularFormat::Parquet)
+        {
+            let bytes = parquet::encode(view.columns(), &self.parquet_rows)
+                .map_err(|e| ExportError::Corrupt(format!("a Parquet file of a view: {e}")))?;
+            self.parquet_rows.clear();
+            self.buffer.extend_from_slice(&bytes);
         }
         self.flush().await?;
         let Some(writer) = self.writer.take() else { return Ok(()) };

@@ -12,6 +12,8 @@ pub enum TabularFormat {
     Ndjson,
     /// One JSON array of row objects (`$viewdefinition-run` only).
     Json,
+    /// Apache Parquet files (`$viewdefinition-export` only: a file is written whole).
+    Parquet,
 }
 
 impl TabularFormat {
@@ -24,6 +26,7 @@ impl TabularFormat {
             | "application/ndjson"
             | "application/fhir+ndjson" => Some(TabularFormat::Ndjson),
             "json" | "application/json" => Some(TabularFormat::Json),
+            "parquet" | "application/vnd.apache.parquet" => Some(TabularFormat::Parquet),
             _ => None,
         }
     }
@@ -34,6 +37,7 @@ impl TabularFormat {
             TabularFormat::Csv => "text/csv; charset=utf-8",
             TabularFormat::Ndjson => "application/x-ndjson",
             TabularFormat::Json => "application/json",
+            TabularFormat::Parquet => "application/vnd.apache.parquet",
         }
     }
 }
@@ -128,6 +132,7 @@ mod tests {
         ndjson_row(&["z", "a"], &[json!(1), json!(null)], &mut out);
         assert_eq!(String::from_utf8(out).unwrap_or_default(), "{\"z\":1,\"a\":null}\n");
         assert_eq!(TabularFormat::parse("text/csv"), Some(TabularFormat::Csv));
-        assert_eq!(TabularFormat::parse("parquet"), None);
+        assert_eq!(TabularFormat::parse("parquet"), Some(TabularFormat::Parquet));
+        assert_eq!(TabularFormat::parse("xlsx"), None);
     }
 }

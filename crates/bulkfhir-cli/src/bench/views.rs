@@ -1,6 +1,6 @@
 //! SQL on FHIR view exports (`$viewdefinition-export`) against the plain export of the same
 //! type in the same run: a Patient demographics view and an Observation view (code, value,
-//! unit, effective time, subject key), as NDJSON and CSV.
+//! unit, effective time, subject key), as NDJSON, CSV and Parquet.
 
 use std::time::SystemTime;
 
@@ -44,12 +44,12 @@ fn observation_view() -> Value {
         "resourceType": "ViewDefinition", "name": "observations", "status": "active",
         "resource": "Observation",
         "select": [{"column": [
-            {"name": "id", "path": "getResourceKey()"},
-            {"name": "code", "path": "code.coding.first().code"},
-            {"name": "value", "path": "value.ofType(Quantity).value"},
-            {"name": "unit", "path": "value.ofType(Quantity).unit"},
-            {"name": "effective", "path": "effective.ofType(dateTime)"},
-            {"name": "subject", "path": "subject.getReferenceKey(Patient)"}
+            {"name": "id", "path": "getResourceKey()", "type": "id"},
+            {"name": "code", "path": "code.coding.first().code", "type": "code"},
+            {"name": "value", "path": "value.ofType(Quantity).value", "type": "decimal"},
+            {"name": "unit", "path": "value.ofType(Quantity).unit", "type": "string"},
+            {"name": "effective", "path": "effective.ofType(dateTime)", "type": "dateTime"},
+            {"name": "subject", "path": "subject.getReferenceKey(Patient)", "type": "string"}
         ]}]
     })
 }
@@ -60,6 +60,7 @@ pub(crate) async fn measure(http: &Http, runs: usize) -> anyhow::Result<Vec<View
         ("patient_demographics", "ndjson", "Patient", patient_view()),
         ("observations", "ndjson", "Observation", observation_view()),
         ("observations", "csv", "Observation", observation_view()),
+        ("observations", "parquet", "Observation", observation_view()),
     ];
     let mut out = Vec::new();
     for (name, format, resource_type, view) in cases {

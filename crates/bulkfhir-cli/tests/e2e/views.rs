@@ -571,3 +571,111 @@ async fn bad_view_exports_are_refused_before_any_job_exists() {
     let code = response.status().as_u16();
     assert_outcome(code, 404, &body_json(response).await);
 }
+
+/// Rows of a Parquet file as JSON objects (column name → value; nulls kept).
+fn parquet_rows(bytes: bytes::Bytes) -> Vec<Value> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let reader = SerializedFileReader::new(bytes).unwrap();
+    let schema = reader.metadata().file_metadata().schema_descr_ptr();
+    let names: Vec<String> = schema.columns().iter().map(|c| c.name().to_owned()).collect();
+    reader
+        .get_row_iter(None)
+        .unwrap()
+        .map(|row| {
+            let row = row.unwrap();
+            let mut object = serde_json::Map::new();
+            for name in &names {
+                object.insert(name.clone(), Value::Null);
+            }
+            for (name, field) in row.get_column_iter() {
+                use parquet::record::Field;
+                let value = match field {
+                    Field::Null => Value::Null,
+                    Field::Str(text) => json!(text),
+                    Field::Long(n) => json!(n),
+                    Field::Double(n) => json!(n),
+                    Field::Bool(b) => json!(b),
+                    other => panic!("a column of an unexpected Parquet type: {other:?}"),
+                };
+                object.insert(name.clone(), value);
+            }
+            Value::Object(object)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parquet_view_export_reads_back_with_typed_columns_and_exactly_the_rows() {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let dataset = medium();
+    let server = TestServer::start_loaded(dataset, test_export_config()).await;
+    let http = no_redirects();
+    let observations = resources(dataset, "Observation");
+    let mut typed = observation_view();
+    let types = ["id", "code", "decimal", "string", "dateTime", "string"];
+    for (column, type_name) in
+        typed["select"][0]["column"].as_array_mut().unwrap().iter_mut().zip(types)
+    {
+        column["type"] = json!(type_name);
+    }
+    let views = [("patients", patient_view()), ("observations", typed)];
+    let status =
+        kick_view_export(&http, &server.base, &export_parameters(&views, "parquet", &[])).await;
+    let result = view_export_result(&http, &status).await;
+    let mut got: std::collections::BTreeMap<String, BTreeSet<String>> = Default::default();
+    let mut count = 0;
+    for parameter in
+        result["parameter"].as_array().unwrap().iter().filter(|p| p["name"] == "output")
+    {
+        let parts = parameter["part"].as_array().unwrap();
+        let name = parts[0]["valueString"].as_str().unwrap().to_owned();
+        for part in &parts[1..] {
+            let url = part["valueUri"].as_str().unwrap();
+            assert!(url.ends_with(".parquet"), "{url}");
+            let bytes = http.get(url).send().await.unwrap().bytes().await.unwrap();
+            assert_eq!(&bytes[..4], b"PAR1", "a Parquet file");
+            // The schema: the view's columns, in order, typed from the view.
+            let reader = SerializedFileReader::new(bytes.clone()).unwrap();
+            let schema = reader.metadata().file_metadata().schema_descr_ptr();
+            let physical: Vec<String> = schema
+                .columns()
+                .iter()
+                .map(|c| format!("{}:{}", c.name(), c.physical_type()))
+                .collect();
+            if name == "observations" {
+                assert_eq!(
+                    physical,
+                    [
+                        "id:BYTE_ARRAY",
+                        "code:BYTE_ARRAY",
+                        "value:DOUBLE",
+                        "unit:BYTE_ARRAY",
+                        "effective:BYTE_ARRAY",
+                        "subject:BYTE_ARRAY"
+                    ]
+                );
+            }
+            for row in parquet_rows(bytes) {
+                count += 1;
+                assert!(
+                    got.entry(name.clone()).or_default().insert(row.to_string()),
+                    "a row twice"
+                );
+            }
+        }
+    }
+    assert_eq!(got["patients"], expected_patients(&resources(dataset, "Patient")));
+    // Decimals come back as doubles.
+    let want: BTreeSet<String> = expected_observations(&observations, None)
+        .iter()
+        .map(|row| {
+            let mut row: Value = serde_json::from_str(row).unwrap();
+            if let Some(value) = row["value"].as_f64() {
+                row["value"] = json!(value);
+            }
+            row.to_string()
+        })
+        .collect();
+    assert_eq!(got["observations"], want);
+    assert_eq!(count, observations.len() + resources(dataset, "Patient").len());
+}

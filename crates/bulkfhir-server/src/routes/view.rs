@@ -84,7 +84,7 @@ pub(super) async fn run(
         TabularFormat::Ndjson => {
             rows.iter().for_each(|row| tabular::ndjson_row(&names, row, &mut out))
         }
-        TabularFormat::Json => {
+        TabularFormat::Json | TabularFormat::Parquet => {
             out.push(b'[');
             for (i, row) in rows.iter().enumerate() {
                 if i > 0 {
@@ -163,7 +163,7 @@ fn format_from_accept(headers: &HeaderMap) -> Result<TabularFormat, ApiError> {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("*/*");
     for item in accept.split(',') {
         let media = item.split(';').next().unwrap_or_default().trim();
-        if let Some(format) = TabularFormat::parse(media) {
+        if let Some(format) = TabularFormat::parse(media).filter(|f| *f != TabularFormat::Parquet) {
             return Ok(format);
         }
         if media == "*/*" || media == "application/*" || media == "application/fhir+json" {
@@ -223,12 +223,15 @@ fn parse_run(body: &[u8], query: &str) -> Result<RunRequest, ApiError> {
             }
             "_format" => {
                 let code = text()?;
-                run.format = Some(TabularFormat::parse(&code).ok_or_else(|| {
-                    ApiError::invalid(format!(
-                        "_format '{code}' is not supported: json, ndjson or csv (parquet is not supported by $viewdefinition-run yet)"
-                    ))
-                    .at("_format")
-                })?);
+                run.format = match TabularFormat::parse(&code) {
+                    Some(TabularFormat::Parquet) | None => {
+                        return Err(ApiError::invalid(format!(
+                            "_format '{code}' is not supported here: json, ndjson or csv (Parquet files come from $viewdefinition-export)"
+                        ))
+                        .at("_format"));
+                    }
+                    format => format,
+                };
             }
             "header" => {
                 run.header = match text()?.as_str() {

@@ -317,7 +317,7 @@ fn parse_kickoff(body: &[u8]) -> Result<Kickoff, ApiError> {
                 asked.format = match TabularFormat::parse(&code) {
                     Some(TabularFormat::Json) | None => {
                         return Err(ApiError::invalid(format!(
-                            "_format '{code}' is not supported: csv or ndjson (parquet is not supported yet)"
+                            "_format '{code}' is not supported: csv, ndjson or parquet"
                         ))
                         .at("_format"));
                     }
