@@ -43,6 +43,39 @@ pub fn generate_es384(kid: &str) -> Result<(String, String), AuthError> {
     Ok((pkcs8_pem(pkcs8.as_ref()), format!("{jwks:#}\n")))
 }
 
+/// The algorithm of a PEM private key: RS384 for an RSA key, ES384 for an EC key, from the
+/// PEM label (`RSA PRIVATE KEY`, `EC PRIVATE KEY`) or, for PKCS#8 (`PRIVATE KEY`), from the
+/// algorithm identifier inside; `None` when it is neither or not a PEM key.
+pub fn pem_algorithm(pem: &str) -> Option<Algorithm> {
+    // DER of the OIDs rsaEncryption (1.2.840.113549.1.1.1) and id-ecPublicKey (1.2.840.10045.2.1).
+    const RSA: &[u8] = &[0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+    const EC: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+    let begin = pem.lines().map(str::trim).find(|l| l.starts_with("-----BEGIN "))?;
+    match begin {
+        "-----BEGIN RSA PRIVATE KEY-----" => return Some(Algorithm::RS384),
+        "-----BEGIN EC PRIVATE KEY-----" => return Some(Algorithm::ES384),
+        "-----BEGIN PRIVATE KEY-----" => {}
+        _ => return None,
+    }
+    let body: String = pem
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| !l.starts_with("-----BEGIN "))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END "))
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD.decode(body).ok()?;
+    // The algorithm identifier comes first, near the start of the document.
+    let head = &der[..der.len().min(64)];
+    if head.windows(RSA.len()).any(|w| w == RSA) {
+        Some(Algorithm::RS384)
+    } else if head.windows(EC.len()).any(|w| w == EC) {
+        Some(Algorithm::ES384)
+    } else {
+        None
+    }
+}
+
 /// A new RS384 key pair (RSA 3072): the private key as PKCS#8 PEM, and a JWKS holding its
 /// public key under `kid`.
 pub fn generate_rs384(kid: &str) -> Result<(String, String), AuthError> {
@@ -244,6 +277,26 @@ pub fn sign_assertion(key_pem: &str, assertion: &ClientAssertion<'_>) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pem_key_says_its_algorithm_whatever_its_base64_spells() {
+        for _ in 0..50 {
+            let (es, _) = generate_es384("k").unwrap();
+            assert_eq!(pem_algorithm(&es), Some(Algorithm::ES384));
+        }
+        let (rs, _) = generate_rs384("k").unwrap();
+        assert_eq!(pem_algorithm(&rs), Some(Algorithm::RS384));
+        // The text "RSA" inside an EC key's base64 says nothing.
+        let (es, _) = generate_es384("k").unwrap();
+        let lines: Vec<&str> = es.lines().collect();
+        let doctored = format!("{}\n{}\nRSA\n", lines[0], lines[1..].join("\n"));
+        assert_ne!(pem_algorithm(&doctored), Some(Algorithm::RS384));
+        assert_eq!(
+            pem_algorithm("-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----"),
+            Some(Algorithm::RS384)
+        );
+        assert_eq!(pem_algorithm("not a key"), None);
+    }
 
     /// The DER elements inside `der` (one level): (tag, content).
     fn der_children(mut der: &[u8]) -> Vec<(u8, Vec<u8>)> {

@@ -137,10 +137,13 @@ pub(crate) fn load_key(
         (Some(kid), _) | (None, Some(kid)) => kid.to_owned(),
         (None, None) => bail!("give --kid (no jwks.json beside {})", path.display()),
     };
-    let alg = if text.contains("RSA") || first.is_some_and(|k| k["kty"] == "RSA") {
-        bulkfhir_auth::Algorithm::RS384
-    } else {
-        bulkfhir_auth::Algorithm::ES384
+    // The key's own algorithm identifier decides (a search for "RSA" in the text once matched
+    // the base64 of an EC key); the JWKS beside it only when the PEM does not say.
+    let alg = match keys::pem_algorithm(&text) {
+        Some(alg) => alg,
+        None if first.is_some_and(|k| k["kty"] == "RSA") => bulkfhir_auth::Algorithm::RS384,
+        None if first.is_some_and(|k| k["kty"] == "EC") => bulkfhir_auth::Algorithm::ES384,
+        None => bail!("{} is not a PEM private key (RSA or EC) nor a private JWK", path.display()),
     };
     Ok((text, kid, alg))
 }

@@ -536,7 +536,8 @@ async fn bad_view_exports_are_refused_before_any_job_exists() {
         export_parameters(&[("bad", bad_view)], "ndjson", &[]),
         export_parameters(&[("a", patient_view()), ("a", patient_view())], "ndjson", &[]),
         export_parameters(&[("has space", patient_view())], "ndjson", &[]),
-        export_parameters(&[("p", patient_view())], "parquet", &[]),
+        export_parameters(&[("p", patient_view())], "json", &[]),
+        export_parameters(&[("p", patient_view())], "xlsx", &[]),
         export_parameters(
             &[("p", patient_view())],
             "ndjson",
