@@ -120,6 +120,14 @@ pub enum ViewError {
         /// What went wrong.
         message: String,
     },
+    /// One resource gave more rows (or `repeat` more nodes) than [`MAX_ROWS_PER_RESOURCE`]:
+    /// sibling selects and nested `forEach`es multiply, and a view must not be able to exhaust
+    /// the server's memory with one resource (found by `rows`).
+    #[error("the view gives more than {limit} rows (or repeat nodes) for one resource")]
+    TooManyRows {
+        /// The limit.
+        limit: usize,
+    },
     /// A column without `collection: true` found several values (found by `rows`).
     #[error("column '{column}' found {count} values but is not declared with \"collection\": true")]
     MultipleValues {
@@ -560,8 +568,14 @@ fn parse_column(
     Ok((ColumnDef { name: name.clone(), path, collection }, Column { name, type_name, collection }))
 }
 
+/// The most rows one resource may give, and the most nodes one `repeat` may visit.
+pub const MAX_ROWS_PER_RESOURCE: usize = 100_000;
+
 /// Every combination of a row of `left` followed by a row of `right`.
-fn cross(left: &[Vec<Value>], right: &[Vec<Value>]) -> Vec<Vec<Value>> {
+fn cross(left: &[Vec<Value>], right: &[Vec<Value>]) -> Result<Vec<Vec<Value>>, ViewError> {
+    if left.len().saturating_mul(right.len()) > MAX_ROWS_PER_RESOURCE {
+        return Err(ViewError::TooManyRows { limit: MAX_ROWS_PER_RESOURCE });
+    }
     let mut out = Vec::with_capacity(left.len() * right.len());
     for l in left {
         for r in right {
@@ -571,7 +585,7 @@ fn cross(left: &[Vec<Value>], right: &[Vec<Value>]) -> Vec<Vec<Value>> {
             out.push(row);
         }
     }
-    out
+    Ok(out)
 }
 
 impl ViewDefinition {
@@ -706,7 +720,7 @@ impl ViewDefinition {
         let mut rows = vec![Vec::new()];
         for select in &self.selects {
             let part = self.process(select, &root, 0, resource)?;
-            rows = cross(&rows, &part);
+            rows = cross(&rows, &part)?;
         }
         Ok(rows)
     }
@@ -742,16 +756,22 @@ impl ViewDefinition {
             let mut partial = vec![own];
             for nested in &select.selects {
                 let part = self.process(nested, focus, row_index, resource)?;
-                partial = cross(&partial, &part);
+                partial = cross(&partial, &part)?;
             }
             if !select.union_all.is_empty() {
                 let mut union = Vec::new();
                 for branch in &select.union_all {
                     union.extend(self.process(branch, focus, row_index, resource)?);
+                    if union.len() > MAX_ROWS_PER_RESOURCE {
+                        return Err(ViewError::TooManyRows { limit: MAX_ROWS_PER_RESOURCE });
+                    }
                 }
-                partial = cross(&partial, &union);
+                partial = cross(&partial, &union)?;
             }
             rows.extend(partial);
+            if rows.len() > MAX_ROWS_PER_RESOURCE {
+                return Err(ViewError::TooManyRows { limit: MAX_ROWS_PER_RESOURCE });
+            }
         }
         if foci.is_empty() && matches!(select.iteration, Iteration::ForEachOrNull(_)) {
             rows.push(select.null_row.clone());
@@ -778,6 +798,9 @@ fn repeat<'a>(
             });
         }
         for child in path.eval(node, env)? {
+            if found.len() >= MAX_ROWS_PER_RESOURCE {
+                return Err(ViewError::TooManyRows { limit: MAX_ROWS_PER_RESOURCE });
+            }
             found.push(child.clone());
             repeat(paths, &child, env, found, depth + 1)?;
         }

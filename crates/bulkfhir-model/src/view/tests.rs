@@ -496,3 +496,32 @@ fn the_deepest_accepted_expressions_fit_a_small_stack() {
         .join()
         .unwrap();
 }
+
+#[test]
+fn a_view_cannot_multiply_rows_or_repeat_nodes_without_bound() {
+    // Ten sibling forEach selects over 10 names each: 10^10 rows if nothing stopped them.
+    let names: Vec<serde_json::Value> =
+        (0..10).map(|i| serde_json::json!({"family": format!("f{i}")})).collect();
+    let patient = serde_json::json!({"resourceType": "Patient", "id": "p", "name": names});
+    let selects: Vec<serde_json::Value> = (0..10)
+        .map(|i| serde_json::json!({"forEach": "name", "column": [{"name": format!("c{i}"), "path": "family"}]}))
+        .collect();
+    let view = ViewDefinition::parse(&serde_json::json!({
+        "resourceType": "ViewDefinition", "resource": "Patient", "select": selects
+    }))
+    .unwrap();
+    assert!(matches!(view.rows(&patient), Err(ViewError::TooManyRows { .. })));
+    // repeat over the same path twice doubles at every level: 2^20 nodes for 20 levels.
+    let mut item = serde_json::json!({"linkId": "leaf"});
+    for level in 0..20 {
+        item = serde_json::json!({"linkId": format!("l{level}"), "item": [item]});
+    }
+    let questionnaire =
+        serde_json::json!({"resourceType": "Questionnaire", "id": "q", "item": [item]});
+    let view = ViewDefinition::parse(&serde_json::json!({
+        "resourceType": "ViewDefinition", "resource": "Questionnaire",
+        "select": [{"repeat": ["item", "item"], "column": [{"name": "id", "path": "linkId"}]}]
+    }))
+    .unwrap();
+    assert!(matches!(view.rows(&questionnaire), Err(ViewError::TooManyRows { .. })));
+}
