@@ -109,22 +109,33 @@ impl TenantSpace {
 
     /// The stores of `tenant`, which must exist.
     pub async fn open(&self, tenant: &TenantName) -> anyhow::Result<Stores> {
-        if !self.exists(tenant).await? {
-            bail!("there is no tenant '{tenant}'; add it with `bulkfhir tenant add {tenant}`");
+        match self.open_if_exists(tenant).await? {
+            Some(stores) => Ok(stores),
+            None => {
+                bail!("there is no tenant '{tenant}'; add it with `bulkfhir tenant add {tenant}`")
+            }
         }
-        match &self.database {
+    }
+
+    /// The stores of `tenant`, or `None` when there is no such tenant.
+    async fn open_if_exists(&self, tenant: &TenantName) -> anyhow::Result<Option<Stores>> {
+        if !self.exists(tenant).await? {
+            return Ok(None);
+        }
+        let stores = match &self.database {
             Some(url) => {
                 let store =
                     Arc::new(PostgresStore::connect_in_schema(url, &tenant.schema()).await?);
-                Ok(Stores::from_one(store))
+                Stores::from_one(store)
             }
             None => {
                 let dir = self.dir(tenant);
                 let store = EmbeddedStore::open(&dir)
                     .with_context(|| format!("open the store in {}", dir.display()))?;
-                Ok(Stores::from_one(Arc::new(store)))
+                Stores::from_one(Arc::new(store))
             }
-        }
+        };
+        Ok(Some(stores))
     }
 
     /// Removes `tenant`: its resources, jobs, clients and export files. Refused while one of its
@@ -306,10 +317,7 @@ impl TenantWorlds {
             return Ok(None);
         }
         let Some(spawner) = self.spawner.get() else { bail!("the server is not serving yet") };
-        if !self.space.exists(tenant).await? {
-            return Ok(None);
-        }
-        let stores = self.space.open(tenant).await?;
+        let Some(stores) = self.space.open_if_exists(tenant).await? else { return Ok(None) };
         let template = &self.template;
         let store: Arc<dyn ResourceStore> = Arc::new(MeteredStore::new(stores.resources));
         let output = tenant_output(

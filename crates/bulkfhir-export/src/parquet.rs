@@ -98,20 +98,23 @@ impl Cell {
     }
 }
 
-/// A Parquet file of `rows` (each a cell per column of `columns`, converted with
-/// [`Cell::convert`] for [`Kind::of`] the column).
-pub(crate) fn encode(columns: &[Column], rows: &[Vec<Cell>]) -> Result<Vec<u8>, String> {
+/// A Parquet file of `rows` (each a cell per column, converted with [`Cell::convert`] for the
+/// column's kind), with the columns `names` of `kinds` ([`Kind::of`] each view column).
+pub(crate) fn encode(
+    names: &[String],
+    kinds: &[Kind],
+    rows: &[Vec<Cell>],
+) -> Result<Vec<u8>, String> {
     let error = |e: parquet::errors::ParquetError| format!("write Parquet: {e}");
-    let kinds: Vec<Kind> = columns.iter().map(Kind::of).collect();
     let mut fields = Vec::new();
-    for (column, kind) in columns.iter().zip(&kinds) {
+    for (name, kind) in names.iter().zip(kinds) {
         let (physical, logical) = match kind {
             Kind::Text => (PhysicalType::BYTE_ARRAY, Some(LogicalType::String)),
             Kind::Int => (PhysicalType::INT64, None),
             Kind::Double => (PhysicalType::DOUBLE, None),
             Kind::Bool => (PhysicalType::BOOLEAN, None),
         };
-        let field = Type::primitive_type_builder(&column.name, physical)
+        let field = Type::primitive_type_builder(name, physical)
             .with_repetition(Repetition::OPTIONAL)
             .with_logical_type(logical)
             .build()

@@ -29,7 +29,7 @@ use crate::{
     error::corrupt,
     service::{Live, Shared, units_percent},
     telemetry,
-    unit::{JobContext, run_unit, supporting_type_names},
+    unit::{JobContext, ViewOutput, run_unit, supporting_type_names},
 };
 
 /// Claims and runs export jobs until shut down.
@@ -579,7 +579,7 @@ fn job_context(
     for stored in &request.views {
         let view = ViewDefinition::parse(&stored.view)
             .map_err(|e| ExportError::Corrupt(format!("view '{}': {e}", stored.name)))?;
-        views.push((stored.name.clone(), view));
+        views.push(ViewOutput::new(stored.name.clone(), view));
     }
     let view_format = match request.view_format.as_deref() {
         None => None,

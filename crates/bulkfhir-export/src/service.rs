@@ -519,7 +519,7 @@ impl ExportService {
                         .collect()
                 })
                 .unwrap_or_default(),
-            view_format: views.as_ref().map(|v| format_code(v.format).to_owned()),
+            view_format: views.as_ref().map(|v| v.format.code().to_owned()),
             client_tracking_id: views.as_ref().and_then(|v| v.client_tracking_id.clone()),
         };
         let id = JobId::new();
@@ -999,15 +999,6 @@ pub(crate) fn poll_again_after(elapsed: Duration, done: f64, max: Duration) -> D
     // Whole seconds, rounded up: the header has no fractions.
     let seconds = remaining.as_secs() + u64::from(remaining.subsec_nanos() > 0);
     Duration::from_secs(seconds).clamp(Duration::from_secs(1), max)
-}
-
-/// The file format code of a view export (`csv`, `ndjson`).
-pub(crate) fn format_code(format: TabularFormat) -> &'static str {
-    match format {
-        TabularFormat::Csv => "csv",
-        TabularFormat::Parquet => "parquet",
-        TabularFormat::Ndjson | TabularFormat::Json => "ndjson",
-    }
 }
 
 /// Checks the views of a `$viewdefinition-export`: at least one, each a valid ViewDefinition

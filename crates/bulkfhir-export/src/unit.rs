@@ -75,10 +75,30 @@ pub(crate) struct JobContext {
     pub(crate) level: &'static str,
     /// Cancelled when the node shuts down: units stop at their next checkpoint.
     pub(crate) drain: CancellationToken,
-    /// `$viewdefinition-export`: the views (output name, checked view), by unit `view` index.
-    pub(crate) views: Vec<(String, ViewDefinition)>,
+    /// `$viewdefinition-export`: the views, by unit `view` index.
+    pub(crate) views: Vec<ViewOutput>,
     /// `$viewdefinition-export`: the files' format.
     pub(crate) view_format: Option<TabularFormat>,
+}
+
+/// One view of a `$viewdefinition-export`, with what every row and file of it needs, worked
+/// out once per job rather than per resource.
+pub(crate) struct ViewOutput {
+    /// The output name (file stem, manifest name).
+    pub(crate) name: String,
+    pub(crate) view: ViewDefinition,
+    /// The column names, in order (NDJSON keys, the CSV header).
+    pub(crate) columns: Vec<String>,
+    /// How each column is stored in Parquet.
+    pub(crate) kinds: Vec<Kind>,
+}
+
+impl ViewOutput {
+    pub(crate) fn new(name: String, view: ViewDefinition) -> Self {
+        let columns = view.columns().iter().map(|c| c.name.clone()).collect();
+        let kinds = view.columns().iter().map(Kind::of).collect();
+        ViewOutput { name, view, columns, kinds }
+    }
 }
 
 /// Whether one of `queries` matches `resource`; true when there are none.
@@ -610,9 +630,8 @@ struct Roller<'c> {
     /// `$viewdefinition-export`: the view whose rows this unit writes (index in `ctx.views`).
     view: Option<usize>,
     /// Parquet: the current file's rows, encoded when the file closes (a Parquet file is
-    /// written whole), and their approximate size not yet counted in `bytes_in_file`.
+    /// written whole).
     parquet_rows: Vec<Vec<Cell>>,
-    parquet_bytes: u64,
 }
 
 impl<'c> Roller<'c> {
@@ -637,7 +656,6 @@ impl<'c> Roller<'c> {
             part: 0,
             view: None,
             parquet_rows: Vec::new(),
-            parquet_bytes: 0,
         }
     }
 
@@ -656,7 +674,7 @@ impl<'c> Roller<'c> {
     /// The name files and the manifest use for this unit's output.
     fn output_name(&self) -> &str {
         match self.view.and_then(|i| self.ctx.views.get(i)) {
-            Some((name, _)) => name,
+            Some(output) => &output.name,
             None => self.resource_type.map_or("unknown", ResourceType::as_str),
         }
     }
@@ -713,8 +731,12 @@ impl<'c> Roller<'c> {
                 continue;
             }
             let before = self.buffer.len();
+            // Bytes the line(s) take that are not in the buffer (Parquet rows, held as cells).
+            let mut held = 0;
             let lines = if let Some(index) = self.view {
-                self.view_rows(index, resource)?
+                let (rows, bytes) = self.view_rows(index, resource)?;
+                held = bytes;
+                rows
             } else if self.deleted {
                 write_deletion_line(&mut self.buffer, resource);
                 1
@@ -752,9 +774,8 @@ impl<'c> Roller<'c> {
                 continue;
             }
             self.lines_in_file += lines;
-            let parquet_bytes = std::mem::take(&mut self.parquet_bytes);
             self.bytes_in_file +=
-                if self.deleted { 0 } else { (self.buffer.len() - before) as u64 + parquet_bytes };
+                if self.deleted { 0 } else { (self.buffer.len() - before) as u64 + held };
             self.last_seq = resource.seq;
             self.last_member = member_idx;
             if self.lines_in_file >= self.ctx.config.max_resources_per_file
@@ -771,9 +792,14 @@ impl<'c> Roller<'c> {
         Ok(())
     }
 
-    /// Appends the rows of view `index` for `resource` to the buffer; how many.
-    fn view_rows(&mut self, index: usize, resource: &StoredResource) -> Result<u64, ExportError> {
-        let Some((name, view)) = self.ctx.views.get(index) else {
+    /// Appends the rows of view `index` for `resource` to the buffer (or, for Parquet, to the
+    /// file's rows); how many rows, and the bytes held outside the buffer.
+    fn view_rows(
+        &mut self,
+        index: usize,
+        resource: &StoredResource,
+    ) -> Result<(u64, u64), ExportError> {
+        let Some(output) = self.ctx.views.get(index) else {
             return Err(ExportError::Corrupt(format!("no view {index}")));
         };
         let value: serde_json::Value = serde_json::from_slice(&resource.body).map_err(|e| {
@@ -784,36 +810,40 @@ impl<'c> Roller<'c> {
         })?;
         // A view that cannot run on a stored resource fails the export with the reason: leaving
         // the resource out would make the rows inexact.
-        let rows = view.rows(&value).map_err(|e| ExportError::View {
-            view: name.clone(),
+        let failed = |message: String| ExportError::View {
+            view: output.name.clone(),
             resource: format!("{}/{}", resource.resource_type, resource.id),
-            message: e.to_string(),
-        })?;
-        if self.ctx.view_format == Some(TabularFormat::Parquet) {
-            let kinds: Vec<Kind> = view.columns().iter().map(Kind::of).collect();
-            for row in &rows {
-                let mut cells = Vec::with_capacity(row.len());
-                for ((value, kind), column) in row.iter().zip(&kinds).zip(view.columns()) {
-                    let cell = Cell::convert(*kind, value).map_err(|e| ExportError::View {
-                        view: name.clone(),
-                        resource: format!("{}/{}", resource.resource_type, resource.id),
-                        message: format!("column {}: {e}", column.name),
-                    })?;
-                    self.parquet_bytes += cell.size();
-                    cells.push(cell);
+            message,
+        };
+        let rows = output.view.rows(&value).map_err(|e| failed(e.to_string()))?;
+        let count = rows.len() as u64;
+        match self.ctx.view_format {
+            Some(TabularFormat::Parquet) => {
+                let mut held = 0;
+                for row in rows {
+                    let mut cells = Vec::with_capacity(row.len());
+                    for ((value, kind), column) in
+                        row.iter().zip(&output.kinds).zip(&output.columns)
+                    {
+                        let cell = Cell::convert(*kind, value)
+                            .map_err(|e| failed(format!("column {column}: {e}")))?;
+                        held += cell.size();
+                        cells.push(cell);
+                    }
+                    self.parquet_rows.push(cells);
                 }
-                self.parquet_rows.push(cells);
+                Ok((count, held))
             }
-            return Ok(rows.len() as u64);
-        }
-        let names: Vec<&str> = view.columns().iter().map(|c| c.name.as_str()).collect();
-        for row in &rows {
-            match self.ctx.view_format {
-                Some(TabularFormat::Csv) => tabular::csv_row(row, &mut self.buffer),
-                _ => tabular::ndjson_row(&names, row, &mut self.buffer),
+            Some(TabularFormat::Csv) => {
+                rows.iter().for_each(|row| tabular::csv_row(row, &mut self.buffer));
+                Ok((count, 0))
+            }
+            _ => {
+                rows.iter()
+                    .for_each(|row| tabular::ndjson_row(&output.columns, row, &mut self.buffer));
+                Ok((count, 0))
             }
         }
-        Ok(rows.len() as u64)
     }
 
     /// Records the supporting resources `body` references.
@@ -834,11 +864,10 @@ impl<'c> Roller<'c> {
             let mut writer = self.ctx.output.create(&key, self.ctx.compression()).await?;
             // Every CSV file of a view starts with the header line.
             if let (Some(index), Some(TabularFormat::Csv)) = (self.view, self.ctx.view_format)
-                && let Some((_, view)) = self.ctx.views.get(index)
+                && let Some(output) = self.ctx.views.get(index)
             {
-                let names: Vec<&str> = view.columns().iter().map(|c| c.name.as_str()).collect();
                 let mut header = Vec::new();
-                tabular::csv_header(&names, &mut header);
+                tabular::csv_header(&output.columns, &mut header);
                 writer.write(&header).await?;
             }
             self.writer = Some(writer);
@@ -862,13 +891,15 @@ impl<'c> Roller<'c> {
         if self.lines_in_file == 0 {
             return Ok(());
         }
-        if let Some((_, view)) = self.view.and_then(|i| self.ctx.views.get(i))
+        if let Some(output) = self.view.and_then(|i| self.ctx.views.get(i))
             && self.ctx.view_format == Some(TabularFormat::Parquet)
         {
-            let bytes = parquet::encode(view.columns(), &self.parquet_rows)
+            // The whole file, encoded at once; nothing else is ever in the buffer of a Parquet
+            // unit, so the encoded bytes become the buffer (no copy).
+            let bytes = parquet::encode(&output.columns, &output.kinds, &self.parquet_rows)
                 .map_err(|e| ExportError::Corrupt(format!("a Parquet file of a view: {e}")))?;
             self.parquet_rows.clear();
-            self.buffer.extend_from_slice(&bytes);
+            self.buffer = bytes;
         }
         self.flush().await?;
         let Some(writer) = self.writer.take() else { return Ok(()) };

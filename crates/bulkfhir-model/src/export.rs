@@ -191,6 +191,27 @@ pub struct ExportRequest {
     pub lenient_notes: Vec<String>,
 }
 
+impl ExportRequest {
+    /// An export of everything at `level`, as NDJSON, with no other parameter.
+    pub fn at(level: ExportLevel) -> Self {
+        ExportRequest {
+            level,
+            output_format: OutputFormat::Ndjson,
+            since: None,
+            until: None,
+            types: None,
+            patients: Vec::new(),
+            type_filters: Vec::new(),
+            elements: Vec::new(),
+            include_associated_data: Vec::new(),
+            organize_output_by: None,
+            allow_partial_manifests: false,
+            destination: None,
+            lenient_notes: Vec::new(),
+        }
+    }
+}
+
 /// Why a kick-off was refused; the HTTP layer answers 400 with an `OperationOutcome`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -1147,24 +1168,7 @@ mod tests {
     fn a_bare_kickoff_gives_the_defaults() {
         for level in [ExportLevel::System, ExportLevel::Patient, group()] {
             let request = run(level.clone(), &[], None, false).unwrap();
-            assert_eq!(
-                request,
-                ExportRequest {
-                    level,
-                    output_format: OutputFormat::Ndjson,
-                    since: None,
-                    until: None,
-                    types: None,
-                    patients: Vec::new(),
-                    type_filters: Vec::new(),
-                    elements: Vec::new(),
-                    include_associated_data: Vec::new(),
-                    organize_output_by: None,
-                    allow_partial_manifests: false,
-                    destination: None,
-                    lenient_notes: Vec::new(),
-                }
-            );
+            assert_eq!(request, ExportRequest::at(level));
         }
     }
 

@@ -31,6 +31,16 @@ impl TabularFormat {
         }
     }
 
+    /// The `_format` code of this format.
+    pub fn code(self) -> &'static str {
+        match self {
+            TabularFormat::Csv => "csv",
+            TabularFormat::Ndjson => "ndjson",
+            TabularFormat::Json => "json",
+            TabularFormat::Parquet => "parquet",
+        }
+    }
+
     /// The media type of a response in this format.
     pub fn media_type(self) -> &'static str {
         match self {
@@ -43,12 +53,12 @@ impl TabularFormat {
 }
 
 /// Appends the CSV header line: the column names.
-pub fn csv_header(names: &[&str], out: &mut Vec<u8>) {
+pub fn csv_header<S: AsRef<str>>(names: &[S], out: &mut Vec<u8>) {
     for (i, name) in names.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        csv_field(name, out);
+        csv_field(name.as_ref(), out);
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -88,14 +98,14 @@ fn csv_field(text: &str, out: &mut Vec<u8>) {
 }
 
 /// Appends one row as a JSON object with the keys in column order (no newline).
-pub fn json_object(names: &[&str], values: &[Value], out: &mut Vec<u8>) {
+pub fn json_object<S: AsRef<str>>(names: &[S], values: &[Value], out: &mut Vec<u8>) {
     out.push(b'{');
     for (i, (name, value)) in names.iter().zip(values).enumerate() {
         if i > 0 {
             out.push(b',');
         }
         // Serialising a string or a `Value` to a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *out, name);
+        let _ = serde_json::to_writer(&mut *out, name.as_ref());
         out.push(b':');
         let _ = serde_json::to_writer(&mut *out, value);
     }
@@ -103,7 +113,7 @@ pub fn json_object(names: &[&str], values: &[Value], out: &mut Vec<u8>) {
 }
 
 /// Appends one NDJSON line.
-pub fn ndjson_row(names: &[&str], values: &[Value], out: &mut Vec<u8>) {
+pub fn ndjson_row<S: AsRef<str>>(names: &[S], values: &[Value], out: &mut Vec<u8>) {
     json_object(names, values, out);
     out.push(b'\n');
 }

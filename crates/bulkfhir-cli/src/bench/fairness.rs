@@ -39,19 +39,10 @@ pub(crate) async fn finish(
         let job = job_resource(http, &kicked.job_id).await?;
         match job["status"].as_str().unwrap_or_default() {
             "completed" => {
-                let finished = job["finishedTime"]
-                    .as_str()
-                    .map(FhirInstant::parse_fhir)
-                    .context("a completed job without finishedTime")?
-                    .map_err(|e| anyhow::anyhow!("finishedTime: {e}"))?;
-                let sent = sent
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map(|d| d.as_micros() as i64)
-                    .unwrap_or(0);
                 let count = job["output"]
                     .as_array()
                     .map_or(0, |files| files.iter().filter_map(|f| f["count"].as_u64()).sum());
-                return Ok(((finished.as_micros() - sent).max(0) as f64 / 1e6, count));
+                return Ok((finished_after(&job, sent)?, count));
             }
             "accepted" | "in-progress" => {}
             other => bail!("export {} ended '{other}'", kicked.job_id),
@@ -69,6 +60,18 @@ async fn kick(http: &Http, path: &str) -> anyhow::Result<(Kicked, SystemTime)> {
         Ok(kicked) => Ok((kicked, sent)),
         Err(code) => bail!("kick-off {} answered {code}", http.url(path)),
     }
+}
+
+/// Seconds from `sent` to a finished job resource's `finishedTime`.
+pub(crate) fn finished_after(job: &serde_json::Value, sent: SystemTime) -> anyhow::Result<f64> {
+    let finished = job["finishedTime"]
+        .as_str()
+        .map(FhirInstant::parse_fhir)
+        .context("a finished job without finishedTime")?
+        .map_err(|e| anyhow::anyhow!("finishedTime: {e}"))?;
+    let sent =
+        sent.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
+    Ok((finished.as_micros() - sent).max(0) as f64 / 1e6)
 }
 
 /// `runs` times: the small tenant's `path` alone; then the big tenant's `path`, and the small

@@ -6,7 +6,6 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
-use bulkfhir_model::Instant as FhirInstant;
 
 use super::scenarios::{
     Http, Kicked, StatusAnswer, delete_export, job_resource, kickoff, poll_status,
@@ -98,16 +97,7 @@ pub(crate) async fn measure(
         to_manifest.push(sent.elapsed().as_secs_f64());
         polls.push(f64::from(count));
         let job = job_resource(http, &kicked.job_id).await?;
-        let finished = job["finishedTime"]
-            .as_str()
-            .map(FhirInstant::parse_fhir)
-            .context("a finished job without finishedTime")?
-            .map_err(|e| anyhow::anyhow!("finishedTime: {e}"))?;
-        let sent_us = sent_system
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_micros() as i64)
-            .unwrap_or(0);
-        export.push((finished.as_micros() - sent_us).max(0) as f64 / 1e6);
+        export.push(super::fairness::finished_after(&job, sent_system)?);
         delete_export(http, &kicked.status_url).await?;
     }
     Ok(TimeToData {

@@ -114,23 +114,37 @@ async fn kill_and_resume(
         assert!(std::time::Instant::now() < deadline, "{path}: the export never started writing");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let before_kill: BTreeMap<String, std::time::SystemTime> = files_in(&job_dir)
-        .into_iter()
-        .filter(|f| f.ends_with(".ndjson"))
-        .filter_map(|f| {
-            Some((f.clone(), std::fs::metadata(job_dir.join(&f)).ok()?.modified().ok()?))
-        })
-        .collect();
+    let before_kill = finished_files(&job_dir, ".ndjson");
     server.kill();
 
     let server = BinaryServer::start_with(data, Some(port), flags).await;
     let manifest = wait_for_manifest(&client, &status_url).await;
     let (seen, listed) = read_export(&client, &manifest).await;
     assert_eq!(files_in(&job_dir), listed, "{path}: no file that the manifest does not list");
-    // It resumed rather than started over: files checkpointed before the kill were kept as they
-    // were. Each unit running at the kill may have finished a file just before its checkpoint,
-    // which is then rewritten: at most one per running unit (the server runs as many units at
-    // once as the machine has cores).
+    assert_resumed(path, &job_dir, &before_kill);
+    (seen, server)
+}
+
+/// The finished files (ending in `extension`) in `job_dir`, with their modification times.
+fn finished_files(job_dir: &Path, extension: &str) -> BTreeMap<String, std::time::SystemTime> {
+    files_in(job_dir)
+        .into_iter()
+        .filter(|f| f.ends_with(extension))
+        .filter_map(|f| {
+            Some((f.clone(), std::fs::metadata(job_dir.join(&f)).ok()?.modified().ok()?))
+        })
+        .collect()
+}
+
+/// The export resumed rather than started over: files checkpointed before the kill were kept
+/// as they were. Each unit running at the kill may have finished a file just before its
+/// checkpoint, which is then rewritten: at most one per running unit (the server runs as many
+/// units at once as the machine has cores).
+fn assert_resumed(
+    what: &str,
+    job_dir: &Path,
+    before_kill: &BTreeMap<String, std::time::SystemTime>,
+) {
     let running_units = std::thread::available_parallelism().map_or(2, |n| n.get());
     let kept = before_kill
         .iter()
@@ -141,10 +155,9 @@ async fn kill_and_resume(
         .count();
     assert!(
         kept + running_units >= before_kill.len() && kept >= 1,
-        "{path}: kept {kept} of {} files finished before the kill",
+        "{what}: kept {kept} of {} files finished before the kill",
         before_kill.len()
     );
-    (seen, server)
 }
 
 /// Kicks off `path` under `base`; returns the status URL.
@@ -223,8 +236,8 @@ async fn an_export_killed_half_way_completes_after_restart_with_every_resource_o
 
 /// Kicks off a `$viewdefinition-export` of an Observation view (CSV), kills the server with
 /// SIGKILL once a few files are finished, restarts it, and follows the same status URL to the
-/// result. Checks that no file outside the result remains and that no row comes twice; returns
-/// the rows' ids.
+/// result. Checks that no file outside the result remains, that no row comes twice and that it
+/// resumed from its checkpoints; returns the rows' ids.
 async fn kill_and_resume_view(data: &Path, flags: &[&str]) -> BTreeSet<String> {
     let server = BinaryServer::start_with(data, None, flags).await;
     let port = server.port();
@@ -258,6 +271,7 @@ async fn kill_and_resume_view(data: &Path, flags: &[&str]) -> BTreeSet<String> {
         assert!(std::time::Instant::now() < deadline, "the view export never started writing");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let before_kill = finished_files(&job_dir, ".csv");
     server.kill();
 
     let _server = BinaryServer::start_with(data, Some(port), flags).await;
@@ -281,5 +295,6 @@ async fn kill_and_resume_view(data: &Path, flags: &[&str]) -> BTreeSet<String> {
         }
     }
     assert_eq!(files_in(&job_dir), listed, "no file that the result does not list");
+    assert_resumed("the view export", &job_dir, &before_kill);
     ids
 }

@@ -123,20 +123,7 @@ async fn rows(response: reqwest::Response, format: &str) -> Vec<Value> {
         }
         _ => {
             assert!(content_type.starts_with("text/csv"), "{content_type}");
-            let mut reader = csv_lines(&text).into_iter();
-            let header = reader.next().unwrap();
-            reader
-                .map(|cells| {
-                    let object: serde_json::Map<String, Value> = header
-                        .iter()
-                        .zip(cells)
-                        .map(|(h, c)| {
-                            (h.clone(), if c.is_empty() { Value::Null } else { json!(c) })
-                        })
-                        .collect();
-                    Value::Object(object)
-                })
-                .collect()
+            csv_objects(&text)
         }
     }
 }
@@ -144,6 +131,22 @@ async fn rows(response: reqwest::Response, format: &str) -> Vec<Value> {
 /// The rows of one run as a set of JSON texts.
 async fn row_set(server: &TestServer, parameters: Value, format: &str) -> BTreeSet<String> {
     rows(run(server, parameters).await, format).await.iter().map(Value::to_string).collect()
+}
+
+/// The rows of a CSV text with a header line, as JSON objects of strings (null for empty).
+fn csv_objects(text: &str) -> Vec<Value> {
+    let mut lines = csv_lines(text).into_iter();
+    let header = lines.next().unwrap();
+    lines
+        .map(|cells| {
+            let object: serde_json::Map<String, Value> = header
+                .iter()
+                .zip(cells)
+                .map(|(h, c)| (h.clone(), if c.is_empty() { Value::Null } else { json!(c) }))
+                .collect();
+            Value::Object(object)
+        })
+        .collect()
 }
 
 /// A small RFC 4180 reader: quoted fields with doubled quotes and embedded line breaks.
@@ -396,18 +399,7 @@ pub(crate) async fn view_export_rows(
             );
             let text = http.get(url).send().await.unwrap().text().await.unwrap();
             if format == "csv" {
-                let mut lines = csv_lines(&text).into_iter();
-                let header = lines.next().unwrap();
-                for cells in lines {
-                    let object: serde_json::Map<String, Value> = header
-                        .iter()
-                        .zip(cells)
-                        .map(|(h, c)| {
-                            (h.clone(), if c.is_empty() { Value::Null } else { json!(c) })
-                        })
-                        .collect();
-                    rows.push(Value::Object(object).to_string());
-                }
+                rows.extend(csv_objects(&text).iter().map(Value::to_string));
             } else {
                 rows.extend(
                     text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap().to_string()),

@@ -410,8 +410,17 @@ pub(super) async fn cancel(
     FhirPath(job): FhirPath<String>,
 ) -> Result<Response, ApiError> {
     let job_id = parse_job_id(&job)?;
-    state.exports.cancel(&job_id, &caller.job_access()).await?;
-    forget_polls(&state, &job_id);
+    cancel_job(&state, &caller, &job_id).await
+}
+
+/// Cancels `job_id` (202): its files are deleted; polls of it are forgotten.
+pub(super) async fn cancel_job(
+    state: &AppState,
+    caller: &Caller,
+    job_id: &JobId,
+) -> Result<Response, ApiError> {
+    state.exports.cancel(job_id, &caller.job_access()).await?;
+    forget_polls(state, job_id);
     Ok(outcome_response(
         StatusCode::ACCEPTED,
         OperationOutcome::single(Issue::information(format!(

@@ -17,8 +17,7 @@ use axum::{
 use bulkfhir_export::{KickoffContext, StatusView, ViewExport};
 use bulkfhir_model::{
     ErrorKind, Instant, ResourceId,
-    export::{ExportLevel, ExportRequest, OutputFormat},
-    outcome::{Issue, OperationOutcome},
+    export::{ExportLevel, ExportRequest},
     tabular::TabularFormat,
 };
 use bulkfhir_store::{JobId, JobStatus};
@@ -26,14 +25,17 @@ use serde_json::{Value, json};
 
 use super::{
     FhirPath,
-    export::{file_links, forget_polls, header_text, parse_job_id, refused_kickoff, set_header},
+    export::{
+        cancel_job, file_links, forget_polls, header_text, parse_job_id, refused_kickoff,
+        set_header,
+    },
     json_response,
 };
 use crate::{
     AppState,
     auth::Caller,
     extract::{BaseUrl, optional_fhir_body},
-    outcome::{ApiError, outcome_response},
+    outcome::ApiError,
 };
 
 /// What a kick-off asked, besides the views.
@@ -78,21 +80,8 @@ pub(super) async fn kickoff(
         (None, false) => ExportLevel::Patient,
         (None, true) => ExportLevel::System,
     };
-    let export_request = ExportRequest {
-        level,
-        output_format: OutputFormat::Ndjson,
-        since: asked.since,
-        until: None,
-        types: None,
-        patients: asked.patients,
-        type_filters: Vec::new(),
-        elements: Vec::new(),
-        include_associated_data: Vec::new(),
-        organize_output_by: None,
-        allow_partial_manifests: false,
-        destination: None,
-        lenient_notes: Vec::new(),
-    };
+    let export_request =
+        ExportRequest { since: asked.since, patients: asked.patients, ..ExportRequest::at(level) };
     let views = ViewExport {
         views: asked.views,
         format: asked.format,
@@ -185,14 +174,7 @@ pub(super) async fn cancel(
     FhirPath(job): FhirPath<String>,
 ) -> Result<Response, ApiError> {
     let job_id = view_job(&state, &caller, &job).await?;
-    state.exports.cancel(&job_id, &caller.job_access()).await?;
-    forget_polls(&state, &job_id);
-    Ok(outcome_response(
-        StatusCode::ACCEPTED,
-        OperationOutcome::single(Issue::information(format!(
-            "export {job_id} cancelled; its files are being deleted"
-        ))),
-    ))
+    cancel_job(&state, &caller, &job_id).await
 }
 
 /// `GET …/result/{job}`: each view's files, or why it failed.
