@@ -36,7 +36,7 @@ use crate::{
         Checkpoint, CompartmentScope, FileEntry, FileKind, Note, Plan, ProvenanceScope, UnitSpec,
     },
     error::corrupt,
-    parquet::{self, Cell, Kind},
+    parquet::{self, Kind},
 };
 
 /// Members whose compartments one store call may cover (it also stops at a page of resources).
@@ -631,7 +631,7 @@ struct Roller<'c> {
     view: Option<usize>,
     /// Parquet: the current file's rows, encoded when the file closes (a Parquet file is
     /// written whole).
-    parquet_rows: Vec<Vec<Cell>>,
+    parquet_rows: Option<parquet::Rows>,
 }
 
 impl<'c> Roller<'c> {
@@ -655,7 +655,7 @@ impl<'c> Roller<'c> {
             apply_filters: true,
             part: 0,
             view: None,
-            parquet_rows: Vec::new(),
+            parquet_rows: None,
         }
     }
 
@@ -802,7 +802,8 @@ impl<'c> Roller<'c> {
         let Some(output) = self.ctx.views.get(index) else {
             return Err(ExportError::Corrupt(format!("no view {index}")));
         };
-        let value: serde_json::Value = serde_json::from_slice(&resource.body).map_err(|e| {
+        // Only the elements the view can read are built: the rows are the same.
+        let value = output.view.parse_resource(&resource.body).map_err(|e| {
             ExportError::Corrupt(format!(
                 "{}/{} is not readable JSON: {e}",
                 resource.resource_type, resource.id
@@ -820,17 +821,13 @@ impl<'c> Roller<'c> {
         match self.ctx.view_format {
             Some(TabularFormat::Parquet) => {
                 let mut held = 0;
+                let file =
+                    self.parquet_rows.get_or_insert_with(|| parquet::Rows::new(&output.kinds));
                 for row in rows {
-                    let mut cells = Vec::with_capacity(row.len());
-                    for ((value, kind), column) in
-                        row.iter().zip(&output.kinds).zip(&output.columns)
-                    {
-                        let cell = Cell::convert(*kind, value)
-                            .map_err(|e| failed(format!("column {column}: {e}")))?;
-                        held += cell.size();
-                        cells.push(cell);
-                    }
-                    self.parquet_rows.push(cells);
+                    held += file.push(row).map_err(|(index, message)| {
+                        let column = output.columns.get(index).map_or("?", String::as_str);
+                        failed(format!("column {column}: {message}"))
+                    })?;
                 }
                 Ok((count, held))
             }
@@ -894,12 +891,19 @@ impl<'c> Roller<'c> {
         if let Some(output) = self.view.and_then(|i| self.ctx.views.get(i))
             && self.ctx.view_format == Some(TabularFormat::Parquet)
         {
-            // The whole file, encoded at once; nothing else is ever in the buffer of a Parquet
-            // unit, so the encoded bytes become the buffer (no copy).
-            let bytes = parquet::encode(&output.columns, &output.kinds, &self.parquet_rows)
+            // The whole file, encoded at once, off the async threads; nothing else is ever in
+            // the buffer of a Parquet unit, so the encoded bytes become the buffer (no copy).
+            let rows =
+                self.parquet_rows.take().unwrap_or_else(|| parquet::Rows::new(&output.kinds));
+            let (names, kinds) = (output.columns.clone(), output.kinds.clone());
+            let encoded =
+                tokio::task::spawn_blocking(move || parquet::encode(&names, &kinds, rows))
+                    .await
+                    .map_err(|e| {
+                        ExportError::Corrupt(format!("the Parquet encoder stopped: {e}"))
+                    })?;
+            self.buffer = encoded
                 .map_err(|e| ExportError::Corrupt(format!("a Parquet file of a view: {e}")))?;
-            self.parquet_rows.clear();
-            self.buffer = bytes;
         }
         self.flush().await?;
         let Some(writer) = self.writer.take() else { return Ok(()) };

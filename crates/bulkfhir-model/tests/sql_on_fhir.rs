@@ -64,7 +64,18 @@ fn run(view: &Value, resources: &[Value]) -> Result<(Vec<String>, Vec<Value>), S
     let names: Vec<String> = view.columns().iter().map(|c| c.name.clone()).collect();
     let mut rows = Vec::new();
     for resource in resources {
-        for row in view.rows(resource).map_err(|e| e.to_string())? {
+        let found = view.rows(resource).map_err(|e| e.to_string());
+        // The same rows (or the same error) from the resource parsed as the export engine
+        // parses it: only the top-level elements the view can read.
+        let text = serde_json::to_vec(resource).map_err(|e| e.to_string())?;
+        let projected = view.parse_resource(&text).map_err(|e| e.to_string())?;
+        assert_eq!(
+            found,
+            view.rows(&projected).map_err(|e| e.to_string()),
+            "a view over the elements it reads (kept: {:?}) must give what it gives over the whole resource",
+            view.reads()
+        );
+        for row in found? {
             assert_eq!(row.len(), names.len(), "a row must hold one value per column");
             let object: Map<String, Value> = names.iter().cloned().zip(row).collect();
             rows.push(Value::Object(object));

@@ -454,6 +454,25 @@ const FUNCTIONS: &str = "all, allFalse, allTrue, anyFalse, anyTrue, as, contains
      join, last, length, lower, lowBoundary, not, ofType, select, single, skip, startsWith, tail, take, \
      toDecimal, toInteger, toString, upper, where";
 
+impl Call {
+    /// The argument evaluated on the enclosing `$this` rather than on each item of the input
+    /// (as the lambdas of `where()`, `select()`, `exists()`, `all()` and `iif()` are), if any.
+    pub(crate) fn outer_argument(&self) -> Option<&Expr> {
+        match self {
+            Call::Skip(arg)
+            | Call::Take(arg)
+            | Call::Extension(arg)
+            | Call::StartsWith(arg)
+            | Call::EndsWith(arg)
+            | Call::Contains(arg)
+            | Call::Join(Some(arg))
+            | Call::LowBoundary(Some(arg))
+            | Call::HighBoundary(Some(arg)) => Some(arg),
+            _ => None,
+        }
+    }
+}
+
 impl Expr {
     /// Whether this is exactly `%rowIndex`.
     pub(crate) fn is_row_index(&self) -> bool {
@@ -1199,7 +1218,11 @@ fn children<'m>(
         return;
     }
     for (key, v) in map {
-        if let Some(ty) = key.strip_prefix(name).and_then(choice_type) {
+        // The capital that starts a type name comes right after the name (checked first: it
+        // rejects almost every key without comparing strings).
+        let spelt = key.as_bytes().get(name.len()).is_some_and(u8::is_ascii_uppercase)
+            && key.starts_with(name);
+        if let Some(ty) = spelt.then(|| choice_type(&key[name.len()..])).flatten() {
             flat(v, Some(ty));
         }
     }
@@ -1463,19 +1486,13 @@ fn apply<'a>(
                 None => Ok(Vec::new()),
             }
         }
-        Call::Skip(arg)
-        | Call::Take(arg)
-        | Call::Extension(arg)
-        | Call::StartsWith(arg)
-        | Call::EndsWith(arg)
-        | Call::Contains(arg)
-        | Call::Join(Some(arg))
-        | Call::LowBoundary(Some(arg))
-        | Call::HighBoundary(Some(arg)) => {
-            let arg = eval(arg, scope.this, scope, env, d)?;
-            simple(call, input, &arg)
-        }
-        _ => simple(call, input, &[]),
+        _ => match call.outer_argument() {
+            Some(arg) => {
+                let arg = eval(arg, scope.this, scope, env, d)?;
+                simple(call, input, &arg)
+            }
+            None => simple(call, input, &[]),
+        },
     }
 }
 

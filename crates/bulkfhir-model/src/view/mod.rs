@@ -50,10 +50,14 @@
 //!   `#contained` references or another type than asked for. The two match for joins.
 
 mod fhirpath;
+mod project;
+mod reach;
 #[cfg(test)]
 mod tests;
 
 use serde_json::{Map, Value};
+
+pub use reach::Reads;
 
 use crate::ResourceType;
 use crate::resource_type::truncate_for_message;
@@ -73,6 +77,9 @@ pub struct ViewDefinition {
     wheres: Vec<Path>,
     selects: Vec<Select>,
     columns: Vec<Column>,
+    /// The top-level elements the view can read, or `None` when it can read the resource
+    /// whole (see [`parse_resource`](ViewDefinition::parse_resource)).
+    reads: Option<Reads>,
 }
 
 /// A column of a view's output, in output order.
@@ -671,7 +678,10 @@ impl ViewDefinition {
             append_columns(&mut columns, new, &location)?;
             selects.push(select);
         }
-        Ok(ViewDefinition { resource, name, constants, wheres, selects, columns })
+        let mut view =
+            ViewDefinition { resource, name, constants, wheres, selects, columns, reads: None };
+        view.reads = reach::reads(&view).ok();
+        Ok(view)
     }
 
     /// The resource type the view is over, e.g. `Patient`.
@@ -687,6 +697,23 @@ impl ViewDefinition {
     /// The output columns, in output order.
     pub fn columns(&self) -> &[Column] {
         &self.columns
+    }
+
+    /// The elements of a resource the view can read (always its `resourceType` and `id`), or
+    /// `None` when it can read the resource whole.
+    pub fn reads(&self) -> Option<&Reads> {
+        self.reads.as_ref()
+    }
+
+    /// Parses the JSON text of a resource for [`rows`](ViewDefinition::rows), building only the
+    /// elements the view can read ([`reads`](ViewDefinition::reads)): the rows are those of the
+    /// whole resource, and building the values a view never looks at is most of the cost of
+    /// running it over stored resources. The whole text is still checked to be JSON.
+    pub fn parse_resource(&self, json: &[u8]) -> Result<Value, serde_json::Error> {
+        match &self.reads {
+            Some(reads) => project::parse(json, reads),
+            None => serde_json::from_slice(json),
+        }
     }
 
     /// The rows `resource` gives, each holding one value per column in [`columns`] order

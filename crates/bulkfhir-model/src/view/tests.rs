@@ -525,3 +525,102 @@ fn a_view_cannot_multiply_rows_or_repeat_nodes_without_bound() {
     .unwrap();
     assert!(matches!(view.rows(&questionnaire), Err(ViewError::TooManyRows { .. })));
 }
+
+/// A view of `resource` with one select of `columns` (name, path) and an optional `forEach`.
+fn view_of(resource: &str, for_each: Option<&str>, columns: &[(&str, &str)]) -> ViewDefinition {
+    let columns: Vec<Value> =
+        columns.iter().map(|(name, path)| json!({"name": name, "path": path})).collect();
+    let mut select = json!({"column": columns});
+    if let Some(path) = for_each {
+        select["forEach"] = json!(path);
+    }
+    ViewDefinition::parse(&json!({"resource": resource, "select": [select]})).expect("valid view")
+}
+
+/// The kept elements as paths (`a.b`), a whole one marked `*`.
+fn kept(view: &ViewDefinition) -> Option<Vec<String>> {
+    fn walk(reads: &super::Reads, prefix: &str, out: &mut Vec<String>) {
+        for (name, child) in &reads.children {
+            let path = if prefix.is_empty() { name.clone() } else { format!("{prefix}.{name}") };
+            if child.whole {
+                out.push(format!("{path}*"));
+            } else if child.children.is_empty() {
+                out.push(path);
+            } else {
+                walk(child, &path, out);
+            }
+        }
+    }
+    view.reads().map(|reads| {
+        let mut out = Vec::new();
+        walk(reads, "", &mut out);
+        out
+    })
+}
+
+#[test]
+fn a_view_reads_only_the_elements_its_paths_reach() {
+    let observation = view_of(
+        "Observation",
+        None,
+        &[
+            ("id", "getResourceKey()"),
+            ("code", "code.coding.first().code"),
+            ("value", "value.ofType(Quantity).value"),
+            ("effective", "effective.ofType(dateTime)"),
+            ("subject", "subject.getReferenceKey(Patient)"),
+            ("has_note", "note.exists()"),
+        ],
+    );
+    assert_eq!(
+        kept(&observation).unwrap(),
+        [
+            "code.coding.code*",
+            "effective*",
+            "id*",
+            "note",
+            "resourceType*",
+            "subject.reference*",
+            "value.resourceType*",
+            "value.value*"
+        ]
+    );
+    // `where()` reads its criterion on each item; `forEach` makes the items the focus.
+    let names = view_of(
+        "Patient",
+        Some("name.where(use = 'official')"),
+        &[("family", "family"), ("first", "given.first()"), ("birth", "%resource.birthDate")],
+    );
+    assert_eq!(
+        kept(&names).unwrap(),
+        ["birthDate*", "id*", "name.family*", "name.given*", "name.use*", "resourceType*"]
+    );
+    // Content that is compared or joined is kept whole.
+    let joined = view_of("Patient", None, &[("n", "name.distinct().count()")]);
+    assert_eq!(kept(&joined).unwrap(), ["id*", "name*", "resourceType*"]);
+}
+
+#[test]
+fn a_view_that_uses_the_resource_itself_reads_it_whole() {
+    for path in ["%resource", "$this", "Patient", "%resource = %resource", "iif(true, $this, 1)"] {
+        let view = view_of("Patient", None, &[("c", path)]);
+        assert_eq!(kept(&view), None, "{path}");
+    }
+}
+
+#[test]
+fn a_resource_parsed_as_the_view_reads_it_gives_the_same_rows() {
+    let view = view_of(
+        "Patient",
+        Some("name"),
+        &[("id", "getResourceKey()"), ("family", "family"), ("given", "given.join(' ')")],
+    );
+    let patient = patient();
+    let text = serde_json::to_vec(&patient).unwrap();
+    let projected = view.parse_resource(&text).unwrap();
+    assert_eq!(view.rows(&projected).unwrap(), view.rows(&patient).unwrap());
+    // What the view does not read is not built, but the text is still checked as JSON.
+    assert!(projected.get("gender").is_none() && projected.get("birthDate").is_none());
+    assert!(view.parse_resource(b"{\"resourceType\": \"Patient\", \"gender\": }").is_err());
+    assert!(view.parse_resource(b"{\"resourceType\": \"Patient\"} trailing").is_err());
+}
