@@ -108,7 +108,7 @@ impl ElementSelection {
             let rule = match rules.binary_search_by(|r| r.resource_type.cmp(&resource_type)) {
                 Ok(idx) => &mut rules[idx],
                 Err(idx) => {
-                    let mandatory = table_entry(MANDATORY_ELEMENTS, resource_type);
+                    let mandatory = mandatory_elements(resource_type);
                     let rule = TypeRule { resource_type, selected: Vec::new(), mandatory };
                     rules.insert(idx, rule);
                     &mut rules[idx]
@@ -273,6 +273,57 @@ fn spells(element: &str, name: &str) -> bool {
     }
 }
 
+/// The elements of the types outside R4 ([`crate::IG_TYPES`]): type, mandatory elements,
+/// top-level elements (SQL on FHIR v2's ViewDefinition, choice elements as `name[x]`).
+const IG_ELEMENTS: &[(&str, &[&str], &[&str])] = &[(
+    "ViewDefinition",
+    &["status", "resource", "select"],
+    &[
+        "id",
+        "meta",
+        "implicitRules",
+        "language",
+        "text",
+        "contained",
+        "extension",
+        "modifierExtension",
+        "url",
+        "identifier",
+        "version",
+        "name",
+        "title",
+        "status",
+        "experimental",
+        "publisher",
+        "contact",
+        "description",
+        "useContext",
+        "copyright",
+        "resource",
+        "resourceProfile",
+        "fhirVersion",
+        "constant",
+        "select",
+        "where",
+    ],
+)];
+
+/// The mandatory top-level elements of `resource_type` (kept by every `_elements`).
+fn mandatory_elements(resource_type: ResourceType) -> &'static [&'static str] {
+    match IG_ELEMENTS.iter().find(|(t, ..)| *t == resource_type.as_str()) {
+        Some((_, mandatory, _)) => mandatory,
+        None => table_entry(MANDATORY_ELEMENTS, resource_type),
+    }
+}
+
+/// The top-level elements of `resource_type`.
+fn top_level_elements(resource_type: ResourceType) -> &'static [&'static str] {
+    match IG_ELEMENTS.iter().find(|(t, ..)| *t == resource_type.as_str()) {
+        Some((_, _, top_level)) => top_level,
+        None => table_entry(TOP_LEVEL_ELEMENTS, resource_type),
+    }
+}
+
 /// The row of a generated per-type table (sorted like `RESOURCE_TYPES`, so every type has one).
 fn table_entry(
     table: &'static [(&'static str, &'static [&'static str])],
@@ -286,7 +337,7 @@ fn table_entry(
 /// The top-level element of `resource_type` that `name` names: `status`, or `value` for
 /// `value[x]`.
 fn find_element(resource_type: ResourceType, name: &str) -> Option<&'static str> {
-    table_entry(TOP_LEVEL_ELEMENTS, resource_type)
+    top_level_elements(resource_type)
         .iter()
         .copied()
         .find(|element| element.strip_suffix("[x]").unwrap_or(element) == name)
@@ -300,7 +351,7 @@ fn choice_hint(name: &str, resource_type: Option<ResourceType>) -> String {
         None => ResourceType::all().collect(),
     };
     for ty in types {
-        let element = table_entry(TOP_LEVEL_ELEMENTS, ty)
+        let element = top_level_elements(ty)
             .iter()
             .find(|element| element.ends_with("[x]") && spells(element, name));
         if let Some(base) = element.and_then(|element| element.strip_suffix("[x]")) {

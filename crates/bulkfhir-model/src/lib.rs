@@ -29,5 +29,5 @@ pub use error::{ErrorKind, ModelError, error_chain};
 pub use id::ResourceId;
 pub use instant::Instant;
 pub use prepare::{PreparedResource, ResourceRef};
-pub use resource_type::ResourceType;
+pub use resource_type::{IG_TYPES, ResourceType};
 pub use tenant::{MAX_TENANT_LEN, TenantName};

@@ -59,6 +59,17 @@ impl PreparedResource {
                 ));
             }
         };
+        if resource_type == ResourceType::VIEW_DEFINITION {
+            // A stored view is one `$viewdefinition-run` and `-export` can run: refused now,
+            // with the reason, rather than when a job uses it.
+            let view: serde_json::Value = serde_json::from_str(text)
+                .map_err(|e| ModelError::Json(format!("body is not JSON: {e}")))?;
+            crate::view::ViewDefinition::parse(&view).map_err(|e| {
+                ModelError::InvalidResource(format!(
+                    "not a ViewDefinition this server can run: {e}"
+                ))
+            })?;
+        }
         let id = match members.get("id") {
             Some(raw) => Some(ResourceId::parse(&string_member(raw, "id")?)?),
             None => None,

@@ -14,6 +14,9 @@ Resources are exported in their version current at transactionTime, which is tak
 Patient and Group exports use the FHIR R4 Patient compartment (plus Device.patient) and add the resources outside it that exported resources reference (Practitioner, Organization, Location, Medication...). \
 Group membership is read at kick-off, inactive members are skipped and nested Groups followed. With _since, a patient who joined the Group after _since gets only the resources changed after _since (no earlier history).";
 
+/// What the ViewDefinition entry says about stored views and references.
+const VIEW_DOCUMENTATION: &str = "SQL on FHIR v2 ViewDefinitions are stored like other resources (a ViewDefinition that cannot run is refused when written) and searched by name, resource, status, url and version. viewReference accepts ViewDefinition/[id], ViewDefinition/[id]/_history/[version], an absolute URL on this server, and a canonical URL (url or url|version) of a stored ViewDefinition; nothing is fetched from other servers. $run runs at system level, at ViewDefinition/$run and at ViewDefinition/[id]/$run; $viewdefinition-export at system level and at ViewDefinition/$viewdefinition-export.";
+
 /// The operation entries for a resource: the v3/Inferno name `export` and the v2/BDT name,
 /// with the same definition (spec.md 13.5).
 fn export_operations(v2_name: &str) -> Value {
@@ -63,6 +66,15 @@ pub(crate) fn capability_statement(base: &str, started: Instant) -> Value {
             }
             if resource_type == ResourceType::GROUP {
                 resource["operation"] = export_operations("group-export");
+            }
+            if resource_type == ResourceType::VIEW_DEFINITION {
+                // SQL on FHIR v2's capability rules name the operations with their `$`.
+                resource["profile"] = json!("https://sql-on-fhir.org/ig/StructureDefinition/ViewDefinition");
+                resource["documentation"] = json!(VIEW_DOCUMENTATION);
+                resource["operation"] = json!([
+                    {"name": "$viewdefinition-export", "definition": "http://sql-on-fhir.org/OperationDefinition/$viewdefinition-export"},
+                    {"name": "$run", "definition": "http://sql-on-fhir.org/OperationDefinition/$run"}
+                ]);
             }
             resource
         })

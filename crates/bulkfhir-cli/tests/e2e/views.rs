@@ -274,6 +274,12 @@ async fn bad_view_runs_get_an_operation_outcome() {
         (parameters(&patient_view(), "json", &[json!({"name": "bogus", "valueString": "x"})]), 400),
         (
             json!({"resourceType": "Parameters", "parameter": [{"name": "viewReference", "valueReference": {"reference": "ViewDefinition/x"}}]}),
+            404,
+        ),
+        (
+            json!({"resourceType": "Parameters", "parameter": [
+                {"name": "viewReference", "valueReference": {"reference": "ViewDefinition/x"}},
+                {"name": "viewReference", "valueReference": {"reference": "ViewDefinition/y"}}]}),
             400,
         ),
         (json!({"resourceType": "Parameters", "parameter": []}), 400),
@@ -536,6 +542,9 @@ async fn bad_view_exports_are_refused_before_any_job_exists() {
             &[json!({"name": "source", "valueString": "s3://x"})],
         ),
         json!({"resourceType": "Parameters", "parameter": [{"name": "_format", "valueCode": "csv"}]}),
+        json!({"resourceType": "Parameters", "parameter": [{"name": "view", "part": [
+            {"name": "viewResource", "resource": patient_view()},
+            {"name": "viewReference", "valueReference": {"reference": "ViewDefinition/p"}}]}]}),
     ];
     for parameters in cases {
         let response = post_view_export(&http, &server.base, &parameters).await;
@@ -671,4 +680,162 @@ async fn a_parquet_view_export_reads_back_with_typed_columns_and_exactly_the_row
         .collect();
     assert_eq!(got["observations"], want);
     assert_eq!(count, observations.len() + resources(dataset, "Patient").len());
+}
+
+/// `PUT [base]/ViewDefinition/{id}` with `view`; the status.
+async fn put_view(server: &TestServer, id: &str, view: &Value) -> (u16, Value) {
+    let mut view = view.clone();
+    view["id"] = json!(id);
+    let response = server
+        .client
+        .put(server.url(&format!("ViewDefinition/{id}")))
+        .header("content-type", "application/fhir+json")
+        .body(view.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, body_json(response).await)
+}
+
+fn reference_parameters(reference: &str, extra: &[Value]) -> Value {
+    let mut list = vec![
+        json!({"name": "viewReference", "valueReference": {"reference": reference}}),
+        json!({"name": "_format", "valueCode": "json"}),
+    ];
+    list.extend(extra.iter().cloned());
+    json!({"resourceType": "Parameters", "parameter": list})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_view_definitions_run_and_export_by_reference() {
+    let dataset = medium();
+    let server = TestServer::start_loaded(dataset, test_export_config()).await;
+    let observations = resources(dataset, "Observation");
+    let patients = resources(dataset, "Patient");
+    let patient = patients[0]["id"].as_str().unwrap();
+    let one_patient =
+        [json!({"name": "patient", "valueReference": {"reference": format!("Patient/{patient}")}})];
+    let want = expected_observations(&observations, Some(patient));
+
+    // Stored like any resource; a ViewDefinition that could not run is refused when written.
+    let mut view = observation_view();
+    view["url"] = json!("http://example.org/views/observations");
+    view["version"] = json!("1.0");
+    let (status, stored) = put_view(&server, "obs", &view).await;
+    assert_eq!(status, 201, "{stored}");
+    assert_eq!(stored["meta"]["versionId"], "1");
+    let mut bad = observation_view();
+    bad["select"][0]["column"][0]["name"] = json!("bad name!");
+    let (status, outcome) = put_view(&server, "bad", &bad).await;
+    assert_outcome(status, 400, &outcome);
+    assert!(outcome.to_string().contains("bad name!"), "{outcome}");
+    let found = |query: &str| {
+        let url = server.url(&format!("ViewDefinition?{query}"));
+        let client = server.client.clone();
+        async move {
+            let bundle = body_json(client.get(url).send().await.unwrap()).await;
+            assert_eq!(bundle["type"], "searchset", "{bundle}");
+            bundle["entry"].as_array().map_or(0, Vec::len)
+        }
+    };
+    assert_eq!(found("name=observations").await, 1);
+    assert_eq!(found("url=http://example.org/views/observations").await, 1);
+    assert_eq!(found("status=active").await, 1);
+    assert_eq!(found("name=nothing").await, 0);
+    // The CapabilityStatement's ViewDefinition entry, as SQL on FHIR's capability rules ask.
+    let (_, metadata) = server.get("metadata").await;
+    let entry = metadata["rest"][0]["resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "ViewDefinition")
+        .unwrap()
+        .clone();
+    let operations: Vec<&str> = entry["operation"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(operations, ["$viewdefinition-export", "$run"]);
+    assert!(entry["searchParam"].as_array().unwrap().iter().any(|p| p["name"] == "url"));
+
+    // `$viewdefinition-run` by reference, in each form the server resolves, and at the
+    // instance level: the rows of the stored view.
+    let absolute = format!("{}/ViewDefinition/obs", server.base);
+    for reference in [
+        "ViewDefinition/obs",
+        "ViewDefinition/obs/_history/1",
+        absolute.as_str(),
+        "http://example.org/views/observations",
+        "http://example.org/views/observations|1.0",
+    ] {
+        let got = row_set(&server, reference_parameters(reference, &one_patient), "json").await;
+        assert_eq!(got, want, "rows by {reference}");
+    }
+    let instance = server
+        .client
+        .post(server.url("ViewDefinition/obs/$run"))
+        .header("content-type", "application/fhir+json")
+        .body(
+            json!({"resourceType": "Parameters", "parameter": [
+                {"name": "_format", "valueCode": "json"}, one_patient[0].clone()]})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let got: BTreeSet<String> = rows(instance, "json").await.iter().map(Value::to_string).collect();
+    assert_eq!(got, want, "rows of ViewDefinition/obs/$run");
+
+    // What does not resolve, or resolves to more than one view, is refused with the reason;
+    // nothing is fetched from another server.
+    let mut second = view.clone();
+    second["version"] = json!("2.0");
+    assert_eq!(put_view(&server, "obs2", &second).await.0, 201);
+    for (reference, want_status, says) in [
+        ("ViewDefinition/missing", 404, "missing"),
+        ("ViewDefinition/obs/_history/9", 404, "9"),
+        ("http://example.org/views/observations|3.0", 404, "3.0"),
+        ("http://example.org/views/observations", 400, "2.0"),
+        ("http://elsewhere.example/fhir/ViewDefinition/obs", 404, "elsewhere"),
+        ("Patient/obs", 400, "Patient/obs"),
+    ] {
+        let response = run(&server, reference_parameters(reference, &[])).await;
+        let status = response.status().as_u16();
+        let outcome = body_json(response).await;
+        assert_outcome(status, want_status, &outcome);
+        assert!(outcome.to_string().contains(says), "{reference}: {outcome}");
+    }
+    let both = reference_parameters(
+        "ViewDefinition/obs",
+        &[json!({"name": "viewResource", "resource": observation_view()})],
+    );
+    let response = run(&server, both).await;
+    let status = response.status().as_u16();
+    assert_outcome(status, 400, &body_json(response).await);
+
+    // `$viewdefinition-export` by reference: the output is named after the stored view, and
+    // holds every Observation's row once.
+    let http = no_redirects();
+    let parameters = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "view", "part": [
+            {"name": "viewReference", "valueReference": {"reference": "ViewDefinition/obs"}}]},
+        {"name": "_format", "valueCode": "ndjson"}]});
+    let status = kick_view_export(&http, &server.base, &parameters).await;
+    let result = view_export_result(&http, &status).await;
+    let rows = view_export_rows(&http, &result, "ndjson").await;
+    assert_eq!(rows.keys().collect::<Vec<_>>(), ["observations"]);
+    assert_eq!(rows["observations"].len(), observations.len());
+    assert_eq!(
+        rows["observations"].iter().cloned().collect::<BTreeSet<_>>(),
+        expected_observations(&observations, None)
+    );
+    let missing = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "view", "part": [
+            {"name": "viewReference", "valueReference": {"reference": "ViewDefinition/missing"}}]}]});
+    let response = post_view_export(&http, &server.base, &missing).await;
+    let status = response.status().as_u16();
+    assert_outcome(status, 404, &body_json(response).await);
 }

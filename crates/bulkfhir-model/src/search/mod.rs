@@ -77,6 +77,7 @@
 //!   applies to the whole set.
 
 mod fhirpath;
+mod ig;
 mod matcher;
 mod precheck;
 mod query;
@@ -216,6 +217,7 @@ pub fn supported_params(
         [Some("Resource"), domain.then_some("DomainResource"), Some(resource_type.as_str())];
     let mut rows: Vec<_> = SEARCH_PARAMS
         .iter()
+        .chain(ig::IG_SEARCH_PARAMS)
         .filter(move |row| bases.contains(&Some(row.base)) && row.unsupported.is_none())
         .collect();
     rows.sort_by_key(|row| (row.base != "Resource" && row.base != "DomainResource", row.code));

@@ -187,10 +187,12 @@ pub(crate) fn find_param(
     code: &str,
 ) -> Option<&'static SearchParamDef> {
     let lookup = |base: &str| {
-        SEARCH_PARAMS
-            .binary_search_by(|row| (row.base, row.code).cmp(&(base, code)))
-            .ok()
-            .map(|idx| &SEARCH_PARAMS[idx])
+        [SEARCH_PARAMS, super::ig::IG_SEARCH_PARAMS].into_iter().find_map(|table| {
+            table
+                .binary_search_by(|row| (row.base, row.code).cmp(&(base, code)))
+                .ok()
+                .map(|idx| &table[idx])
+        })
     };
     lookup(resource_type.as_str()).or_else(|| lookup("Resource")).or_else(|| {
         if NON_DOMAIN_RESOURCES.contains(&resource_type.as_str()) {

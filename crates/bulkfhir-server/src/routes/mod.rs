@@ -10,6 +10,7 @@ mod page;
 mod search;
 mod view;
 mod view_export;
+mod view_reference;
 
 use std::any::Any;
 
@@ -82,6 +83,7 @@ fn fhir_routes(state: &AppState) -> Router<AppState> {
         )
         .route("/fhir/$viewdefinition-export/result/{job}", get(view_export::result))
         .route("/fhir/ViewDefinition/$run", post(view::run))
+        .route("/fhir/ViewDefinition/{id}/$run", post(view::run_stored))
         .route("/fhir/BulkDataExport", get(jobs::search))
         .route("/fhir/BulkDataExport/{id}", get(jobs::read))
         .route("/fhir/{type}", get(search::list_type).post(crud::create))

@@ -1,7 +1,7 @@
-//! `$viewdefinition-run` (SQL on FHIR v2, R4 mode: system level, and `ViewDefinition/$run`):
-//! a ViewDefinition applied at once to resources posted with it or to the server's data, the
-//! rows answered as JSON, NDJSON or CSV. A preview: at most [`MAX_ROWS`] rows; bulk runs are
-//! `$viewdefinition-export`.
+//! `$viewdefinition-run` (SQL on FHIR v2, R4 mode: system level, `ViewDefinition/$run`, and
+//! `ViewDefinition/{id}/$run` for a stored view): a ViewDefinition, posted or stored, applied
+//! at once to resources posted with it or to the server's data, the rows answered as JSON,
+//! NDJSON or CSV. A preview: at most [`MAX_ROWS`] rows; bulk runs are `$viewdefinition-export`.
 
 use axum::{
     extract::{Request, State},
@@ -18,7 +18,11 @@ use bulkfhir_store::ScanOptions;
 use serde_json::Value;
 
 use crate::{
-    AppState, auth::Caller, extract::optional_fhir_body, outcome::ApiError, routes::parse_type,
+    AppState,
+    auth::Caller,
+    extract::{BaseUrl, optional_fhir_body},
+    outcome::ApiError,
+    routes::{FhirPath, parse_type, view_reference::stored_view},
 };
 
 /// The most rows one run answers (and the default of `_limit`).
@@ -28,7 +32,10 @@ const PAGE: usize = 500;
 
 /// What a run was asked.
 struct RunRequest {
-    view: Value,
+    /// `viewResource`.
+    view: Option<Value>,
+    /// `viewReference`.
+    reference: Option<String>,
     format: Option<TabularFormat>,
     header: bool,
     limit: usize,
@@ -37,25 +44,78 @@ struct RunRequest {
     since: Option<Instant>,
 }
 
+/// `POST [base]/$viewdefinition-run` and `POST [base]/ViewDefinition/$run`.
 pub(super) async fn run(
     State(state): State<AppState>,
+    BaseUrl(base): BaseUrl,
     caller: Caller,
     request: Request,
+) -> Result<Response, ApiError> {
+    run_view(state, &base, caller, request, None).await
+}
+
+/// `POST [base]/ViewDefinition/{id}/$run`: the stored view, which the parameters must not name.
+pub(super) async fn run_stored(
+    State(state): State<AppState>,
+    BaseUrl(base): BaseUrl,
+    caller: Caller,
+    FhirPath(id): FhirPath<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    run_view(state, &base, caller, request, Some(format!("ViewDefinition/{id}"))).await
+}
+
+async fn run_view(
+    state: AppState,
+    base: &str,
+    caller: Caller,
+    request: Request,
+    instance: Option<String>,
 ) -> Result<Response, ApiError> {
     let headers = request.headers().clone();
     let query = request.uri().query().map(str::to_owned).unwrap_or_default();
     let body = optional_fhir_body(request, &state).await?;
-    let Some(body) = body else {
-        return Err(ApiError::invalid(
-            "POST a Parameters resource with the view as viewResource (a ViewDefinition)",
-        ));
+    let mut run = match (body, &instance) {
+        (Some(body), _) => parse_run(&body, &query)?,
+        (None, Some(_)) => parse_run(br#"{"resourceType": "Parameters"}"#, &query)?,
+        (None, None) => {
+            return Err(ApiError::invalid(
+                "POST a Parameters resource with the view as viewResource (a ViewDefinition) \
+                 or viewReference (a stored one)",
+            ));
+        }
     };
-    let run = parse_run(&body, &query)?;
     let format = match run.format {
         Some(format) => format,
         None => format_from_accept(&headers)?,
     };
-    let view = ViewDefinition::parse(&run.view)
+    let definition = match (run.view.take(), run.reference.take(), instance) {
+        (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "ViewDefinition/[id]/$run runs that stored view: give neither viewResource nor \
+                 viewReference",
+            ));
+        }
+        (Some(_), Some(_), None) => {
+            return Err(ApiError::invalid("give viewResource or viewReference, not both")
+                .at("viewReference"));
+        }
+        (Some(view), None, None) => view,
+        (None, Some(reference), None) => {
+            stored_view(&state, &caller, base, &reference, "viewReference").await?
+        }
+        (None, None, Some(reference)) => {
+            stored_view(&state, &caller, base, &reference, "ViewDefinition").await?
+        }
+        (None, None, None) => {
+            return Err(ApiError::invalid(
+                "viewResource (an inline ViewDefinition) or viewReference (a stored one) is \
+                 required",
+            )
+            .at("viewResource"));
+        }
+    };
+    let view = ViewDefinition::parse(&definition)
         .map_err(|e| ApiError::invalid(format!("the ViewDefinition is not valid: {e}")))?;
     let names: Vec<&str> = view.columns().iter().map(|c| c.name.as_str()).collect();
     let mut rows: Vec<Vec<Value>> = Vec::new();
@@ -134,7 +194,8 @@ async fn server_rows(
             if !narrowing.admits(&resource.body) {
                 continue;
             }
-            let value: Value = serde_json::from_slice(&resource.body).map_err(|e| {
+            // Only the elements the view can read are built: the rows are the same.
+            let value = view.parse_resource(&resource.body).map_err(|e| {
                 ApiError::new(
                     bulkfhir_model::ErrorKind::Internal,
                     format!("{}/{} is not readable JSON: {e}", resource.resource_type, resource.id),
@@ -185,7 +246,8 @@ fn parse_run(body: &[u8], query: &str) -> Result<RunRequest, ApiError> {
         return Err(ApiError::invalid("the body must be a Parameters resource"));
     }
     let mut run = RunRequest {
-        view: Value::Null,
+        view: None,
+        reference: None,
         format: None,
         header: true,
         limit: MAX_ROWS,
@@ -214,12 +276,30 @@ fn parse_run(body: &[u8], query: &str) -> Result<RunRequest, ApiError> {
             _ => Err(ApiError::invalid(format!("parameter {name} has no usable value")).at(&name)),
         };
         match name.as_str() {
-            "viewResource" => run.view = value.clone(),
+            "viewResource" => {
+                if !value.is_object() || run.view.is_some() {
+                    return Err(ApiError::invalid("give one viewResource, a ViewDefinition")
+                        .at("viewResource"));
+                }
+                run.view = Some(value.clone());
+            }
             "viewReference" => {
-                return Err(ApiError::invalid(
-                    "viewReference is not supported yet: post the ViewDefinition inline as viewResource",
-                )
-                .at("viewReference"));
+                let reference = match &value {
+                    Value::Object(o) => {
+                        o.get("reference").and_then(Value::as_str).map(str::to_owned)
+                    }
+                    Value::String(s) => Some(s.clone()),
+                    _ => None,
+                };
+                match reference {
+                    Some(reference) if run.reference.is_none() => run.reference = Some(reference),
+                    _ => {
+                        return Err(ApiError::invalid(
+                            "give one viewReference, a Reference to a stored ViewDefinition",
+                        )
+                        .at("viewReference"));
+                    }
+                }
             }
             "_format" => {
                 let code = text()?;
@@ -296,10 +376,6 @@ fn parse_run(body: &[u8], query: &str) -> Result<RunRequest, ApiError> {
                 return Err(ApiError::invalid(format!("unknown parameter '{other}'")).at(other));
             }
         }
-    }
-    if run.view.is_null() {
-        return Err(ApiError::invalid("viewResource (an inline ViewDefinition) is required")
-            .at("viewResource"));
     }
     Ok(run)
 }

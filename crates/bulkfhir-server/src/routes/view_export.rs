@@ -30,6 +30,7 @@ use super::{
         set_header,
     },
     json_response,
+    view_reference::stored_view,
 };
 use crate::{
     AppState,
@@ -38,9 +39,18 @@ use crate::{
     outcome::ApiError,
 };
 
-/// What a kick-off asked, besides the views.
+/// A view as the kick-off gives it.
+enum GivenView {
+    /// `viewResource`.
+    Inline(Value),
+    /// `viewReference`.
+    Stored(String),
+}
+
+/// What a kick-off asked.
 struct Kickoff {
-    views: Vec<(String, Value)>,
+    /// Each view's output name, if given, and the view.
+    views: Vec<(Option<String>, GivenView)>,
     format: TabularFormat,
     client_tracking_id: Option<String>,
     patients: Vec<ResourceId>,
@@ -75,6 +85,21 @@ pub(super) async fn kickoff(
         ));
     };
     let asked = parse_kickoff(&body)?;
+    // Stored views are read now: the job keeps the views as they were at its kick-off.
+    let mut resolved = Vec::with_capacity(asked.views.len());
+    for (index, (name, given)) in asked.views.into_iter().enumerate() {
+        let view = match given {
+            GivenView::Inline(view) => view,
+            GivenView::Stored(reference) => {
+                stored_view(&state, &caller, &base, &reference, "view.viewReference").await?
+            }
+        };
+        // The output is named by `name`, else the ViewDefinition's `name`, else `view_{n}`.
+        let name = name
+            .or_else(|| view["name"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| format!("view_{}", index + 1));
+        resolved.push((name, view));
+    }
     let level = match (&asked.group, asked.patients.is_empty()) {
         (Some(group), _) => ExportLevel::Group(group.clone()),
         (None, false) => ExportLevel::Patient,
@@ -83,7 +108,7 @@ pub(super) async fn kickoff(
     let export_request =
         ExportRequest { since: asked.since, patients: asked.patients, ..ExportRequest::at(level) };
     let views = ViewExport {
-        views: asked.views,
+        views: resolved,
         format: asked.format,
         client_tracking_id: asked.client_tracking_id.clone(),
     };
@@ -293,7 +318,7 @@ fn parse_kickoff(body: &[u8]) -> Result<Kickoff, ApiError> {
             })
         };
         match name {
-            "view" => asked.views.push(parse_view(parameter, asked.views.len())?),
+            "view" => asked.views.push(parse_view(parameter)?),
             "_format" => {
                 let code = text(&["valueCode", "valueString"])?;
                 asked.format = match TabularFormat::parse(&code) {
@@ -338,31 +363,39 @@ fn parse_kickoff(body: &[u8]) -> Result<Kickoff, ApiError> {
     Ok(asked)
 }
 
-/// One `view` parameter: its output name (`name`, else the ViewDefinition's `name`, else
-/// `view_{n}`) and its `viewResource`.
-fn parse_view(parameter: &Value, index: usize) -> Result<(String, Value), ApiError> {
+/// One `view` parameter: its output name, if given, and its `viewResource` or `viewReference`
+/// (exactly one).
+fn parse_view(parameter: &Value) -> Result<(Option<String>, GivenView), ApiError> {
     let mut name = None;
-    let mut resource = None;
+    let mut given = None;
     for part in parameter["part"].as_array().map(Vec::as_slice).unwrap_or_default() {
-        match part["name"].as_str().unwrap_or_default() {
-            "name" => name = part["valueString"].as_str().map(str::to_owned),
-            "viewResource" => resource = Some(part["resource"].clone()),
-            "viewReference" => {
-                return Err(ApiError::invalid(
-                    "view.viewReference is not supported yet: send the ViewDefinition as view.viewResource",
-                )
-                .at("view.viewReference"));
+        let view = match part["name"].as_str().unwrap_or_default() {
+            "name" => {
+                name = part["valueString"].as_str().map(str::to_owned);
+                continue;
             }
+            "viewResource" => {
+                Some(part["resource"].clone()).filter(Value::is_object).map(GivenView::Inline)
+            }
+            "viewReference" => part["valueReference"]["reference"]
+                .as_str()
+                .map(|r| GivenView::Stored(r.to_owned())),
             other => {
                 return Err(ApiError::invalid(format!("unknown part '{other}' of view")).at("view"));
             }
+        };
+        if given.is_some() || view.is_none() {
+            return Err(ApiError::invalid(
+                "a view needs one viewResource (a ViewDefinition) or one viewReference (a \
+                 Reference to a stored one)",
+            )
+            .at("view"));
         }
+        given = view;
     }
-    let Some(resource) = resource.filter(Value::is_object) else {
-        return Err(ApiError::invalid("a view needs a viewResource").at("view.viewResource"));
+    let Some(given) = given else {
+        return Err(ApiError::invalid("a view needs a viewResource or a viewReference")
+            .at("view.viewResource"));
     };
-    let name = name
-        .or_else(|| resource["name"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| format!("view_{}", index + 1));
-    Ok((name, resource))
+    Ok((name, given))
 }
