@@ -378,7 +378,10 @@ impl ExportArgs {
                     .map(|p| p.trim().to_owned())
                     .filter(|p| !p.is_empty())
                     .collect(),
-                options: bulkfhir_output::CloudOptions { s3_endpoint: self.s3_endpoint.clone() },
+                options: bulkfhir_output::CloudOptions {
+                    s3_endpoint: self.s3_endpoint.clone(),
+                    gcs_service_account: None,
+                },
             },
             ..ExportConfig::default()
         }
@@ -642,7 +645,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             TenantCommand::Remove { name, force, export_store, s3_endpoint, store } => {
                 let tenant = TenantName::parse(&name)?;
-                let cloud = bulkfhir_output::CloudOptions { s3_endpoint };
+                let cloud =
+                    bulkfhir_output::CloudOptions { s3_endpoint, gcs_service_account: None };
                 let files =
                     store.tenants().remove(&tenant, force, export_store.as_deref(), &cloud).await?;
                 println!("tenant {tenant} removed, with {files} export file(s)");

@@ -43,6 +43,9 @@ enum Kind {
 pub struct CloudOptions {
     /// An S3-compatible server's endpoint (`http://127.0.0.1:8333`), instead of AWS.
     pub s3_endpoint: Option<String>,
+    /// A Google service account JSON file for `gs://` destinations, instead of the one
+    /// `GOOGLE_SERVICE_ACCOUNT` / `GOOGLE_APPLICATION_CREDENTIALS` name (tests pass theirs).
+    pub gcs_service_account: Option<String>,
 }
 
 fn invalid(url: &str, why: impl std::fmt::Display) -> OutputError {
@@ -145,13 +148,13 @@ impl Destination {
                 Ok(cloud(s3.clone(), s3, prefix).with_label(&self.url))
             }
             Kind::Gcs { bucket, prefix } => {
-                let gcs = Arc::new(
-                    GoogleCloudStorageBuilder::from_env()
-                        .with_bucket_name(bucket)
-                        .with_retry(retry())
-                        .build()
-                        .map_err(built)?,
-                );
+                let mut builder = GoogleCloudStorageBuilder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_retry(retry());
+                if let Some(path) = &options.gcs_service_account {
+                    builder = builder.with_service_account_path(path);
+                }
+                let gcs = Arc::new(builder.build().map_err(built)?);
                 Ok(cloud(gcs.clone(), gcs, prefix).with_label(&self.url))
             }
             Kind::Azure { container, prefix } => {
