@@ -579,16 +579,26 @@ fn parse_column(
 pub const MAX_ROWS_PER_RESOURCE: usize = 100_000;
 
 /// Every combination of a row of `left` followed by a row of `right`.
-fn cross(left: &[Vec<Value>], right: &[Vec<Value>]) -> Result<Vec<Vec<Value>>, ViewError> {
+fn cross(left: Vec<Vec<Value>>, mut right: Vec<Vec<Value>>) -> Result<Vec<Vec<Value>>, ViewError> {
     if left.len().saturating_mul(right.len()) > MAX_ROWS_PER_RESOURCE {
         return Err(ViewError::TooManyRows { limit: MAX_ROWS_PER_RESOURCE });
     }
+    // Values are moved where they are used last and cloned only where a row is repeated (one
+    // select and one row, the common case, copies nothing).
     let mut out = Vec::with_capacity(left.len() * right.len());
-    for l in left {
-        for r in right {
-            let mut row = Vec::with_capacity(l.len() + r.len());
-            row.extend_from_slice(l);
-            row.extend_from_slice(r);
+    let left_len = left.len();
+    let right_len = right.len();
+    for (i, l) in left.into_iter().enumerate() {
+        let last_left = i + 1 == left_len;
+        let mut l = Some(l);
+        for (j, r) in right.iter_mut().enumerate() {
+            let mut row =
+                if j + 1 == right_len { l.take() } else { l.clone() }.unwrap_or_default();
+            if last_left {
+                row.append(r);
+            } else {
+                row.extend_from_slice(r);
+            }
             out.push(row);
         }
     }
@@ -747,7 +757,7 @@ impl ViewDefinition {
         let mut rows = vec![Vec::new()];
         for select in &self.selects {
             let part = self.process(select, &root, 0, resource)?;
-            rows = cross(&rows, &part)?;
+            rows = cross(std::mem::take(&mut rows), part)?;
         }
         Ok(rows)
     }
@@ -783,7 +793,7 @@ impl ViewDefinition {
             let mut partial = vec![own];
             for nested in &select.selects {
                 let part = self.process(nested, focus, row_index, resource)?;
-                partial = cross(&partial, &part)?;
+                partial = cross(partial, part)?;
             }
             if !select.union_all.is_empty() {
                 let mut union = Vec::new();
@@ -793,7 +803,7 @@ impl ViewDefinition {
                         return Err(ViewError::TooManyRows { limit: MAX_ROWS_PER_RESOURCE });
                     }
                 }
-                partial = cross(&partial, &union)?;
+                partial = cross(partial, union)?;
             }
             rows.extend(partial);
             if rows.len() > MAX_ROWS_PER_RESOURCE {
