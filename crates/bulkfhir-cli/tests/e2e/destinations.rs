@@ -144,6 +144,53 @@ async fn poll_status(http: &Client, status_url: &str, want: u16) -> Value {
     }
 }
 
+/// Cancelling a finished export deletes its files from the bucket: URLs signed for them reach
+/// the objects until the `DELETE`, and find nothing after it.
+async fn cancel_deletes_the_objects(http: &Client, cloud: &Serve) {
+    let (status, headers, body) =
+        kick(http, &format!("{}/$export?_type=Patient,Condition", cloud.base)).await;
+    assert_eq!(status, 202, "{body}");
+    let status_url = headers["content-location"].to_str().unwrap().to_owned();
+    let manifest = poll_status(http, &status_url, 200).await;
+    let urls: Vec<String> = manifest["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["url"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(urls.len() >= 2, "{manifest}");
+    for url in &urls {
+        assert_eq!(http.get(url).send().await.unwrap().status().as_u16(), 200, "{url}");
+    }
+    let response = http.request(Method::DELETE, &status_url).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    assert_eq!(http.get(&status_url).send().await.unwrap().status().as_u16(), 404);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    for url in &urls {
+        loop {
+            let status = http.get(url).send().await.unwrap().status().as_u16();
+            if status == 404 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{url} still answers {status} after its export was cancelled"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// A signed URL works, then stops working once it expires (`--signed-url-secs 8`).
+async fn signed_urls_expire(http: &Client, cloud: &Serve) {
+    let late = manifest(http, &format!("{}/$export?_type=Patient", cloud.base)).await;
+    let url = late["output"][0]["url"].as_str().unwrap().to_owned();
+    assert_eq!(http.get(&url).send().await.unwrap().status().as_u16(), 200);
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let expired = http.get(&url).send().await.unwrap().status().as_u16();
+    assert!(expired == 403 || expired == 400, "an expired signed URL answered {expired}");
+}
+
 /// Every output resource of a manifest by type, each asserted to come once and each file's
 /// line count asserted against the manifest.
 async fn exported_once(
@@ -233,13 +280,9 @@ async fn exports_in_s3_equal_local_disk_byte_for_byte_and_signed_urls_expire() {
     .await;
     drop(local);
 
-    // A signed URL stops working when it expires (8 s here).
-    let late = manifest(&http, &format!("{}/$export?_type=Patient", s3.base)).await;
-    let url = late["output"][0]["url"].as_str().unwrap().to_owned();
-    assert_eq!(http.get(&url).send().await.unwrap().status().as_u16(), 200);
-    tokio::time::sleep(Duration::from_secs(9)).await;
-    let expired = http.get(&url).send().await.unwrap().status().as_u16();
-    assert!(expired == 403 || expired == 400, "an expired signed URL answered {expired}");
+    // A signed URL stops working when it expires (8 s here); cancel deletes the objects.
+    signed_urls_expire(&http, &s3).await;
+    cancel_deletes_the_objects(&http, &s3).await;
 
     // A kick-off's own destination: allowed, the files land there; not allowed, refused
     // before any job exists.
@@ -539,7 +582,8 @@ fn spawn_for_the_process(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exports_in_azure_blob_equal_local_disk_byte_for_byte() {
+async fn exports_in_azure_blob_equal_local_disk_byte_for_byte_signed_urls_expire_and_cancel_deletes()
+ {
     let endpoint = azurite();
     let dir = tempfile::tempdir().unwrap();
     let local_data = dir.path().join("local");
@@ -553,7 +597,7 @@ async fn exports_in_azure_blob_equal_local_disk_byte_for_byte() {
     let local = Serve::start(&local_data, &[]).await;
     let azure = Serve::start_with_env(
         &azure_data,
-        &["--export-store", &store, "--export-urls", "signed"],
+        &["--export-store", &store, "--export-urls", "signed", "--signed-url-secs", "8"],
         &env,
         None,
     )
@@ -561,6 +605,8 @@ async fn exports_in_azure_blob_equal_local_disk_byte_for_byte() {
     let http = Client::new();
     same_exports(&http, &local, &azure, &format!("{blob_url}/exports/runs/{run}/jobs/"), "sig=")
         .await;
+    signed_urls_expire(&http, &azure).await;
+    cancel_deletes_the_objects(&http, &azure).await;
 }
 
 /// An export to S3 killed with SIGKILL half-way: after a restart the same status URL completes,

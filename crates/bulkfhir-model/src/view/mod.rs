@@ -592,8 +592,7 @@ fn cross(left: Vec<Vec<Value>>, mut right: Vec<Vec<Value>>) -> Result<Vec<Vec<Va
         let last_left = i + 1 == left_len;
         let mut l = Some(l);
         for (j, r) in right.iter_mut().enumerate() {
-            let mut row =
-                if j + 1 == right_len { l.take() } else { l.clone() }.unwrap_or_default();
+            let mut row = if j + 1 == right_len { l.take() } else { l.clone() }.unwrap_or_default();
             if last_left {
                 row.append(r);
             } else {
