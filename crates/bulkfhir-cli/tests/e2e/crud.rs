@@ -14,7 +14,9 @@ pub(crate) async fn metadata_describes_a_fhir_r4_server() {
     assert_eq!(body["fhirVersion"], "4.0.1");
     assert_eq!(body["implementation"]["url"], server.base);
     let resources = body["rest"][0]["resource"].as_array().unwrap();
-    assert_eq!(resources.len(), 146);
+    // The 146 R4 resource types, and SQL on FHIR's ViewDefinition.
+    assert_eq!(resources.len(), 147);
+    assert!(resources.iter().any(|r| r["type"] == "ViewDefinition"));
     let patient = resources.iter().find(|r| r["type"] == "Patient").unwrap();
     let codes: Vec<&str> = patient["interaction"]
         .as_array()
