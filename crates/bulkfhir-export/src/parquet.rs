@@ -11,6 +11,7 @@
 //!
 //! Every column is `OPTIONAL`: an empty value is a null.
 
+use std::borrow::Borrow;
 use std::sync::Arc;
 
 use bulkfhir_model::view::Column;
@@ -102,13 +103,13 @@ impl Rows {
     /// limits. A value that does not fit its column (a column typed `integer` that finds
     /// `"abc"`) is an error naming the column's index and why: the rows are then unusable, as
     /// the export that added them fails.
-    pub(crate) fn push(&mut self, row: Vec<Value>) -> Result<u64, (usize, String)> {
+    pub(crate) fn push<V: Borrow<Value>>(&mut self, row: &[V]) -> Result<u64, (usize, String)> {
         if row.len() != self.columns.len() {
             return Err((row.len().min(self.columns.len()), "a row of another view".to_owned()));
         }
         let mut bytes = 0;
-        for (index, (value, column)) in row.into_iter().zip(&mut self.columns).enumerate() {
-            bytes += column.push(value).map_err(|message| (index, message))?;
+        for (index, (value, column)) in row.iter().zip(&mut self.columns).enumerate() {
+            bytes += column.push(value.borrow()).map_err(|message| (index, message))?;
         }
         self.len += 1;
         Ok(bytes)
@@ -116,7 +117,7 @@ impl Rows {
 }
 
 impl ColumnValues {
-    fn push(&mut self, value: Value) -> Result<u64, String> {
+    fn push(&mut self, value: &Value) -> Result<u64, String> {
         if value.is_null() {
             self.levels.push(0);
             return Ok(1);
@@ -130,32 +131,32 @@ impl ColumnValues {
                     // A collection or an object, as its JSON text.
                     other => {
                         // Writing JSON into a Vec cannot fail.
-                        let _ = serde_json::to_writer(&mut *data, &other);
+                        let _ = serde_json::to_writer(&mut *data, other);
                     }
                 }
                 ends.push(data.len());
                 (data.len() - start) as u64 + 4
             }
             (Values::Int(values), value) => {
-                let n = match &value {
+                let n = match value {
                     Value::Number(n) => n.as_i64(),
                     Value::String(s) => s.parse().ok(),
                     _ => None,
                 };
-                values.push(n.ok_or_else(|| mismatch(&value, "Int"))?);
+                values.push(n.ok_or_else(|| mismatch(value, "Int"))?);
                 8
             }
             (Values::Double(values), value) => {
-                let x = match &value {
+                let x = match value {
                     Value::Number(n) => n.as_f64(),
                     Value::String(s) => s.parse().ok(),
                     _ => None,
                 };
-                values.push(x.ok_or_else(|| mismatch(&value, "Double"))?);
+                values.push(x.ok_or_else(|| mismatch(value, "Double"))?);
                 8
             }
             (Values::Bool(values), value) => {
-                values.push(value.as_bool().ok_or_else(|| mismatch(&value, "Bool"))?);
+                values.push(value.as_bool().ok_or_else(|| mismatch(value, "Bool"))?);
                 1
             }
         };
@@ -267,7 +268,7 @@ mod tests {
         let count = ROW_GROUP_ROWS + ROW_GROUP_ROWS / 2;
         let mut rows = Rows::new(&kinds);
         for i in 0..count {
-            rows.push(row(i)).unwrap();
+            rows.push(&row(i)).unwrap();
         }
         let reader =
             SerializedFileReader::new(bytes::Bytes::from(encode(&names, &kinds, rows).unwrap()))
@@ -296,11 +297,11 @@ mod tests {
     #[test]
     fn a_value_that_does_not_fit_its_column_names_the_column() {
         let mut rows = Rows::new(&[Kind::Text, Kind::Int]);
-        assert_eq!(rows.push(vec![json!("a"), json!(1)]).unwrap(), 5 + 8);
-        let (index, message) = rows.push(vec![json!("a"), json!("abc")]).unwrap_err();
+        assert_eq!(rows.push(&[json!("a"), json!(1)]).unwrap(), 5 + 8);
+        let (index, message) = rows.push(&[json!("a"), json!("abc")]).unwrap_err();
         assert_eq!(index, 1);
         assert!(message.contains("\"abc\""), "{message}");
         // A collection or an object in a text column is its JSON text.
-        assert!(rows.push(vec![json!(["x", "y"]), Value::Null]).is_ok());
+        assert!(rows.push(&[json!(["x", "y"]), Value::Null]).is_ok());
     }
 }

@@ -816,14 +816,14 @@ impl<'c> Roller<'c> {
             resource: format!("{}/{}", resource.resource_type, resource.id),
             message,
         };
-        let rows = output.view.rows(&value).map_err(|e| failed(e.to_string()))?;
+        let rows = output.view.rows_borrowed(&value).map_err(|e| failed(e.to_string()))?;
         let count = rows.len() as u64;
         match self.ctx.view_format {
             Some(TabularFormat::Parquet) => {
                 let mut held = 0;
                 let file =
                     self.parquet_rows.get_or_insert_with(|| parquet::Rows::new(&output.kinds));
-                for row in rows {
+                for row in &rows {
                     held += file.push(row).map_err(|(index, message)| {
                         let column = output.columns.get(index).map_or("?", String::as_str);
                         failed(format!("column {column}: {message}"))

@@ -1,6 +1,8 @@
 //! Rows of a view as bytes: CSV (RFC 4180) and NDJSON, one row per line, appended to a buffer
 //! so that the export stream and the synchronous `$viewdefinition-run` write the same bytes.
 
+use std::borrow::Borrow;
+
 use serde_json::Value;
 
 /// The output formats of a view.
@@ -65,11 +67,12 @@ pub fn csv_header<S: AsRef<str>>(names: &[S], out: &mut Vec<u8>) {
 
 /// Appends one CSV row: empty for null, text as is, numbers and booleans as their JSON text,
 /// and collections (arrays, objects) as JSON text; quoted when needed.
-pub fn csv_row(values: &[Value], out: &mut Vec<u8>) {
+pub fn csv_row<V: Borrow<Value>>(values: &[V], out: &mut Vec<u8>) {
     for (i, value) in values.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
+        let value: &Value = value.borrow();
         match value {
             Value::Null => {}
             Value::String(text) => csv_field(text, out),
@@ -98,7 +101,7 @@ fn csv_field(text: &str, out: &mut Vec<u8>) {
 }
 
 /// Appends one row as a JSON object with the keys in column order (no newline).
-pub fn json_object<S: AsRef<str>>(names: &[S], values: &[Value], out: &mut Vec<u8>) {
+pub fn json_object<S: AsRef<str>, V: Borrow<Value>>(names: &[S], values: &[V], out: &mut Vec<u8>) {
     out.push(b'{');
     for (i, (name, value)) in names.iter().zip(values).enumerate() {
         if i > 0 {
@@ -107,13 +110,13 @@ pub fn json_object<S: AsRef<str>>(names: &[S], values: &[Value], out: &mut Vec<u
         // Serialising a string or a `Value` to a Vec cannot fail.
         let _ = serde_json::to_writer(&mut *out, name.as_ref());
         out.push(b':');
-        let _ = serde_json::to_writer(&mut *out, value);
+        let _ = serde_json::to_writer(&mut *out, value.borrow());
     }
     out.push(b'}');
 }
 
 /// Appends one NDJSON line.
-pub fn ndjson_row<S: AsRef<str>>(names: &[S], values: &[Value], out: &mut Vec<u8>) {
+pub fn ndjson_row<S: AsRef<str>, V: Borrow<Value>>(names: &[S], values: &[V], out: &mut Vec<u8>) {
     json_object(names, values, out);
     out.push(b'\n');
 }

@@ -55,6 +55,8 @@ mod reach;
 #[cfg(test)]
 mod tests;
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
 
 pub use reach::Reads;
@@ -579,7 +581,7 @@ fn parse_column(
 pub const MAX_ROWS_PER_RESOURCE: usize = 100_000;
 
 /// Every combination of a row of `left` followed by a row of `right`.
-fn cross(left: Vec<Vec<Value>>, mut right: Vec<Vec<Value>>) -> Result<Vec<Vec<Value>>, ViewError> {
+fn cross<T: Clone>(left: Vec<Vec<T>>, mut right: Vec<Vec<T>>) -> Result<Vec<Vec<T>>, ViewError> {
     if left.len().saturating_mul(right.len()) > MAX_ROWS_PER_RESOURCE {
         return Err(ViewError::TooManyRows { limit: MAX_ROWS_PER_RESOURCE });
     }
@@ -731,6 +733,19 @@ impl ViewDefinition {
     ///
     /// [`columns`]: ViewDefinition::columns
     pub fn rows(&self, resource: &Value) -> Result<Vec<Vec<Value>>, ViewError> {
+        Ok(self
+            .rows_borrowed(resource)?
+            .into_iter()
+            .map(|row| row.into_iter().map(Cow::into_owned).collect())
+            .collect())
+    }
+
+    /// [`rows`](ViewDefinition::rows), with the values found in `resource` borrowed from it
+    /// rather than copied (a writer that only reads them, as the export's, copies nothing).
+    pub fn rows_borrowed<'a>(
+        &'a self,
+        resource: &'a Value,
+    ) -> Result<Vec<Vec<Cow<'a, Value>>>, ViewError> {
         if resource.get("resourceType").and_then(Value::as_str) != Some(self.resource.as_str()) {
             return Ok(Vec::new());
         }
@@ -768,7 +783,7 @@ impl ViewDefinition {
         node: &Item<'a>,
         row_index: usize,
         resource: &'a Value,
-    ) -> Result<Vec<Vec<Value>>, ViewError> {
+    ) -> Result<Vec<Vec<Cow<'a, Value>>>, ViewError> {
         let env = |row_index| Env { resource, constants: &self.constants, row_index };
         let outer = env(row_index);
         let foci = match &select.iteration {
@@ -810,7 +825,7 @@ impl ViewDefinition {
             }
         }
         if foci.is_empty() && matches!(select.iteration, Iteration::ForEachOrNull(_)) {
-            rows.push(select.null_row.clone());
+            rows.push(select.null_row.iter().map(Cow::Borrowed).collect());
         }
         Ok(rows)
     }
@@ -848,12 +863,14 @@ fn column_value<'a>(
     column: &'a ColumnDef,
     focus: &Item<'a>,
     env: &Env<'a>,
-) -> Result<Value, ViewError> {
+) -> Result<Cow<'a, Value>, ViewError> {
     let mut values = column.path.eval(focus, env)?;
     Ok(match (values.len(), column.collection) {
-        (_, true) => Value::Array(values.into_iter().map(|v| v.value.into_owned()).collect()),
-        (0, false) => Value::Null,
-        (1, false) => values.pop().map_or(Value::Null, |v| v.value.into_owned()),
+        (_, true) => {
+            Cow::Owned(Value::Array(values.into_iter().map(|v| v.value.into_owned()).collect()))
+        }
+        (0, false) => Cow::Owned(Value::Null),
+        (1, false) => values.pop().map_or(Cow::Owned(Value::Null), |v| v.value),
         (count, false) => {
             return Err(ViewError::MultipleValues { column: column.name.clone(), count });
         }
