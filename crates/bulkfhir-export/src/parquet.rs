@@ -21,7 +21,7 @@ use parquet::{
     file::{properties::WriterProperties, writer::SerializedFileWriter},
     schema::types::Type,
 };
-use serde_json::Value;
+use serde_json::{Number, Value};
 
 /// Rows per row group: large enough for readers to skip and scan well, small enough that a
 /// reader need not hold a whole file.
@@ -123,8 +123,8 @@ impl ColumnValues {
             return Ok(1);
         }
         let mismatch = |value: &Value, kind: &str| format!("{value} is not a {kind} value");
-        let bytes = match (&mut self.values, value) {
-            (Values::Text { data, ends }, value) => {
+        let bytes = match &mut self.values {
+            Values::Text { data, ends } => {
                 let start = data.len();
                 match value {
                     Value::String(text) => data.extend_from_slice(text.as_bytes()),
@@ -137,31 +137,31 @@ impl ColumnValues {
                 ends.push(data.len());
                 (data.len() - start) as u64 + 4
             }
-            (Values::Int(values), value) => {
-                let n = match value {
-                    Value::Number(n) => n.as_i64(),
-                    Value::String(s) => s.parse().ok(),
-                    _ => None,
-                };
-                values.push(n.ok_or_else(|| mismatch(value, "Int"))?);
+            Values::Int(values) => {
+                values.push(number(value, Number::as_i64).ok_or_else(|| mismatch(value, "Int"))?);
                 8
             }
-            (Values::Double(values), value) => {
-                let x = match value {
-                    Value::Number(n) => n.as_f64(),
-                    Value::String(s) => s.parse().ok(),
-                    _ => None,
-                };
-                values.push(x.ok_or_else(|| mismatch(value, "Double"))?);
+            Values::Double(values) => {
+                let x = number(value, Number::as_f64).ok_or_else(|| mismatch(value, "Double"))?;
+                values.push(x);
                 8
             }
-            (Values::Bool(values), value) => {
+            Values::Bool(values) => {
                 values.push(value.as_bool().ok_or_else(|| mismatch(value, "Bool"))?);
                 1
             }
         };
         self.levels.push(1);
         Ok(bytes)
+    }
+}
+
+/// A number for a numeric column: a JSON number `as_kind` can hold, or text that parses as one.
+fn number<T: std::str::FromStr>(value: &Value, as_kind: fn(&Number) -> Option<T>) -> Option<T> {
+    match value {
+        Value::Number(n) => as_kind(n),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
     }
 }
 

@@ -788,6 +788,11 @@ async fn stored_view_definitions_run_and_export_by_reference() {
         .unwrap();
     let got: BTreeSet<String> = rows(instance, "json").await.iter().map(Value::to_string).collect();
     assert_eq!(got, want, "rows of ViewDefinition/obs/$run");
+    // With no body at all: the parameters in the query.
+    let query = format!("ViewDefinition/obs/$run?_format=json&patient=Patient/{patient}");
+    let bare = server.client.post(server.url(&query)).send().await.unwrap();
+    let got: BTreeSet<String> = rows(bare, "json").await.iter().map(Value::to_string).collect();
+    assert_eq!(got, want, "rows of ViewDefinition/obs/$run with the parameters in the query");
 
     // What does not resolve, or resolves to more than one view, is refused with the reason;
     // nothing is fetched from another server.

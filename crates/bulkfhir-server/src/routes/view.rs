@@ -15,7 +15,7 @@ use bulkfhir_model::{
     view::ViewDefinition,
 };
 use bulkfhir_store::ScanOptions;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::{
     AppState,
@@ -76,8 +76,9 @@ async fn run_view(
     let query = request.uri().query().map(str::to_owned).unwrap_or_default();
     let body = optional_fhir_body(request, &state).await?;
     let mut run = match (body, &instance) {
-        (Some(body), _) => parse_run(&body, &query)?,
-        (None, Some(_)) => parse_run(br#"{"resourceType": "Parameters"}"#, &query)?,
+        (Some(body), _) => parse_run(Some(&body), &query)?,
+        // The stored view's run needs no body: its parameters may all be in the query.
+        (None, Some(_)) => parse_run(None, &query)?,
         (None, None) => {
             return Err(ApiError::invalid(
                 "POST a Parameters resource with the view as viewResource (a ViewDefinition) \
@@ -237,11 +238,14 @@ fn format_from_accept(headers: &HeaderMap) -> Result<TabularFormat, ApiError> {
     .with_status(StatusCode::NOT_ACCEPTABLE))
 }
 
-/// The operation's parameters: from the `Parameters` body, `_format`, `_limit`, `header`,
-/// `_since` and `patient` also from the query string.
-fn parse_run(body: &[u8], query: &str) -> Result<RunRequest, ApiError> {
-    let parameters: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::invalid(format!("the body is not JSON: {e}")))?;
+/// The operation's parameters: from the `Parameters` body, if any; `_format`, `_limit`,
+/// `header`, `_since` and `patient` also from the query string.
+fn parse_run(body: Option<&[u8]>, query: &str) -> Result<RunRequest, ApiError> {
+    let parameters: Value = match body {
+        Some(body) => serde_json::from_slice(body)
+            .map_err(|e| ApiError::invalid(format!("the body is not JSON: {e}")))?,
+        None => json!({"resourceType": "Parameters"}),
+    };
     if parameters["resourceType"] != "Parameters" {
         return Err(ApiError::invalid("the body must be a Parameters resource"));
     }
@@ -283,24 +287,15 @@ fn parse_run(body: &[u8], query: &str) -> Result<RunRequest, ApiError> {
                 }
                 run.view = Some(value.clone());
             }
-            "viewReference" => {
-                let reference = match &value {
-                    Value::Object(o) => {
-                        o.get("reference").and_then(Value::as_str).map(str::to_owned)
-                    }
-                    Value::String(s) => Some(s.clone()),
-                    _ => None,
-                };
-                match reference {
-                    Some(reference) if run.reference.is_none() => run.reference = Some(reference),
-                    _ => {
-                        return Err(ApiError::invalid(
-                            "give one viewReference, a Reference to a stored ViewDefinition",
-                        )
-                        .at("viewReference"));
-                    }
+            "viewReference" => match reference_text(&value) {
+                Some(reference) if run.reference.is_none() => run.reference = Some(reference),
+                _ => {
+                    return Err(ApiError::invalid(
+                        "give one viewReference, a Reference to a stored ViewDefinition",
+                    )
+                    .at("viewReference"));
                 }
-            }
+            },
             "_format" => {
                 let code = text()?;
                 run.format = match TabularFormat::parse(&code) {
@@ -347,11 +342,9 @@ fn parse_run(body: &[u8], query: &str) -> Result<RunRequest, ApiError> {
                 run.resources.push(value.clone());
             }
             "patient" => {
-                let reference = match &value {
-                    Value::Object(o) => {
-                        o.get("reference").and_then(Value::as_str).unwrap_or_default().to_owned()
-                    }
-                    _ => text()?,
+                let reference = match reference_text(&value) {
+                    Some(reference) => reference,
+                    None => text()?,
                 };
                 let id = reference.strip_prefix("Patient/").unwrap_or(&reference);
                 run.patient = Some(ResourceId::parse(id).map_err(|_| {
@@ -378,4 +371,13 @@ fn parse_run(body: &[u8], query: &str) -> Result<RunRequest, ApiError> {
         }
     }
     Ok(run)
+}
+
+/// A `valueReference`'s `reference`, or the text of a query parameter.
+fn reference_text(value: &Value) -> Option<String> {
+    match value {
+        Value::Object(o) => o.get("reference").and_then(Value::as_str).map(str::to_owned),
+        Value::String(s) => Some(s.clone()),
+        _ => None,
+    }
 }
