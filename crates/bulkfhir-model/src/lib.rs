@@ -13,6 +13,7 @@ pub mod compartment;
 pub mod elements;
 mod error;
 pub mod export;
+mod fhirpath;
 mod generated;
 mod id;
 mod instant;

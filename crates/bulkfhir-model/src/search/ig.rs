@@ -1,9 +1,10 @@
 //! Search parameters of the resource types outside R4 that the server stores
 //! ([`crate::IG_TYPES`]), in the shape of the generated R4 table: SQL on FHIR v2's
 //! `ViewDefinition` is searched by `name`, `resource`, `status`, `url` and `version`, as its
-//! canonical-resource cousins in R4 (`ValueSet.name`, `ValueSet.url`, ...) are.
+//! canonical-resource cousins in R4 (`ValueSet.name`, `ValueSet.url`, ...) are. The types of the
+//! elements they read are in `crate::fhirpath::model`.
 
-use crate::generated::search_params::{ParamType, SearchParamDef, Step};
+use crate::generated::search_params::{ParamType, SearchParamDef};
 
 /// Sorted by (base, code), as the generated table.
 #[rustfmt::skip]
@@ -14,7 +15,6 @@ pub(crate) static IG_SEARCH_PARAMS: &[SearchParamDef] = &[
         param_type: ParamType::String,
         expression: "ViewDefinition.name",
         targets: &[],
-        paths: &[&[Step::Child(&[("name", "string")])]],
         unsupported: None,
     },
     SearchParamDef {
@@ -23,7 +23,6 @@ pub(crate) static IG_SEARCH_PARAMS: &[SearchParamDef] = &[
         param_type: ParamType::Token,
         expression: "ViewDefinition.resource",
         targets: &[],
-        paths: &[&[Step::Child(&[("resource", "code")])]],
         unsupported: None,
     },
     SearchParamDef {
@@ -32,7 +31,6 @@ pub(crate) static IG_SEARCH_PARAMS: &[SearchParamDef] = &[
         param_type: ParamType::Token,
         expression: "ViewDefinition.status",
         targets: &[],
-        paths: &[&[Step::Child(&[("status", "code")])]],
         unsupported: None,
     },
     SearchParamDef {
@@ -41,7 +39,6 @@ pub(crate) static IG_SEARCH_PARAMS: &[SearchParamDef] = &[
         param_type: ParamType::Uri,
         expression: "ViewDefinition.url",
         targets: &[],
-        paths: &[&[Step::Child(&[("url", "uri")])]],
         unsupported: None,
     },
     SearchParamDef {
@@ -50,7 +47,6 @@ pub(crate) static IG_SEARCH_PARAMS: &[SearchParamDef] = &[
         param_type: ParamType::Token,
         expression: "ViewDefinition.version",
         targets: &[],
-        paths: &[&[Step::Child(&[("version", "string")])]],
         unsupported: None,
     },
 ];

@@ -3,15 +3,21 @@
 
 use std::cmp::Ordering;
 
-use sonic_rs::{JsonContainerTrait, JsonValueTrait, Value};
+use serde_json::Value;
 
-use super::fhirpath::Node;
 use super::query::{Clause, StringMode, Test, UriMode};
 use super::value::{
     DAY_MICROS, Decimal, Prefix, QuantityValue, RefValue, SystemMatch, TimeRange, TokenValue, fold,
     parse_date, split_reference, strip_history,
 };
 use crate::Instant;
+
+/// One value a parameter's expression selected, with the FHIR type the R4 model gives it there.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Node<'a> {
+    pub(crate) value: &'a Value,
+    pub(crate) fhir_type: &'static str,
+}
 
 /// Whether the nodes selected for `clause`'s parameter satisfy it (`:not` applied).
 pub(crate) fn clause_matches(clause: &Clause, nodes: &[Node<'_>], now: Instant) -> bool {
@@ -255,9 +261,15 @@ fn date_matches(prefix: Prefix, s: TimeRange, t: TimeRange, now: Instant) -> boo
     }
 }
 
-/// A JSON number node as an exact decimal (numbers are parsed raw, so `1.50` stays `1.50`).
+/// A JSON number node as a decimal. `serde_json` reads a number as an `i64`, a `u64` or the
+/// nearest `f64`, and writes the `f64` back as the shortest text that reads as the same `f64`:
+/// the stored value exactly for integers and for decimals of up to 15 significant digits (`1.50`
+/// compares as `1.5`, the same value).
 fn number(value: &Value) -> Option<Decimal> {
-    value.as_raw_number().and_then(|raw| Decimal::parse(raw.as_str(), true))
+    match value {
+        Value::Number(n) => Decimal::parse(&n.to_string(), true),
+        _ => None,
+    }
 }
 
 /// The closed range of a number node: a point, or a Range's `[low, high]` (units ignored; an

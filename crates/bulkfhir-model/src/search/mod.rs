@@ -5,18 +5,22 @@
 //! `Observation?code=http://loinc.org|85354-9&date=ge2020-01-01` or from `GET [base]/Type?…`
 //! pairs, and then decides for each stored resource (its exact JSON bytes) whether it matches.
 //! It runs inside the export loop: a byte-level pre-check rejects most non-matching resources
-//! without parsing them (see `precheck.rs`; it never changes an answer), the rest are parsed with
-//! sonic-rs and evaluated.
+//! without parsing them (see `precheck.rs`; it never changes an answer), the rest are parsed into
+//! just the elements the query's expressions can read (`crate::fhirpath::reach`) and evaluated.
 //!
 //! # Parameters
 //! The R4 SearchParameters of every resource type come from the official HL7 definitions (see
-//! `docs/definitions.md`), with their FHIRPath expressions reduced to a subset: dotted paths,
-//! `|` unions, `as X` / `.as(X)` / `.ofType(X)` (choice elements become their JSON names, and a
-//! bare choice element such as `Observation.effective` matches every `effective[x]` type),
-//! `.where(resolve() is X)` and `.where(field = 'literal')`, with arrays flattened at every step.
-//! Parameters outside the subset (for example `Patient.deceased`, `Bundle.composition`), composite
-//! and special parameters, `phonetic`, `_text`, `_content` and `_query` are refused with an error
-//! naming the parameter. [`supported_params`] lists the usable ones per type.
+//! `docs/definitions.md`). Their FHIRPath expressions are evaluated by the same FHIRPath engine as
+//! SQL on FHIR views (`crate::fhirpath`), typed by the R4 element model: `Observation.code` is a
+//! CodeableConcept, a bare choice element such as `Observation.effective` finds every
+//! `effective[x]` with its type, arrays flatten at every step. Of what an expression selects, only
+//! the types the parameter type compares are kept (a quantity search on `Observation.value`
+//! looks at `valueQuantity` and `valueSampledData`, not `valueString`). The generator admits the
+//! expressions it can check against the definitions: dotted paths, `|` unions,
+//! `as X` / `.as(X)` / `.ofType(X)`, `.where(resolve() is X)` and `.where(field = 'literal')`.
+//! Parameters outside that subset (for example `Patient.deceased`, `Bundle.composition`),
+//! composite and special parameters, `phonetic`, `_text`, `_content` and `_query` are refused with
+//! an error naming the parameter. [`supported_params`] lists the usable ones per type.
 //!
 //! # Semantics (R4 search.html)
 //! - Parameters are AND-ed, comma-separated values OR-ed, a repeated parameter AND-ed again.
@@ -76,7 +80,6 @@
 //! - With `ne` and the other prefixes, a resource matches when any of its values matches; `:not`
 //!   applies to the whole set.
 
-mod fhirpath;
 mod ig;
 mod matcher;
 mod precheck;
@@ -86,12 +89,16 @@ mod value;
 #[cfg(test)]
 mod tests;
 
-use sonic_rs::{JsonValueTrait, Value};
+use serde_json::Value;
 
+use crate::fhirpath::reach::{self, Reads};
+use crate::fhirpath::{self, Env, Item, project};
 use crate::generated::search_params::{NON_DOMAIN_RESOURCES, SEARCH_PARAMS};
 use crate::{Instant, ResourceType};
+use matcher::Node;
 use precheck::Precheck;
 use query::Clause;
+pub(crate) use value::split_reference;
 
 /// A parsed FHIR search on one resource type, ready to test stored resources.
 #[derive(Debug, Clone)]
@@ -99,6 +106,8 @@ pub struct SearchQuery {
     resource_type: ResourceType,
     clauses: Vec<Clause>,
     precheck: Precheck,
+    /// The elements the clauses' expressions can read; `None`: the resource is parsed whole.
+    reads: Option<Reads>,
     now: Instant,
 }
 
@@ -142,7 +151,9 @@ impl SearchQuery {
     ) -> Result<Self, SearchError> {
         let clauses = query::parse_pairs(resource_type, pairs)?;
         let precheck = Precheck::build(&clauses);
-        Ok(SearchQuery { resource_type, clauses, precheck, now })
+        let reads =
+            reach::expressions(resource_type.as_str(), clauses.iter().map(|c| &c.expr)).ok();
+        Ok(SearchQuery { resource_type, clauses, precheck, reads, now })
     }
 
     /// The resource type the query searches.
@@ -169,37 +180,57 @@ impl SearchQuery {
     }
 
     fn evaluate(&self, body: &[u8]) -> Result<bool, SearchError> {
-        let root = parse_object(body)?;
-        let (mut nodes, mut scratch) = (Vec::new(), Vec::new());
+        let root = parse_object(body, self.reads.as_ref())?;
+        let env = Env { resource: &root, constants: &[], row_index: 0, typed: true };
+        let focus = Item::borrowed(&root, Some(self.resource_type.as_str()));
         for clause in &self.clauses {
-            nodes.clear();
-            fhirpath::evaluate(&root, clause.def.paths, &mut nodes, &mut scratch);
+            let items = fhirpath::evaluate(&clause.expr, focus.clone(), &env).map_err(|e| {
+                SearchError::for_parameter(
+                    format!("evaluating `{}`: {}", clause.def.expression, e.message),
+                    clause.def.code,
+                )
+            })?;
+            let comparable = clause.def.param_type.comparable_types();
+            let nodes: Vec<Node<'_>> = items
+                .iter()
+                .filter_map(|item| {
+                    let fhir_type = item.ty.filter(|ty| comparable.contains(ty))?;
+                    Some(Node { value: &item.value, fhir_type })
+                })
+                .collect();
             if !matcher::clause_matches(clause, &nodes, self.now) {
                 return Ok(false);
             }
         }
         Ok(true)
     }
+
+    /// [`SearchQuery::matches`] with the resource parsed whole, for tests that prove the
+    /// partial parse exact.
+    #[cfg(test)]
+    fn matches_parsed_whole(&self, body: &[u8]) -> Result<bool, SearchError> {
+        SearchQuery { reads: None, ..self.clone() }.evaluate(body)
+    }
 }
 
-/// Deepest nesting parsed. sonic-rs builds its DOM recursively, so a deeper document could
-/// overflow the stack. The write path refuses resources deeper than
+/// Deepest nesting parsed: `serde_json`'s own limit (127 nested arrays and objects), checked
+/// first so that the error says so. The write path refuses resources deeper than
 /// [`crate::json::MAX_RESOURCE_DEPTH`] (below this), so every stored resource can be evaluated.
-const MAX_DEPTH: usize = 128;
+const MAX_DEPTH: usize = 127;
 const _: () = assert!(crate::json::MAX_RESOURCE_DEPTH < MAX_DEPTH);
 
-/// Parses a stored resource, keeping numbers as their JSON text.
-fn parse_object(body: &[u8]) -> Result<Value, SearchError> {
+/// Parses a stored resource, building only what `reads` names (everything when `None`).
+fn parse_object(body: &[u8], reads: Option<&Reads>) -> Result<Value, SearchError> {
     let invalid = |detail: &dyn std::fmt::Display| {
         SearchError::new(format!("the stored resource is not a JSON object: {detail}"))
     };
     if crate::json::nested_deeper_than(body, MAX_DEPTH) {
         return Err(invalid(&format_args!("nested deeper than {MAX_DEPTH} levels")));
     }
-    let text = std::str::from_utf8(body).map_err(|e| invalid(&e))?;
-    let mut deserializer = sonic_rs::Deserializer::from_str(text).use_rawnumber();
-    let root: Value = deserializer.deserialize().map_err(|e| invalid(&e))?;
-    deserializer.end().map_err(|e| invalid(&e))?;
+    let root = match reads {
+        Some(reads) => project::parse(body, reads).map_err(|e| invalid(&e))?,
+        None => serde_json::from_slice(body).map_err(|e| invalid(&e))?,
+    };
     if !root.is_object() {
         return Err(invalid(&"not an object"));
     }

@@ -16,7 +16,6 @@ use memchr::memmem::Finder;
 
 use super::query::{Clause, Test, UriMode};
 use super::value::SystemMatch;
-use crate::generated::search_params::Step;
 
 /// The needles of all pre-checkable clauses: the resource must contain one of each group.
 #[derive(Debug, Clone)]
@@ -84,19 +83,10 @@ fn plain(text: &str) -> Option<String> {
     searchable.then(|| text.to_owned())
 }
 
-/// The FHIR types of the values the parameter's expression ends on.
-fn leaf_types(clause: &Clause) -> impl Iterator<Item = &'static str> {
-    clause.def.paths.iter().flat_map(|steps| {
-        steps
-            .iter()
-            .rev()
-            .find_map(|step| match step {
-                Step::Child(keys) => Some(keys.iter().map(|(_, ty)| *ty)),
-                _ => None,
-            })
-            .into_iter()
-            .flatten()
-    })
+/// Whether the parameter's expression may end on a value of a type `pred` accepts (yes when
+/// the model cannot tell).
+fn may_end_on(clause: &Clause, pred: impl Fn(&str) -> bool) -> bool {
+    clause.leaf_types.as_ref().is_none_or(|types| types.iter().any(|t| pred(t)))
 }
 
 /// One needle per OR-ed value, or `None` when some value (or the clause) has none.
@@ -109,7 +99,7 @@ fn clause_needles(clause: &Clause) -> Option<Vec<String>> {
     match &clause.test {
         Test::Token(values) => {
             // Booleans are not JSON strings, and a `string` target is case-insensitive.
-            if leaf_types(clause).any(|ty| matches!(ty, "boolean" | "string")) {
+            if may_end_on(clause, |ty| matches!(ty, "boolean" | "string")) {
                 return None;
             }
             each(&mut values.iter().map(|v| match (&v.code, &v.system) {
@@ -128,7 +118,7 @@ fn clause_needles(clause: &Clause) -> Option<Vec<String>> {
         }
         Test::Reference { values, .. } => {
             // A canonical or uri target matches the bare text, so `123` rather than `/123`.
-            let bare = leaf_types(clause).any(|ty| ty != "Reference");
+            let bare = may_end_on(clause, |ty| ty != "Reference");
             each(&mut values.iter().map(|v| match v {
                 super::value::RefValue::Id(id) if bare => plain(id),
                 other => plain(&other.needle()),

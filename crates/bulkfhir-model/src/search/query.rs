@@ -7,6 +7,7 @@ use super::value::{
     Decimal, Prefix, QuantityValue, RefValue, TimeRange, TokenValue, fold, parse_date,
 };
 use crate::ResourceType;
+use crate::fhirpath::{self, Expr};
 use crate::generated::search_params::{
     NON_DOMAIN_RESOURCES, ParamType, SEARCH_PARAMS, SearchParamDef,
 };
@@ -33,6 +34,10 @@ const INTERACTION_PARAMS: &[&str] = &["_format", "_pretty"];
 #[derive(Debug, Clone)]
 pub(crate) struct Clause {
     pub(crate) def: &'static SearchParamDef,
+    /// The parameter's expression for its base type, parsed.
+    pub(crate) expr: Expr,
+    /// The comparable FHIR types the expression can give, by the R4 model; `None`: not known.
+    pub(crate) leaf_types: Option<Vec<&'static str>>,
     /// `:not`: the resource matches when no value matches.
     pub(crate) negate: bool,
     pub(crate) test: Test,
@@ -177,8 +182,19 @@ fn parse_pair(
     let pieces: Vec<&str> =
         split_unescaped(raw_value, b',').into_iter().filter(|piece| !piece.is_empty()).collect();
     let (test, negate) = build_test(def, modifier, &pieces)?;
+    // The generator checked every supported expression against the R4 definitions, and a unit
+    // test parses them all; this is not expected to fail.
+    let expr = fhirpath::parse(def.expression, &[]).map_err(|e| {
+        format!(
+            "search parameter '{code}' of {resource_type}: its expression `{}` cannot be parsed: {}",
+            def.expression, e.message
+        )
+    })?;
+    let comparable = def.param_type.comparable_types();
+    let leaf_types = fhirpath::model::result_types(&expr, resource_type.as_str())
+        .map(|types| types.into_iter().filter(|t| comparable.contains(t)).collect());
     // Empty parameters are ignored (R4 search 3.1.1.3); so is one whose values are all empty.
-    Ok((!pieces.is_empty()).then_some(Clause { def, negate, test }))
+    Ok((!pieces.is_empty()).then_some(Clause { def, expr, leaf_types, negate, test }))
 }
 
 /// The row for `code` on `resource_type`, or the common one (`_id`, `_lastUpdated`, …).

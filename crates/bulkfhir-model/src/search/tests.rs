@@ -30,6 +30,11 @@ fn check(filter: &str, resource: &Json) -> bool {
         full,
         "pre-check changed the answer: {filter} {resource}"
     );
+    assert_eq!(
+        q.matches_parsed_whole(&body).unwrap(),
+        full,
+        "the partial parse changed the answer: {filter} {resource}"
+    );
     full
 }
 
@@ -504,7 +509,8 @@ fn parse_takes_url_pairs_and_bodies_must_be_objects() {
     }
     // Deep nesting is refused, never a stack overflow; brackets in strings do not count.
     let missing = query("Observation?code:missing=true");
-    for (depth, ok) in [(10, true), (127, true), (128, false), (100_000, false)] {
+    // The object and `depth` arrays: `serde_json` parses up to 127 levels.
+    for (depth, ok) in [(10, true), (126, true), (127, false), (100_000, false)] {
         let body = format!("{{\"code\":{}1{}}}", "[".repeat(depth), "]".repeat(depth));
         assert_eq!(missing.matches(body.as_bytes()).is_ok(), ok, "{depth}");
     }
@@ -821,12 +827,14 @@ fn the_precheck_never_changes_an_answer_on_real_data() {
         let type_name = q.resource_type().as_str();
         for line in small().get(type_name).into_iter().flatten() {
             let body = line.as_bytes();
+            let full = q.matches_parsed_whole(body).unwrap();
             assert_eq!(
                 q.matches(body).unwrap(),
-                q.matches_without_precheck(body).unwrap(),
+                full,
                 "{filter} on {}",
                 &line[..line.len().min(200)]
             );
+            assert_eq!(q.matches_without_precheck(body).unwrap(), full, "{filter}");
             n_checked += 1;
         }
     }
@@ -979,4 +987,34 @@ fn arb_resource() -> impl Strategy<Value = Json> {
         Json::Object(_) => v,
         other => json!({"resourceType":"Observation","code":other}),
     })
+}
+
+#[test]
+fn every_supported_expression_parses_and_the_model_types_it() {
+    use crate::generated::search_params::SEARCH_PARAMS;
+    let mut n = 0;
+    for def in SEARCH_PARAMS.iter().chain(ig::IG_SEARCH_PARAMS) {
+        if def.unsupported.is_some() {
+            continue;
+        }
+        let expr = crate::fhirpath::parse(def.expression, &[])
+            .unwrap_or_else(|e| panic!("{}.{}: {}", def.base, def.code, e.message));
+        // The common parameters are typed on each concrete type (checked through Patient).
+        let base = match def.base {
+            "Resource" | "DomainResource" => "Patient",
+            base => base,
+        };
+        let types = crate::fhirpath::model::result_types(&expr, base)
+            .unwrap_or_else(|| panic!("{}.{}: `{}` not typed", def.base, def.code, def.expression));
+        let comparable = def.param_type.comparable_types();
+        assert!(
+            types.iter().any(|t| comparable.contains(t)),
+            "{}.{}: {types:?} has nothing a {:?} search compares",
+            def.base,
+            def.code,
+            def.param_type
+        );
+        n += 1;
+    }
+    assert_eq!(n, 1627);
 }

@@ -49,8 +49,6 @@
 //!   relative reference `Type/id` (or `Type/id/_history/v`), and empty for absolute, `urn:` and
 //!   `#contained` references or another type than asked for. The two match for joins.
 
-mod fhirpath;
-mod project;
 mod reach;
 #[cfg(test)]
 mod tests;
@@ -59,11 +57,11 @@ use std::borrow::Cow;
 
 use serde_json::{Map, Value};
 
-pub use reach::Reads;
+pub use crate::fhirpath::reach::Reads;
 
 use crate::ResourceType;
+use crate::fhirpath::{self, Constant, Env, Expr, Item, project};
 use crate::resource_type::truncate_for_message;
-use fhirpath::{Constant, Env, Expr, Item};
 
 /// Deepest nesting of `select` / `unionAll` that [`ViewDefinition::parse`] accepts.
 const MAX_SELECT_DEPTH: usize = 64;
@@ -750,7 +748,7 @@ impl ViewDefinition {
             return Ok(Vec::new());
         }
         let root = Item::borrowed(resource, None);
-        let env = Env { resource, constants: &self.constants, row_index: 0 };
+        let env = Env { resource, constants: &self.constants, row_index: 0, typed: false };
         for (index, w) in self.wheres.iter().enumerate() {
             let result = w.eval(&root, &env)?;
             let found = match result.as_slice() {
@@ -784,7 +782,7 @@ impl ViewDefinition {
         row_index: usize,
         resource: &'a Value,
     ) -> Result<Vec<Vec<Cow<'a, Value>>>, ViewError> {
-        let env = |row_index| Env { resource, constants: &self.constants, row_index };
+        let env = |row_index| Env { resource, constants: &self.constants, row_index, typed: false };
         let outer = env(row_index);
         let foci = match &select.iteration {
             Iteration::None => vec![node.clone()],

@@ -3,13 +3,13 @@
 
 use serde_json::{Value, json};
 
-use super::fhirpath::{self, Env, Item};
 use super::{ViewDefinition, ViewError};
+use crate::fhirpath::{self, Env, Item};
 
 /// Evaluates `expr` on `resource` (no constants), giving the values or the error message.
 fn eval(expr: &str, resource: &Value) -> Result<Vec<Value>, String> {
     let parsed = fhirpath::parse(expr, &[]).map_err(|e| format!("parse: {}", e.message))?;
-    let env = Env { resource, constants: &[], row_index: 0 };
+    let env = Env { resource, constants: &[], row_index: 0, typed: false };
     fhirpath::evaluate(&parsed, Item::borrowed(resource, None), &env)
         .map(|items| items.into_iter().map(|i| i.value.into_owned()).collect())
         .map_err(|e| format!("eval: {}", e.message))

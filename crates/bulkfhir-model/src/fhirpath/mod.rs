@@ -1,5 +1,8 @@
-//! The FHIRPath subset that SQL on FHIR ViewDefinitions need: a lexer, a parser to an [`Expr`] and
-//! an evaluator over `serde_json` values.
+//! The one FHIRPath implementation of bulkfhir: a lexer, a parser to an [`Expr`] and an
+//! evaluator over `serde_json` values, serving SQL on FHIR ViewDefinitions ([`crate::view`]) and
+//! the R4 search parameters of `_typeFilter` ([`crate::search`]), whose definitions are FHIRPath
+//! expressions too. [`reach`] tells which elements of a resource some expressions can read and
+//! [`project`] parses a resource's text into just those; [`model`] is the R4 element model.
 //!
 //! An expression is parsed once ([`parse`]) and evaluated per resource ([`evaluate`]). A collection
 //! is a `Vec<Item>`; an [`Item`] borrows the node of the resource (or of the view) it came from
@@ -7,7 +10,14 @@
 //!
 //! # Readings
 //!
-//! * **No FHIR model.** The evaluator walks JSON. Types are known only where the JSON spells them:
+//! * **Typed navigation, when asked.** With [`Env::typed`] (search), an item whose type the R4
+//!   model knows is navigated by the model: a name finds the element's JSON names and types them
+//!   as the StructureDefinition does (`Observation.code` is a `CodeableConcept`, `effective` finds
+//!   `effectiveDateTime` as a `dateTime`, `component` is an `Observation.component`), and the focus
+//!   is typed by its resource type. A name the model does not know on that type is navigated as
+//!   below.
+//! * **Otherwise no FHIR model** (views, which follow the SQL on FHIR suite's readings). The
+//!   evaluator walks JSON. Types are known only where the JSON spells them:
 //!   a choice element (`value` finds `valueQuantity` and types it `Quantity`), a constant
 //!   (`valueDate` is a `date`), a literal, or a function result. An untyped value is typed by its
 //!   JSON form when a function asks (`ofType`, `lowBoundary`, comparisons): a JSON boolean is a
@@ -25,6 +35,11 @@
 //! * **Errors, not guesses:** an unknown function, an unknown `%constant`, a quantity literal, a
 //!   comparison of values of different kinds, or a multi-item operand where FHIRPath wants one is an
 //!   error.
+//! * **`resolve()`** has no server to ask: a reference to a contained resource (`#id`) resolves to
+//!   it; any other reference whose target type can be told (from a relative or absolute literal
+//!   reference, or from `type`) resolves to a stand-in that has only that type, so that
+//!   `resolve() is Patient` works, as search parameters use it, and navigating from it finds
+//!   nothing.
 //! * **Depth:** the parser refuses expressions nested deeper than [`MAX_DEPTH`]; evaluation follows
 //!   the expression tree and checks the same bound.
 
@@ -35,6 +50,12 @@ use chrono::{Datelike, Timelike};
 use serde_json::{Map, Number, Value};
 
 use crate::ResourceType;
+
+pub(crate) mod model;
+pub(crate) mod project;
+pub(crate) mod reach;
+#[cfg(test)]
+mod tests;
 
 /// The deepest expression tree the parser builds and the evaluator follows.
 pub(crate) const MAX_DEPTH: usize = 128;
@@ -446,13 +467,14 @@ pub(crate) enum Call {
     Contains(Expr),
     Upper,
     Lower,
+    Resolve,
 }
 
 /// The functions [`parse`] accepts, for error messages.
 const FUNCTIONS: &str = "all, allFalse, allTrue, anyFalse, anyTrue, as, contains, count, distinct, empty, \
      endsWith, exists, extension, first, getReferenceKey, getResourceKey, hasValue, highBoundary, iif, is, \
-     join, last, length, lower, lowBoundary, not, ofType, select, single, skip, startsWith, tail, take, \
-     toDecimal, toInteger, toString, upper, where";
+     join, last, length, lower, lowBoundary, not, ofType, resolve, select, single, skip, startsWith, tail, \
+     take, toDecimal, toInteger, toString, upper, where";
 
 impl Call {
     /// The argument evaluated on the enclosing `$this` rather than on each item of the input
@@ -995,6 +1017,7 @@ impl Parser<'_> {
             }
             "upper" => arity(0, 0).map(|_| Call::Upper)?,
             "lower" => arity(0, 0).map(|_| Call::Lower)?,
+            "resolve" => arity(0, 0).map(|_| Call::Resolve)?,
             _ => {
                 return self.error_at(
                     at,
@@ -1154,7 +1177,7 @@ pub(crate) fn choice_type(suffix: &str) -> Option<&'static str> {
 }
 
 /// FHIR's specialisations among the data types: `code` is a `string`, `url` a `uri`, ...
-fn is_subtype(ty: &str, of: &str) -> bool {
+pub(crate) fn is_subtype(ty: &str, of: &str) -> bool {
     match of {
         "string" => matches!(ty, "code" | "id" | "markdown"),
         "uri" => matches!(ty, "url" | "canonical" | "oid" | "uuid"),
@@ -1206,7 +1229,7 @@ fn is_type(item: &Item<'_>, ty: &str) -> bool {
 fn children<'m>(
     map: &'m Map<String, Value>,
     name: &str,
-    push: &mut impl FnMut(&'m Value, Option<&'static str>),
+    push: &mut dyn FnMut(&'m Value, Option<&'static str>),
 ) {
     let mut flat = |v: &'m Value, ty: Option<&'static str>| match v {
         Value::Array(items) => items.iter().filter(|v| !v.is_null()).for_each(|v| push(v, ty)),
@@ -1228,18 +1251,76 @@ fn children<'m>(
     }
 }
 
-fn navigate<'a>(item: &Item<'a>, name: &str, out: &mut Vec<Item<'a>>) {
+fn navigate<'a>(item: &Item<'a>, name: &str, out: &mut Vec<Item<'a>>, typed: bool) {
+    let spellings = if typed { item.ty.and_then(|ty| model::element(ty, name)) } else { None };
     match &item.value {
         Cow::Borrowed(value) => {
             let value: &'a Value = value;
             if let Value::Object(map) = value {
-                children(map, name, &mut |v, ty| out.push(Item::borrowed(v, ty)));
+                find(map, name, spellings, &mut |v, ty| out.push(Item::borrowed(v, ty)));
             }
         }
         Cow::Owned(Value::Object(map)) => {
-            children(map, name, &mut |v, ty| out.push(Item { value: Cow::Owned(v.clone()), ty }));
+            find(map, name, spellings, &mut |v, ty| {
+                out.push(Item { value: Cow::Owned(v.clone()), ty })
+            });
         }
         Cow::Owned(_) => {}
+    }
+}
+
+/// The children `name` of `map`: by the model's `spellings` when there are some, else untyped.
+fn find<'m>(
+    map: &'m Map<String, Value>,
+    name: &str,
+    spellings: Option<&'static [(&'static str, &'static str)]>,
+    push: &mut dyn FnMut(&'m Value, Option<&'static str>),
+) {
+    match spellings {
+        Some(spellings) => typed_children(map, spellings, push),
+        None => children(map, name, push),
+    }
+}
+
+/// The members of `map` that are the JSON `spellings` of one element, typed by the model, arrays
+/// flattened and nulls dropped. A `Resource` (`contained`) is typed by its `resourceType`.
+fn typed_children<'m>(
+    map: &'m Map<String, Value>,
+    spellings: &'static [(&'static str, &'static str)],
+    push: &mut dyn FnMut(&'m Value, Option<&'static str>),
+) {
+    let mut found = |ty: &'static str, v: &'m Value| {
+        let mut one = |v: &'m Value| {
+            let ty = match ty {
+                "Resource" => v
+                    .get("resourceType")
+                    .and_then(Value::as_str)
+                    .and_then(|rt| ResourceType::parse(rt).ok())
+                    .map_or(ty, |rt| rt.as_str()),
+                _ => ty,
+            };
+            push(v, Some(ty));
+        };
+        match v {
+            Value::Array(items) => items.iter().filter(|v| !v.is_null()).for_each(&mut one),
+            Value::Null => {}
+            v => one(v),
+        }
+    };
+    // A choice element has many spellings and a (partly parsed) resource few members: look the
+    // members up in the spellings then.
+    if spellings.len() > 2 && spellings.len() > map.len() {
+        for (key, v) in map {
+            if let Some(&(_, ty)) = spellings.iter().find(|(k, _)| *k == key) {
+                found(ty, v);
+            }
+        }
+    } else {
+        for &(key, ty) in spellings {
+            if let Some(v) = map.get(key) {
+                found(ty, v);
+            }
+        }
     }
 }
 
@@ -1261,6 +1342,9 @@ pub(crate) struct Env<'a> {
     pub(crate) resource: &'a Value,
     pub(crate) constants: &'a [Constant],
     pub(crate) row_index: usize,
+    /// Navigate typed items with the R4 element model ([`model`]), and let `as` filter a
+    /// collection (search).
+    pub(crate) typed: bool,
 }
 
 struct Scope<'s, 'a> {
@@ -1294,7 +1378,7 @@ fn eval<'a>(
     let d = depth + 1;
     match expr {
         Expr::Call(call) => apply(call, focus, scope, env, d),
-        Expr::Path(base, name) => Ok(members(&eval(base, focus, scope, env, d)?, name)),
+        Expr::Path(base, name) => Ok(members(&eval(base, focus, scope, env, d)?, name, env.typed)),
         Expr::Invoke(base, call) => {
             let base = eval(base, focus, scope, env, d)?;
             apply(call, &base, scope, env, d)
@@ -1307,6 +1391,12 @@ fn eval<'a>(
         Expr::Negate(operand) => negate(&eval(operand, focus, scope, env, d)?),
         Expr::Binary(op, lhs, rhs) => binary(*op, lhs, rhs, focus, scope, env, d),
         Expr::Is(operand, ty) => type_operator(&eval(operand, focus, scope, env, d)?, ty, true),
+        // R4's search expressions cast repeating elements (`(ActivityDefinition.useContext.value
+        // as CodeableConcept)`): typed evaluation filters each item, as `ofType()` does.
+        Expr::As(operand, ty) if env.typed => {
+            let operand = eval(operand, focus, scope, env, d)?;
+            Ok(operand.iter().filter_map(|item| item.filter_type(ty)).collect())
+        }
         Expr::As(operand, ty) => type_operator(&eval(operand, focus, scope, env, d)?, ty, false),
         leaf => Ok(leaf_value(leaf, focus, scope, env)),
     }
@@ -1335,14 +1425,17 @@ fn leaf_value<'a>(
         Expr::Member(name) => {
             let mut out = Vec::new();
             for item in focus {
+                let resource_type = item.json().get("resourceType").and_then(Value::as_str);
                 let is_type_prefix = name.starts_with(|c: char| c.is_ascii_uppercase())
-                    && item.json().get("resourceType").and_then(Value::as_str)
-                        == Some(name.as_str())
+                    && (resource_type == Some(name.as_str())
+                        || env.typed && item.ty == Some(name.as_str())
+                        || resource_type.is_some()
+                            && matches!(name.as_str(), "Resource" | "DomainResource"))
                     && item.json().get(name.as_str()).is_none();
                 if is_type_prefix {
                     out.push(item.clone());
                 } else {
-                    navigate(item, name, &mut out);
+                    navigate(item, name, &mut out, env.typed);
                 }
             }
             out
@@ -1352,10 +1445,10 @@ fn leaf_value<'a>(
 }
 
 #[inline(never)]
-fn members<'a>(items: &[Item<'a>], name: &str) -> Vec<Item<'a>> {
+fn members<'a>(items: &[Item<'a>], name: &str, typed: bool) -> Vec<Item<'a>> {
     let mut out = Vec::new();
     for item in items {
-        navigate(item, name, &mut out);
+        navigate(item, name, &mut out, typed);
     }
     out
 }
@@ -1486,6 +1579,7 @@ fn apply<'a>(
                 None => Ok(Vec::new()),
             }
         }
+        Call::Resolve => Ok(resolve(input, env)),
         _ => match call.outer_argument() {
             Some(arg) => {
                 let arg = eval(arg, scope.this, scope, env, d)?;
@@ -1494,6 +1588,54 @@ fn apply<'a>(
             None => simple(call, input, &[]),
         },
     }
+}
+
+/// `resolve()` without a server (see the module notes): contained resources, or stand-ins that
+/// carry only the target type.
+fn resolve<'a>(input: &[Item<'a>], env: &Env<'a>) -> Vec<Item<'a>> {
+    static STAND_IN: Value = Value::Null;
+    let mut out = Vec::new();
+    for item in input {
+        let Cow::Borrowed(reference) = &item.value else { continue };
+        let reference: &'a Value = reference;
+        match reference_target(reference, env.resource) {
+            Some(Target::Contained(resource, ty)) => out.push(Item::borrowed(resource, Some(ty))),
+            Some(Target::Type(ty)) => out.push(Item::borrowed(&STAND_IN, Some(ty))),
+            None => {}
+        }
+    }
+    out
+}
+
+/// What a Reference points at, as far as it can be told without a server.
+enum Target<'a> {
+    /// A resource contained in the root resource (`#id`), and its type.
+    Contained(&'a Value, &'static str),
+    /// A resource of this type elsewhere.
+    Type(&'static str),
+}
+
+/// The target of `reference` (a Reference object) in `root`: from a literal `reference`
+/// (`Type/id`, an absolute URL ending in `Type/id[/_history/v]`, or `#id` of a contained
+/// resource), else from `Reference.type` (`Patient` or its StructureDefinition URL). `None` when
+/// it cannot be told (`urn:uuid:…` without a `type`, an unknown type).
+fn reference_target<'a>(reference: &'a Value, root: &'a Value) -> Option<Target<'a>> {
+    let known = |name: &str| ResourceType::parse(name).ok().map(|t| t.as_str());
+    if let Some(literal) = reference.get("reference").and_then(Value::as_str) {
+        if let Some(local_id) = literal.strip_prefix('#') {
+            let contained = root.get("contained").and_then(Value::as_array)?;
+            let resource =
+                contained.iter().find(|r| r.get("id").and_then(Value::as_str) == Some(local_id))?;
+            let ty = resource.get("resourceType").and_then(Value::as_str).and_then(known)?;
+            return Some(Target::Contained(resource, ty));
+        }
+        if let Some((resource_type, _)) = crate::search::split_reference(literal) {
+            return known(resource_type).map(Target::Type);
+        }
+    }
+    let declared = reference.get("type").and_then(Value::as_str)?;
+    let name = declared.rsplit('/').next().unwrap_or(declared);
+    known(name).map(Target::Type)
 }
 
 /// `exists(criterion)`, `all(criterion)`, `where(criterion)`, `select(projection)`.
@@ -1538,8 +1680,13 @@ fn lambda<'a>(
 fn simple<'a>(call: &'a Call, input: &[Item<'a>], arg: &[Item<'a>]) -> EvalResult<Vec<Item<'a>>> {
     let one = |b: bool| -> EvalResult<Vec<Item<'a>>> { Ok(vec![Item::boolean(b)]) };
     match call {
-        Call::Exists(Some(_)) | Call::All(_) | Call::Where(_) | Call::Select(_) | Call::Iif(..) => {
-            eval_err("internal error: a function with an expression argument reached simple()")
+        Call::Exists(Some(_))
+        | Call::All(_)
+        | Call::Where(_)
+        | Call::Select(_)
+        | Call::Iif(..)
+        | Call::Resolve => {
+            eval_err("internal error: a function evaluated by apply() reached simple()")
         }
         Call::Empty => one(input.is_empty()),
         Call::Exists(None) => one(!input.is_empty()),
@@ -1583,7 +1730,7 @@ fn simple<'a>(call: &'a Call, input: &[Item<'a>], arg: &[Item<'a>]) -> EvalResul
             };
             let mut extensions = Vec::new();
             for item in input {
-                navigate(item, "extension", &mut extensions);
+                navigate(item, "extension", &mut extensions, false);
             }
             extensions
                 .retain(|ext| ext.json().get("url").and_then(Value::as_str) == Some(url.as_str()));

@@ -1,5 +1,5 @@
-//! Parsing a resource's JSON text into a `Value` that holds only the elements a view can read
-//! ([`Reads`]): the others are scanned and checked as JSON but never built.
+//! Parsing a resource's JSON text into a `Value` that holds only the elements some expressions
+//! can read ([`Reads`]): the others are scanned and checked as JSON but never built.
 
 use std::fmt;
 
@@ -9,7 +9,7 @@ use serde_json::{Map, Number, Value};
 use super::reach::Reads;
 
 /// Parses `json` keeping what `reads` names.
-pub(super) fn parse(json: &[u8], reads: &Reads) -> Result<Value, serde_json::Error> {
+pub(crate) fn parse(json: &[u8], reads: &Reads) -> Result<Value, serde_json::Error> {
     let mut deserializer = serde_json::Deserializer::from_slice(json);
     let value = Element { reads }.deserialize(&mut deserializer)?;
     deserializer.end()?;
