@@ -27,6 +27,7 @@ pub use access::{ExportBound, JobAccess};
 pub use config::ExportConfig;
 pub use docs::{FileEntry, FileKind, ManifestDoc, StoredRequest, StoredView};
 pub use error::ExportError;
+pub use plan::group_patients;
 pub use runner::Runner;
 pub use service::{
     ExportService, FileDownload, JobView, KickoffContext, LIVE_SAMPLES, LiveProgress, StatusReport,

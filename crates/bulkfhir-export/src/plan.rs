@@ -423,6 +423,17 @@ struct ReferenceDoc {
     reference: Option<String>,
 }
 
+/// The patient members of `Group/{group_id}` as of `snapshot`, nested Groups included (inactive
+/// members and members that are neither Patients nor Groups left out), sorted and unique: the
+/// members a Group-level export covers, for other readers of the server's data (`$run`).
+pub async fn group_patients(
+    store: &dyn ResourceStore,
+    snapshot: Snapshot,
+    group_id: &ResourceId,
+) -> Result<Vec<ResourceId>, ExportError> {
+    group_members(store, snapshot, group_id, &mut Vec::new()).await
+}
+
 /// The Group's patient members as of `snapshot`, nested Groups included, sorted and unique.
 async fn group_members(
     store: &dyn ResourceStore,

@@ -1,8 +1,8 @@
 //! Authorization end to end, on the real binary with `--auth smart`: the token endpoint with
 //! ES384 and RS384 keys (inline and at a `jwks_url` served here on loopback), every way a token
-//! or an assertion can be wrong, scopes bounding REST and export (a granular scope checked
-//! against the raw NDJSON), jobs only their owner reaches, and a restart that keeps clients,
-//! the signing key and the replay cache.
+//! or an assertion can be wrong, scopes bounding REST, export and SQL on FHIR views (a granular
+//! scope checked against the raw NDJSON), jobs only their owner reaches, and a restart that keeps
+//! clients, the signing key and the replay cache.
 
 use std::{
     collections::BTreeSet,
@@ -583,6 +583,56 @@ async fn authorization_matrix_over_http() {
     let (status, headers, body) = get(&http, &lab_file, None).await;
     assert_outcome(status, 401, &body);
     assert!(headers.contains_key("www-authenticate"));
+
+    // Views see what the scope lets the client search: `$viewdefinition-run` and
+    // `$viewdefinition-export` of an Observation view give exactly the laboratory ones, and a
+    // view over a type outside the scope is refused.
+    let view_of = |resource: &str| {
+        json!({"resourceType": "ViewDefinition", "name": "ids", "status": "active",
+            "resource": resource, "select": [{"column": [{"name": "id", "path": "getResourceKey()"}]}]})
+    };
+    let run_body = |resource: &str| {
+        json!({"resourceType": "Parameters", "parameter": [
+            {"name": "viewResource", "resource": view_of(resource)},
+            {"name": "_format", "valueCode": "json"}]})
+        .to_string()
+    };
+    let run_url = format!("{base}/$viewdefinition-run");
+    let (status, _, rows) =
+        call(&http, Method::POST, &run_url, Some(&lab_token), &[], Some(run_body("Observation")))
+            .await;
+    assert_eq!(status, 200, "{rows}");
+    let run_ids: BTreeSet<String> =
+        rows.as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(run_ids, lab_ids, "a run sees the laboratory Observations only");
+    let (status, _, body) =
+        call(&http, Method::POST, &run_url, Some(&lab_token), &[], Some(run_body("Condition")))
+            .await;
+    assert_outcome(status, 403, &body);
+    let (status, _, body) =
+        call(&http, Method::POST, &run_url, None, &[], Some(run_body("Patient"))).await;
+    assert_outcome(status, 401, &body);
+    let mut bearer = reqwest::header::HeaderMap::new();
+    bearer.insert("authorization", format!("Bearer {lab_token}").parse().unwrap());
+    let lab_http = Client::builder()
+        .default_headers(bearer)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let parameters =
+        crate::views::export_parameters(&[("ids", view_of("Observation"))], "ndjson", &[]);
+    let status_url = crate::views::kick_view_export(&lab_http, &base, &parameters).await;
+    let result = crate::views::view_export_result(&lab_http, &status_url).await;
+    let rows = crate::views::view_export_rows(&lab_http, &result, "ndjson").await;
+    let export_ids: Vec<String> = rows["ids"]
+        .iter()
+        .map(|row| serde_json::from_str::<Value>(row).unwrap()["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(export_ids.len(), lab_ids.len(), "each laboratory Observation once");
+    assert_eq!(export_ids.into_iter().collect::<BTreeSet<_>>(), lab_ids, "a view export too");
+    // Another client cannot follow the lab client's view export.
+    let (status, _, body) = get(&http, &status_url, Some(&full_token)).await;
+    assert_outcome(status, 404, &body);
 
     // Jobs belong to their client: another client gets 404 for everything of it.
     let (status, headers, body) = kick(

@@ -1,7 +1,9 @@
 //! Tenants end to end, on the real binary: `bulkfhir tenant add|list|remove`, `load --tenant`,
 //! the same Synthea set in two tenants with the same ids and different edits exported at every
 //! level in both at once, each result exactly its own tenant's data; the cross-tenant
-//! authorization cases (all 404); and removal refused while a tenant's export is queued.
+//! authorization cases (all 404); views run over each tenant's own data, and a ViewDefinition
+//! stored in one tenant unknown to the other; and removal refused while a tenant's export is
+//! queued.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -318,6 +320,54 @@ async fn isolation(database: Option<String>) {
         let folder = data.join("exports/t").join(tenant).join("jobs");
         assert_eq!(std::fs::read_dir(&folder).unwrap().count(), 4, "{}", folder.display());
     }
+    // Views: a run reads its own tenant's data (the edited birth dates, the tenant's Group), a
+    // ViewDefinition stored in one tenant is its own, and the other tenant cannot reference it.
+    let view = json!({"resourceType": "ViewDefinition", "id": "dates", "name": "dates",
+        "status": "active", "resource": "Patient",
+        "select": [{"column": [{"name": "id", "path": "getResourceKey()"},
+                               {"name": "birth_date", "path": "birthDate"}]}]});
+    let run = |server: &TestServer, parameters: Vec<Value>| {
+        let body = json!({"resourceType": "Parameters", "parameter": parameters}).to_string();
+        let request = server
+            .client
+            .post(server.url("$viewdefinition-run"))
+            .header("content-type", "application/fhir+json")
+            .body(body);
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.json::<Value>().await.unwrap())
+        }
+    };
+    let inline = || json!({"name": "viewResource", "resource": view});
+    let of_patient =
+        json!({"name": "patient", "valueReference": {"reference": format!("Patient/{patient}")}});
+    for (server, edits) in [(&acme, &acme_edits), (&beta, &beta_edits)] {
+        let (status, rows) = run(server, vec![inline(), of_patient.clone()]).await;
+        assert_eq!(status, 200, "{rows}");
+        assert_eq!(
+            rows,
+            json!([{"id": patient, "birth_date": edits.birth_date}]),
+            "{}",
+            server.base
+        );
+        let cohort = json!({"name": "group", "valueReference": {"reference": "Group/cohort"}});
+        let (status, rows) = run(server, vec![inline(), cohort]).await;
+        assert_eq!(status, 200, "{rows}");
+        let ids: BTreeSet<String> =
+            rows.as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().to_owned()).collect();
+        assert_eq!(ids, edits.members.iter().cloned().collect(), "{}'s cohort", server.base);
+    }
+    let (status, _, _) =
+        acme.send_json(Method::PUT, "ViewDefinition/dates", &view.to_string()).await;
+    assert_eq!(status, 201, "store the view in acme");
+    let by_reference = || json!({"name": "viewReference", "valueReference": {"reference": "ViewDefinition/dates"}});
+    let (status, rows) = run(&acme, vec![by_reference(), of_patient.clone()]).await;
+    assert_eq!((status, rows[0]["birth_date"].as_str()), (200, Some("1900-01-01")), "{rows}");
+    let (status, outcome) = run(&beta, vec![by_reference(), of_patient.clone()]).await;
+    assert_outcome(status, 404, &outcome);
+    let (status, outcome) = beta.get("ViewDefinition/dates").await;
+    assert_outcome(status, 404, &outcome);
+
     // Removal takes the tenant's store (folder or schema) and files, and leaves the other. On
     // PostgreSQL it may happen while nodes serve the tenant: within seconds they answer 404 for
     // it (503 until they notice, never a 500) and go on serving the others. The embedded store waits for the server.

@@ -1,6 +1,7 @@
 //! SQL on FHIR `$viewdefinition-run` over HTTP on the medium set: rows of two views checked
 //! against rows computed here from the raw NDJSON, the same rows as JSON, NDJSON and CSV,
-//! posted resources, `_limit`, `patient`, and bad requests answered with an OperationOutcome.
+//! posted resources, `_limit`, `patient`, `group`, and bad requests answered with an
+//! OperationOutcome.
 
 use std::collections::BTreeSet;
 
@@ -254,6 +255,76 @@ async fn a_view_run_on_the_server_gives_exactly_the_rows_computed_from_the_raw_d
         .collect();
     let got = row_set(&server, parameters(&patient_view(), "json", &posted), "json").await;
     assert_eq!(got, expected_patients(&patients[..3]), "posted resources, of the view's type only");
+
+    // `group`: the compartments of the Groups' patient members. The medium set's Group has every
+    // patient; a second one, stored here, has three of them and one that is inactive.
+    let group_of =
+        |id: &str| json!({"name": "group", "valueReference": {"reference": format!("Group/{id}")}});
+    let id_of = |p: &Value| p["id"].as_str().unwrap().to_owned();
+    let small: Vec<String> = patients[5..8].iter().map(id_of).collect();
+    let mut member: Vec<Value> =
+        small.iter().map(|id| json!({"entity": {"reference": format!("Patient/{id}")}})).collect();
+    member.push(json!({"entity": {"reference": format!("Patient/{}", id_of(&patients[9]))}, "inactive": true}));
+    let group = json!({"resourceType": "Group", "id": "three", "type": "person", "actual": true, "member": member});
+    let (status, _, _) =
+        server.send_json(reqwest::Method::PUT, "Group/three", &group.to_string()).await;
+    assert_eq!(status, 201, "store Group/three");
+    let in_small: Vec<Value> =
+        patients.iter().filter(|p| small.contains(&id_of(p))).cloned().collect();
+    let got =
+        row_set(&server, parameters(&patient_view(), "json", &[group_of("three")]), "json").await;
+    assert_eq!(got, expected_patients(&in_small), "the Group's active members");
+    let want: BTreeSet<String> =
+        small.iter().flat_map(|id| expected_observations(&observations, Some(id))).collect();
+    let got =
+        row_set(&server, parameters(&observation_view(), "ndjson", &[group_of("three")]), "ndjson")
+            .await;
+    assert_eq!(got, want, "the members' Observations");
+    // Two Groups: their union (here, every patient); with `patient`: that patient if a member.
+    let everyone = dataset.lines["Group"][0].clone();
+    let everyone =
+        serde_json::from_str::<Value>(&everyone).unwrap()["id"].as_str().unwrap().to_owned();
+    let got = row_set(
+        &server,
+        parameters(&patient_view(), "json", &[group_of("three"), group_of(&everyone)]),
+        "json",
+    )
+    .await;
+    assert_eq!(got, expected_patients(&patients), "two Groups");
+    let as_patient = |id: &str| json!({"name": "patient", "valueReference": {"reference": format!("Patient/{id}")}});
+    let got = row_set(
+        &server,
+        parameters(&observation_view(), "json", &[group_of("three"), as_patient(&small[1])]),
+        "json",
+    )
+    .await;
+    assert_eq!(got, expected_observations(&observations, Some(&small[1])), "a member");
+    let got = row_set(
+        &server,
+        parameters(
+            &observation_view(),
+            "json",
+            &[group_of("three"), as_patient(&id_of(&patients[9]))],
+        ),
+        "json",
+    )
+    .await;
+    assert!(got.is_empty(), "an inactive member is not a member: {got:?}");
+    // A Group that does not exist; `group` with posted resources; `source`.
+    let response = run(&server, parameters(&patient_view(), "json", &[group_of("nope")])).await;
+    let status = response.status().as_u16();
+    assert_outcome(status, 404, &body_json(response).await);
+    let mut with_resource = posted[..1].to_vec();
+    with_resource.push(group_of("three"));
+    let response = run(&server, parameters(&patient_view(), "json", &with_resource)).await;
+    let status = response.status().as_u16();
+    assert_outcome(status, 400, &body_json(response).await);
+    let source = json!({"name": "source", "valueString": "s3://elsewhere/data"});
+    let response = run(&server, parameters(&patient_view(), "json", &[source])).await;
+    let status = response.status().as_u16();
+    let outcome = body_json(response).await;
+    assert_outcome(status, 400, &outcome);
+    assert!(outcome.to_string().contains("fetches no data from elsewhere"), "{outcome}");
 }
 
 /// The most rows one run answers (the server's documented bound).

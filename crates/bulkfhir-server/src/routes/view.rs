@@ -2,6 +2,12 @@
 //! `ViewDefinition/{id}/$run` for a stored view): a ViewDefinition, posted or stored, applied
 //! at once to resources posted with it or to the server's data, the rows answered as JSON,
 //! NDJSON or CSV. A preview: at most [`MAX_ROWS`] rows; bulk runs are `$viewdefinition-export`.
+//!
+//! On the server's data, `patient` keeps one patient's compartment and `group` (repeatable) the
+//! compartments of the Groups' patient members, as a Group export has them; both together keep
+//! the patient if it is a member. They filter the server's data only: with posted `resource`s
+//! they are refused. `source` (an external data source) is refused: the server runs views over
+//! its own data or what the request carries, and fetches nothing from elsewhere.
 
 use axum::{
     extract::{Request, State},
@@ -9,17 +15,20 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use bulkfhir_auth::Action;
+use std::collections::BTreeSet;
+
+use bulkfhir_export::group_patients;
 use bulkfhir_model::{
-    Instant, ResourceId,
+    Instant, ResourceId, ResourceType,
     tabular::{self, TabularFormat},
     view::ViewDefinition,
 };
-use bulkfhir_store::ScanOptions;
+use bulkfhir_store::{ScanOptions, Snapshot};
 use serde_json::{Value, json};
 
 use crate::{
     AppState,
-    auth::Caller,
+    auth::{Caller, Narrowing},
     extract::{BaseUrl, optional_fhir_body},
     outcome::ApiError,
     routes::{FhirPath, parse_type, view_reference::stored_view},
@@ -41,6 +50,8 @@ struct RunRequest {
     limit: usize,
     resources: Vec<Value>,
     patient: Option<ResourceId>,
+    /// `group`, each a Group id.
+    groups: Vec<ResourceId>,
     since: Option<Instant>,
 }
 
@@ -120,6 +131,13 @@ async fn run_view(
         .map_err(|e| ApiError::invalid(format!("the ViewDefinition is not valid: {e}")))?;
     let names: Vec<&str> = view.columns().iter().map(|c| c.name.as_str()).collect();
     let mut rows: Vec<Vec<Value>> = Vec::new();
+    if !run.resources.is_empty() && (run.patient.is_some() || !run.groups.is_empty()) {
+        let name = if run.patient.is_some() { "patient" } else { "group" };
+        return Err(ApiError::invalid(format!(
+            "{name} filters the server's data; it cannot be given with resource parameters"
+        ))
+        .at(name));
+    }
     if run.resources.is_empty() {
         server_rows(&state, &caller, &view, &run, &mut rows).await?;
     } else {
@@ -179,43 +197,91 @@ async fn server_rows(
     })?;
     let narrowing = caller.narrowing(resource_type, Action::Search)?;
     let snapshot = state.store.snapshot().await?;
-    let mut after_seq = match run.since {
+    let first_seq = match run.since {
         Some(since) => state.store.seq_at(since).await?,
         None => 0,
     };
-    loop {
-        let options = ScanOptions::live(after_seq, PAGE);
-        let page = match &run.patient {
-            Some(patient) => {
-                state.store.scan_compartment(snapshot, patient, resource_type, options).await?
-            }
-            None => state.store.scan(snapshot, resource_type, options).await?,
-        };
-        for resource in &page.resources {
-            if !narrowing.admits(&resource.body) {
-                continue;
-            }
-            // Only the elements the view can read are built: the rows are the same.
-            let value = view.parse_resource(&resource.body).map_err(|e| {
-                ApiError::new(
-                    bulkfhir_model::ErrorKind::Internal,
-                    format!("{}/{} is not readable JSON: {e}", resource.resource_type, resource.id),
-                )
-            })?;
-            let produced = view.rows(&value).map_err(|e| {
-                ApiError::invalid(format!(
-                    "the view cannot run on {}/{}: {e}",
-                    resource.resource_type, resource.id
-                ))
-            })?;
-            rows.extend(produced);
-            if rows.len() >= run.limit {
-                return Ok(());
-            }
+    let scan = Scan { state, view, resource_type, run, narrowing, snapshot, first_seq };
+    if run.groups.is_empty() {
+        return scan.rows(run.patient.as_ref(), rows).await;
+    }
+    // The Groups' members, as a Group export has them (the Groups read as of the same snapshot).
+    caller.narrowing(ResourceType::GROUP, Action::Read)?;
+    let mut members = BTreeSet::new();
+    for group in &run.groups {
+        members.extend(group_patients(state.store.as_ref(), snapshot, group).await?);
+    }
+    if let Some(patient) = &run.patient {
+        members.retain(|member| member == patient);
+    }
+    for member in &members {
+        scan.rows(Some(member), rows).await?;
+        if rows.len() >= run.limit {
+            break;
         }
-        match page.next {
-            Some(next) => after_seq = next,
-            None => return Ok(()),
+    }
+    Ok(())
+}
+
+/// One run's reading of the server's data.
+struct Scan<'a> {
+    state: &'a AppState,
+    view: &'a ViewDefinition,
+    resource_type: ResourceType,
+    run: &'a RunRequest,
+    narrowing: Narrowing,
+    snapshot: Snapshot,
+    /// Versions after this one (`_since`).
+    first_seq: u64,
+}
+
+impl Scan<'_> {
+    /// Appends the rows of the resources of the view's type (in `patient`'s compartment, if
+    /// given), until `run.limit` rows.
+    async fn rows(
+        &self,
+        patient: Option<&ResourceId>,
+        rows: &mut Vec<Vec<Value>>,
+    ) -> Result<(), ApiError> {
+        let Scan { state, view, resource_type, run, snapshot, .. } = *self;
+        let mut after_seq = self.first_seq;
+        loop {
+            let options = ScanOptions::live(after_seq, PAGE);
+            let page = match patient {
+                Some(patient) => {
+                    state.store.scan_compartment(snapshot, patient, resource_type, options).await?
+                }
+                None => state.store.scan(snapshot, resource_type, options).await?,
+            };
+            for resource in &page.resources {
+                if !self.narrowing.admits(&resource.body) {
+                    continue;
+                }
+                // Only the elements the view can read are built: the rows are the same.
+                let value = view.parse_resource(&resource.body).map_err(|e| {
+                    ApiError::new(
+                        bulkfhir_model::ErrorKind::Internal,
+                        format!(
+                            "{}/{} is not readable JSON: {e}",
+                            resource.resource_type, resource.id
+                        ),
+                    )
+                })?;
+                let produced = view.rows(&value).map_err(|e| {
+                    ApiError::invalid(format!(
+                        "the view cannot run on {}/{}: {e}",
+                        resource.resource_type, resource.id
+                    ))
+                })?;
+                rows.extend(produced);
+                if rows.len() >= run.limit {
+                    return Ok(());
+                }
+            }
+            match page.next {
+                Some(next) => after_seq = next,
+                None => return Ok(()),
+            }
         }
     }
 }
@@ -257,6 +323,7 @@ fn parse_run(body: Option<&[u8]>, query: &str) -> Result<RunRequest, ApiError> {
         limit: MAX_ROWS,
         resources: Vec::new(),
         patient: None,
+        groups: Vec::new(),
         since: None,
     };
     let mut pairs: Vec<(String, Value)> = Vec::new();
@@ -359,11 +426,22 @@ fn parse_run(body: Option<&[u8]>, query: &str) -> Result<RunRequest, ApiError> {
                         .map_err(|e| ApiError::invalid(format!("_since: {e}")).at("_since"))?,
                 );
             }
-            "group" | "source" => {
-                return Err(ApiError::invalid(format!(
-                    "{name} is not supported by this server yet"
-                ))
-                .at(&name));
+            "group" => {
+                let reference = match reference_text(&value) {
+                    Some(reference) => reference,
+                    None => text()?,
+                };
+                let id = reference.strip_prefix("Group/").unwrap_or(&reference);
+                run.groups.push(ResourceId::parse(id).map_err(|_| {
+                    ApiError::invalid(format!("group '{reference}' is not Group/[id]")).at("group")
+                })?);
+            }
+            "source" => {
+                return Err(ApiError::invalid(
+                    "source is not supported: this server runs views over its own data or the \
+                     resources posted with the request, and fetches no data from elsewhere",
+                )
+                .at("source"));
             }
             other => {
                 return Err(ApiError::invalid(format!("unknown parameter '{other}'")).at(other));
