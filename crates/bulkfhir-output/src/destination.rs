@@ -18,7 +18,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use object_store::{
     BackoffConfig, ObjectStore, RetryConfig, aws::AmazonS3Builder, azure::MicrosoftAzureBuilder,
-    gcp::GoogleCloudStorageBuilder, signer::Signer,
+    gcp::GoogleCloudStorageBuilder, multipart::MultipartStore, signer::Signer,
 };
 
 use crate::{OutputError, OutputStore};
@@ -145,7 +145,7 @@ impl Destination {
                         .with_allow_http(endpoint.starts_with("http://"));
                 }
                 let s3 = Arc::new(builder.build().map_err(built)?);
-                Ok(cloud(s3.clone(), s3, prefix).with_label(&self.url))
+                Ok(cloud(s3, prefix).with_label(&self.url))
             }
             Kind::Gcs { bucket, prefix } => {
                 let mut builder = GoogleCloudStorageBuilder::from_env()
@@ -155,7 +155,7 @@ impl Destination {
                     builder = builder.with_service_account_path(path);
                 }
                 let gcs = Arc::new(builder.build().map_err(built)?);
-                Ok(cloud(gcs.clone(), gcs, prefix).with_label(&self.url))
+                Ok(cloud(gcs, prefix).with_label(&self.url))
             }
             Kind::Azure { container, prefix } => {
                 let azure = Arc::new(
@@ -165,7 +165,7 @@ impl Destination {
                         .build()
                         .map_err(built)?,
                 );
-                Ok(cloud(azure.clone(), azure, prefix).with_label(&self.url))
+                Ok(cloud(azure, prefix).with_label(&self.url))
             }
         }
     }
@@ -211,9 +211,12 @@ impl DestinationPolicy {
     }
 }
 
-/// A cloud store: S3 and GCS need parts of at least 5 MiB, so the default 8 MiB parts stay.
-fn cloud(store: Arc<dyn ObjectStore>, signer: Arc<dyn Signer>, prefix: &str) -> OutputStore {
-    OutputStore::from_object_store(store, prefix).with_signer(signer)
+/// A cloud store: S3 and GCS need parts of at least 5 MiB, so the default 8 MiB parts stay; its
+/// uploads are tracked, so a crash cannot orphan one.
+fn cloud<S: ObjectStore + MultipartStore + Signer>(store: Arc<S>, prefix: &str) -> OutputStore {
+    OutputStore::from_object_store(store.clone(), prefix)
+        .with_signer(store.clone())
+        .with_tracked_uploads(store)
 }
 
 #[cfg(test)]

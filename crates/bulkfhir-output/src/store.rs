@@ -6,9 +6,11 @@ use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt as _, TryStreamExt as _};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
+use object_store::multipart::MultipartStore;
 use object_store::path::{Path as ObjectPath, PathPart};
 use object_store::{GetOptions, ObjectStore, ObjectStoreExt as _, signer::Signer};
 
+use crate::tracked::{self, TrackedUpload};
 use crate::{Compression, FileWriter, OutputError, OutputKey};
 
 /// Default size of an uploaded part: 8 MiB.
@@ -21,6 +23,8 @@ pub struct OutputStore {
     store: Arc<dyn ObjectStore>,
     /// Signs download URLs, for stores that can (S3, GCS, Azure).
     signer: Option<Arc<dyn Signer>>,
+    /// The same store's multipart API, for stores whose uploads are tracked (see `tracked.rs`).
+    parts: Option<Arc<dyn MultipartStore>>,
     /// What to call the store in messages: its URL for a bucket, "local disk" (never a path).
     label: String,
     /// Prepended to every key.
@@ -37,6 +41,7 @@ impl std::fmt::Debug for OutputStore {
             .field("store", &self.store.to_string())
             .field("prefix", &self.prefix)
             .field("signs_urls", &self.signer.is_some())
+            .field("tracks_uploads", &self.parts.is_some())
             .finish()
     }
 }
@@ -61,6 +66,7 @@ impl OutputStore {
         Ok(Self {
             store: Arc::new(local),
             signer: None,
+            parts: None,
             label: "local disk".to_owned(),
             prefix: ObjectPath::default(),
             local_root: Some(canonical_root),
@@ -68,27 +74,40 @@ impl OutputStore {
         })
     }
 
-    /// A store in memory, empty, for tests and throw-away servers.
+    /// A store in memory, empty, for tests and throw-away servers; its uploads are tracked.
     pub fn in_memory() -> Self {
-        Self::from_object_store(Arc::new(InMemory::new()), "")
+        let memory = Arc::new(InMemory::new());
+        Self::from_object_store(memory.clone(), "").with_tracked_uploads(memory)
     }
 
     /// A store over any object store (S3, Azure, GCS, ...), with every key placed below `prefix`
     /// (`/`-separated; empty for the bucket's root).
     ///
-    /// Incomplete uploads on such a store are not visible through `object_store`, so
-    /// [`remove_incomplete`](Self::remove_incomplete) cannot see them: configure the bucket to
-    /// expire incomplete multipart uploads (for S3, an `AbortIncompleteMultipartUpload`
-    /// lifecycle rule).
+    /// Incomplete uploads on such a store are not visible through `object_store`: give the same
+    /// store's multipart API to [`with_tracked_uploads`](Self::with_tracked_uploads) so that a
+    /// crash cannot orphan one.
     pub fn from_object_store(store: Arc<dyn ObjectStore>, prefix: &str) -> Self {
         Self {
             store,
             signer: None,
+            parts: None,
             label: "object store".to_owned(),
             prefix: ObjectPath::from(prefix),
             local_root: None,
             part_size: DEFAULT_PART_SIZE,
         }
+    }
+
+    /// Uploads files through `parts` (the same bucket's client) and records each upload's id
+    /// next to its destination until it is completed or aborted, so that
+    /// [`remove_incomplete`](Self::remove_incomplete) and [`delete_prefix`](Self::delete_prefix)
+    /// can abort the uploads a crash interrupted. Where a backend cannot abort (Azure keeps
+    /// uncommitted blocks for seven days whatever is asked), the bucket's own expiry still
+    /// applies.
+    #[must_use]
+    pub fn with_tracked_uploads(mut self, parts: Arc<dyn MultipartStore>) -> Self {
+        self.parts = Some(parts);
+        self
     }
 
     /// Lets the store sign download URLs with `signer` (the same bucket's client).
@@ -152,11 +171,19 @@ impl OutputStore {
         key: &OutputKey,
         compression: Compression,
     ) -> Result<FileWriter, OutputError> {
-        let upload = self
-            .store
-            .put_multipart(&self.location(key))
-            .await
-            .map_err(|e| OutputError::from_backend(key, "start upload of", e))?;
+        let location = self.location(key);
+        let upload: Box<dyn object_store::MultipartUpload> = match &self.parts {
+            Some(parts) => Box::new(
+                TrackedUpload::start(Arc::clone(parts), Arc::clone(&self.store), location)
+                    .await
+                    .map_err(|e| OutputError::from_backend(key, "start upload of", e))?,
+            ),
+            None => self
+                .store
+                .put_multipart(&location)
+                .await
+                .map_err(|e| OutputError::from_backend(key, "start upload of", e))?,
+        };
         Ok(FileWriter::new(key.clone(), upload, compression, self.part_size))
     }
 
@@ -229,7 +256,7 @@ impl OutputStore {
             .map_err(|e| OutputError::from_backend(prefix, "list", e))?;
         let mut files = Vec::with_capacity(metas.len());
         for meta in metas {
-            if meta.location == base {
+            if meta.location == base || tracked::is_marker(&meta.location) {
                 continue;
             }
             let Some(parts) = meta.location.prefix_match(&self.prefix) else { continue };
@@ -251,11 +278,13 @@ impl OutputStore {
     /// counted) and then the emptied directories, `prefix`'s own included. Uploads still running
     /// below `prefix` fail at `finish`. Deleting an empty or missing prefix returns 0.
     pub async fn delete_prefix(&self, prefix: &OutputKey) -> Result<u64, OutputError> {
+        self.abort_tracked(prefix).await?;
         let locations = self.store.list(Some(&self.location(prefix))).map_ok(|meta| meta.location);
         let mut deletions = self.store.delete_stream(locations.boxed());
         let mut deleted = 0;
         while let Some(deletion) = deletions.next().await {
             match deletion {
+                Ok(location) if tracked::is_marker(&location) => {}
                 Ok(_) => deleted += 1,
                 // Someone else deleted it first: the outcome is the same.
                 Err(object_store::Error::NotFound { .. }) => {}
@@ -273,12 +302,39 @@ impl OutputStore {
     /// Removes only the leftovers of interrupted uploads below `prefix`, keeping complete
     /// objects; a job calls it when it resumes after a crash.
     ///
-    /// Only the local filesystem keeps such leftovers where this can find them (see
-    /// [`from_object_store`](Self::from_object_store) for cloud stores). It also removes the
-    /// staged files of uploads still running below `prefix`, which then fail at `finish`, so call
-    /// it only while no writer below `prefix` is open.
+    /// On the local filesystem these are staged files; on a store with
+    /// [tracked uploads](Self::with_tracked_uploads), the multipart uploads whose markers remain
+    /// (each aborted, then its marker deleted). It also removes the uploads still running below
+    /// `prefix`, which then fail at `finish`, so call it only while no writer below `prefix` is
+    /// open.
     pub async fn remove_incomplete(&self, prefix: &OutputKey) -> Result<(), OutputError> {
+        self.abort_tracked(prefix).await?;
         self.clean_local(prefix, false).await
+    }
+
+    /// Aborts the tracked uploads below `prefix` (see [`remove_incomplete`]); returns how many.
+    /// An upload that cannot be aborted now keeps its marker and is logged, not an error: the
+    /// next clean-up tries again.
+    ///
+    /// [`remove_incomplete`]: Self::remove_incomplete
+    async fn abort_tracked(&self, prefix: &OutputKey) -> Result<usize, OutputError> {
+        let Some(parts) = &self.parts else { return Ok(0) };
+        let markers: Vec<ObjectPath> = self
+            .store
+            .list(Some(&self.location(prefix)))
+            .try_filter_map(|meta| async move {
+                Ok(tracked::is_marker(&meta.location).then_some(meta.location))
+            })
+            .try_collect()
+            .await
+            .map_err(|e| OutputError::from_backend(prefix, "list", e))?;
+        let mut aborted = 0;
+        for marker in &markers {
+            if tracked::abort_marked(parts.as_ref(), self.store.as_ref(), marker).await {
+                aborted += 1;
+            }
+        }
+        Ok(aborted)
     }
 
     fn location(&self, key: &OutputKey) -> ObjectPath {

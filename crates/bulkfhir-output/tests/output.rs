@@ -478,3 +478,63 @@ proptest! {
         prop_assert!(OutputKey::parse(&absolute).is_err(), "{absolute:?}");
     }
 }
+
+/// Every object name in `memory` (markers included), sorted.
+async fn raw_names(memory: &object_store::memory::InMemory) -> Vec<String> {
+    use object_store::ObjectStore as _;
+    let mut names: Vec<String> = memory
+        .list(None)
+        .map_ok(|meta| meta.location.to_string())
+        .try_collect()
+        .await
+        .expect("list raw");
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn a_tracked_upload_that_a_crash_interrupts_is_aborted_by_the_next_clean_up() {
+    use object_store::ObjectStoreExt as _;
+    use object_store::multipart::MultipartStore as _;
+    use std::sync::Arc;
+    let memory = Arc::new(object_store::memory::InMemory::new());
+    let store = OutputStore::from_object_store(memory.clone(), "t/acme")
+        .with_tracked_uploads(memory.clone())
+        .with_part_size(SMALL_PART);
+    let prefix = key("jobs/j1");
+
+    // A finished file leaves no marker, and only files are counted and listed.
+    let done = prefix.join("Patient-1.ndjson").expect("key");
+    let mut writer = store.create(&done, Compression::None).await.expect("create");
+    writer.write(&ndjson(SMALL_PART * 3)).await.expect("write");
+    writer.finish().await.expect("finish");
+    assert_eq!(raw_names(&memory).await, ["t/acme/jobs/j1/Patient-1.ndjson"]);
+
+    // A crash mid-upload: the writer vanishes without its drop (which would abort it).
+    let open = prefix.join("Patient-2.ndjson").expect("key");
+    let mut writer = store.create(&open, Compression::None).await.expect("create");
+    writer.write(&ndjson(SMALL_PART * 3)).await.expect("write");
+    std::mem::forget(writer);
+    let marker = "t/acme/jobs/j1/Patient-2.ndjson%23upload";
+    assert_eq!(raw_names(&memory).await, ["t/acme/jobs/j1/Patient-1.ndjson", marker]);
+    let listed: Vec<String> =
+        store.list(&prefix).await.expect("list").iter().map(|(k, _)| k.to_string()).collect();
+    assert_eq!(listed, ["jobs/j1/Patient-1.ndjson"], "markers are never listed");
+    let marker_path = object_store::path::Path::parse(marker).expect("path");
+    let id = memory.get(&marker_path).await.expect("marker").bytes().await.expect("read");
+    let id = String::from_utf8(id.to_vec()).expect("text");
+    let target = object_store::path::Path::from("t/acme/jobs/j1/Patient-2.ndjson");
+
+    // The clean-up before a resume aborts it: the upload is gone, so it can never be completed.
+    store.remove_incomplete(&prefix).await.expect("remove incomplete");
+    assert_eq!(raw_names(&memory).await, ["t/acme/jobs/j1/Patient-1.ndjson"]);
+    assert!(memory.complete_multipart(&target, &id, Vec::new()).await.is_err(), "aborted");
+
+    // Deleting a prefix aborts what is still marked, and counts only files.
+    let mut writer = store.create(&open, Compression::None).await.expect("create");
+    writer.write(&ndjson(SMALL_PART)).await.expect("write");
+    std::mem::forget(writer);
+    assert_eq!(raw_names(&memory).await.len(), 2);
+    assert_eq!(store.delete_prefix(&prefix).await.expect("delete"), 1);
+    assert!(raw_names(&memory).await.is_empty());
+}

@@ -650,6 +650,10 @@ async fn an_export_to_s3_killed_half_way_completes_after_restart_exactly_once() 
     // Killed once a few files are in the bucket, while the export still runs.
     until_written(&http, &server.base, &job_id, 6000).await;
     drop(server); // SIGKILL
+    // The kill interrupted the uploads of the files being written: S3 keeps them, unlisted.
+    let bucket_prefix = format!("{}/", store.trim_start_matches(&format!("s3://{BUCKET}/")));
+    let interrupted = uploads_in_progress(endpoint, &bucket_prefix);
+    assert!(interrupted >= 1, "the kill left {interrupted} uploads in progress");
 
     let server = Serve::start_with_env(&data, &flags, &env, Some(port)).await;
     let manifest = poll_status(&http, &status_url, 200).await;
@@ -658,7 +662,26 @@ async fn an_export_to_s3_killed_half_way_completes_after_restart_exactly_once() 
     let counts: BTreeMap<String, usize> =
         seen.iter().map(|(t, ids)| (t.clone(), ids.len())).collect();
     assert_eq!(counts, expected, "every resource exactly once");
+    // The resumed job aborted the interrupted uploads: nothing is left billed and unseen.
+    assert_eq!(uploads_in_progress(endpoint, &bucket_prefix), 0, "uploads left after the resume");
     drop(server);
+}
+
+/// The multipart uploads in progress below `prefix` in the bucket, as S3's ListMultipartUploads
+/// reports them (through botocore, AWS's own client, with the test's credentials).
+fn uploads_in_progress(endpoint: &str, prefix: &str) -> usize {
+    let script = "import sys, botocore.session\n\
+        c = botocore.session.get_session().create_client('s3', endpoint_url=sys.argv[1], \
+        aws_access_key_id=sys.argv[2], aws_secret_access_key=sys.argv[3], region_name='us-east-1')\n\
+        r = c.list_multipart_uploads(Bucket=sys.argv[4], Prefix=sys.argv[5])\n\
+        print(len(r.get('Uploads', [])))\n";
+    let output = Command::new(clients_dir().join("venv/bin/python"))
+        .args(["-c", script, endpoint, KEY_ID, SECRET, BUCKET, prefix])
+        .output()
+        .expect("run python");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}{}", String::from_utf8_lossy(&output.stderr));
+    text.trim().parse().expect("a count")
 }
 
 /// A SeaweedFS of this test's own, on fixed ports and folder, so that it can be stopped and
