@@ -302,6 +302,10 @@ struct ExportArgs {
     /// Hours export files are kept.
     #[arg(long, env = "BULKFHIR_EXPORT_RETENTION_HOURS", default_value_t = 24)]
     export_retention_hours: u64,
+    /// Seconds export files are kept, instead of --export-retention-hours (for short-lived
+    /// exports; the sweeper then looks at least every quarter of it).
+    #[arg(long, env = "BULKFHIR_EXPORT_RETENTION_SECS", conflicts_with = "export_retention_hours")]
+    export_retention_secs: Option<u64>,
     /// gzip level for .ndjson.gz output.
     #[arg(long, env = "BULKFHIR_GZIP_LEVEL", default_value_t = 1)]
     gzip_level: u32,
@@ -356,12 +360,23 @@ enum ExportUrls {
 }
 
 impl ExportArgs {
+    fn retention(&self) -> Duration {
+        match self.export_retention_secs {
+            Some(secs) => Duration::from_secs(secs.max(1)),
+            None => Duration::from_secs(self.export_retention_hours.saturating_mul(3600)),
+        }
+    }
+
     fn config(&self) -> ExportConfig {
         ExportConfig {
             max_running_jobs: self.max_running_exports.max(1),
             max_active_jobs: self.max_queued_exports.max(1),
             max_resources_per_file: self.export_file_resources.max(1),
-            retention: Duration::from_secs(self.export_retention_hours.saturating_mul(3600)),
+            retention: self.retention(),
+            sweep_interval: ExportConfig::default()
+                .sweep_interval
+                .min(self.retention() / 4)
+                .max(Duration::from_millis(100)),
             gzip_level: self.gzip_level.min(9),
             lease: Duration::from_secs(self.export_lease_secs.max(1)),
             key_range_span: self.export_key_range.max(1),

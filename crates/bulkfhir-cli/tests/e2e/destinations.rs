@@ -1,7 +1,9 @@
 //! Export files in a real S3 server (SeaweedFS on loopback, started here; `bash .ci/run`
 //! installs it): the same exports as on local disk, byte for byte; URLs signed by the bucket
-//! that work with no token and stop at expiry; a kick-off's own allow-listed destination; a
-//! start-up that fails clearly when the bucket cannot be written.
+//! that work with no token and stop at expiry; cancel and the retention sweeper deleting the
+//! objects (listed with botocore and Azure's SDK); a kill that leaves no multipart upload behind
+//! once the job resumes; a kick-off's own allow-listed destination; a start-up that fails
+//! clearly when the bucket cannot be written.
 
 use std::{
     collections::BTreeMap,
@@ -181,6 +183,54 @@ async fn cancel_deletes_the_objects(http: &Client, cloud: &Serve) {
     }
 }
 
+/// Expiry: a server of its own over a copy of `data` (in `dir`), with `flags` naming the
+/// store and files kept 3 s, exports; `left` counts what is in the store below the server's
+/// prefix. The objects are there when the export finishes, and the sweeper deletes them all;
+/// the export is then gone for its client too.
+async fn expiry_deletes_the_objects(
+    http: &Client,
+    dir: &Path,
+    data: &Path,
+    flags: &[&str],
+    env: &[(&str, &str)],
+    left: impl Fn() -> usize,
+) {
+    copy_dir(data, dir);
+    let mut flags = flags.to_vec();
+    flags.extend(["--export-retention-secs", "3"]);
+    let server = Serve::start_with_env(dir, &flags, env, None).await;
+    let (status, headers, body) =
+        kick(http, &format!("{}/$export?_type=Patient,Condition", server.base)).await;
+    assert_eq!(status, 202, "{body}");
+    let status_url = headers["content-location"].to_str().unwrap().to_owned();
+    let done = poll_status(http, &status_url, 200).await;
+    let files = done["output"].as_array().unwrap().len();
+    assert!(files >= 2 && left() >= files, "{} objects for {files} files", left());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while left() > 0 {
+        assert!(std::time::Instant::now() < deadline, "the expired export's objects stayed");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let gone = http.get(&status_url).send().await.unwrap().status().as_u16();
+    assert!(gone == 404 || gone == 410, "an expired export's status answered {gone}");
+}
+
+/// The blobs below `prefix` in Azurite's `exports` container (Azure's own Python SDK).
+fn azure_blobs(endpoint: &str, prefix: &str) -> usize {
+    let script = format!(
+        "import sys\nfrom azure.storage.blob import BlobServiceClient\n\
+         c = BlobServiceClient.from_connection_string('DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;BlobEndpoint={endpoint}/devstoreaccount1')\n\
+         print(sum(1 for _ in c.get_container_client('exports').list_blobs(name_starts_with=sys.argv[1])))\n"
+    );
+    let output = Command::new(clients_dir().join("venv/bin/python"))
+        .args(["-c", &script, prefix])
+        .output()
+        .expect("run python");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}{}", String::from_utf8_lossy(&output.stderr));
+    text.trim().parse().expect("a count")
+}
+
 /// A signed URL works, then stops working once it expires (`--signed-url-secs 8`).
 async fn signed_urls_expire(http: &Client, cloud: &Serve) {
     let late = manifest(http, &format!("{}/$export?_type=Patient", cloud.base)).await;
@@ -283,6 +333,22 @@ async fn exports_in_s3_equal_local_disk_byte_for_byte_and_signed_urls_expire() {
     // A signed URL stops working when it expires (8 s here); cancel deletes the objects.
     signed_urls_expire(&http, &s3).await;
     cancel_deletes_the_objects(&http, &s3).await;
+
+    // Expiry deletes the objects, and their uploads are gone too.
+    let expiring_store = format!("s3://{BUCKET}/expiring/{run}");
+    let expiring_prefix = format!("expiring/{run}/");
+    let left = || {
+        let (objects, uploads) = s3_listing(endpoint, &expiring_prefix);
+        objects + uploads
+    };
+    let flags = ["--export-store", &expiring_store, "--s3-endpoint", endpoint];
+    let env = [
+        ("AWS_ACCESS_KEY_ID", KEY_ID),
+        ("AWS_SECRET_ACCESS_KEY", SECRET),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    let expiring_dir = dir.path().join("expiring");
+    expiry_deletes_the_objects(&http, &expiring_dir, &local_data, &flags, &env, left).await;
 
     // A kick-off's own destination: allowed, the files land there; not allowed, refused
     // before any job exists.
@@ -607,6 +673,12 @@ async fn exports_in_azure_blob_equal_local_disk_byte_for_byte_signed_urls_expire
         .await;
     signed_urls_expire(&http, &azure).await;
     cancel_deletes_the_objects(&http, &azure).await;
+    let expiring_store = format!("az://exports/expiring/{run}");
+    let expiring_prefix = format!("expiring/{run}/");
+    let left = || azure_blobs(endpoint, &expiring_prefix);
+    let flags = ["--export-store", &expiring_store];
+    let expiring_dir = dir.path().join("expiring");
+    expiry_deletes_the_objects(&http, &expiring_dir, &local_data, &flags, &env, left).await;
 }
 
 /// An export to S3 killed with SIGKILL half-way: after a restart the same status URL completes,
@@ -667,21 +739,29 @@ async fn an_export_to_s3_killed_half_way_completes_after_restart_exactly_once() 
     drop(server);
 }
 
-/// The multipart uploads in progress below `prefix` in the bucket, as S3's ListMultipartUploads
-/// reports them (through botocore, AWS's own client, with the test's credentials).
-fn uploads_in_progress(endpoint: &str, prefix: &str) -> usize {
+/// The objects and the multipart uploads in progress below `prefix` in the bucket, as S3's
+/// ListObjectsV2 and ListMultipartUploads report them (through botocore, AWS's own client, with
+/// the test's credentials).
+fn s3_listing(endpoint: &str, prefix: &str) -> (usize, usize) {
     let script = "import sys, botocore.session\n\
         c = botocore.session.get_session().create_client('s3', endpoint_url=sys.argv[1], \
         aws_access_key_id=sys.argv[2], aws_secret_access_key=sys.argv[3], region_name='us-east-1')\n\
-        r = c.list_multipart_uploads(Bucket=sys.argv[4], Prefix=sys.argv[5])\n\
-        print(len(r.get('Uploads', [])))\n";
+        o = c.list_objects_v2(Bucket=sys.argv[4], Prefix=sys.argv[5])\n\
+        u = c.list_multipart_uploads(Bucket=sys.argv[4], Prefix=sys.argv[5])\n\
+        print(len(o.get('Contents', [])), len(u.get('Uploads', [])))\n";
     let output = Command::new(clients_dir().join("venv/bin/python"))
         .args(["-c", script, endpoint, KEY_ID, SECRET, BUCKET, prefix])
         .output()
         .expect("run python");
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{text}{}", String::from_utf8_lossy(&output.stderr));
-    text.trim().parse().expect("a count")
+    let counts: Vec<usize> = text.split_whitespace().map(|n| n.parse().expect("a count")).collect();
+    (counts[0], counts[1])
+}
+
+/// The multipart uploads in progress below `prefix` in the bucket.
+fn uploads_in_progress(endpoint: &str, prefix: &str) -> usize {
+    s3_listing(endpoint, prefix).1
 }
 
 /// A SeaweedFS of this test's own, on fixed ports and folder, so that it can be stopped and
