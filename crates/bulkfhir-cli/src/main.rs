@@ -253,8 +253,10 @@ struct ServeArgs {
     /// The most connections served at once; one more gets 503 and is closed.
     #[arg(long, env = "BULKFHIR_MAX_CONNECTIONS", default_value_t = 4096)]
     max_connections: usize,
-    /// Seconds a client has to send a request's line and headers before the connection closes.
-    #[arg(long, env = "BULKFHIR_HEADER_TIMEOUT_SECS", default_value_t = 30)]
+    /// Seconds a client has to send a request's line and headers before the connection closes
+    /// (idle keep-alive connections included). Keep it above the longest Retry-After (30 s):
+    /// a client that waits as told and reuses its connection must find it open.
+    #[arg(long, env = "BULKFHIR_HEADER_TIMEOUT_SECS", default_value_t = 60)]
     header_timeout_secs: u64,
     /// The longest pause in seconds between two parts of a request body (then 408).
     #[arg(long, env = "BULKFHIR_BODY_TIMEOUT_SECS", default_value_t = 60)]

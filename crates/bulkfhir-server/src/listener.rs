@@ -59,7 +59,9 @@ pub struct ConnectionLimits {
     /// The most connections served at once; one more is answered 503 and closed.
     pub max_connections: usize,
     /// A request head (request line and headers) must arrive within this time, or the
-    /// connection is closed.
+    /// connection is closed; idle keep-alive connections wait this long for their next request.
+    /// Keep it above the longest `Retry-After` a status poll is given: a client that waits as
+    /// told and then reuses its connection would otherwise race the server's close.
     pub header_read_timeout: Duration,
     /// The longest pause between two parts of a request body; a longer one ends the request
     /// with a 408 `OperationOutcome`.
@@ -76,7 +78,7 @@ impl Default for ConnectionLimits {
     fn default() -> Self {
         ConnectionLimits {
             max_connections: 4096,
-            header_read_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(60),
             body_read_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
             max_header_bytes: 256 * 1024,

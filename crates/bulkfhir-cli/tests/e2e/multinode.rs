@@ -154,7 +154,24 @@ async fn three_nodes_share_one_export_and_a_killed_node_loses_nothing() {
             .get(0);
         if !halfway.is_empty() && (c_finished > 0 || !all_three) {
             c.kill();
-            break halfway;
+            // C may have finished one of them between the query and its death (a few ms): the
+            // parts C left half-way are those still not done now that it cannot write.
+            let mut left: Vec<i32> = Vec::new();
+            for idx in halfway {
+                let done: bool = db
+                    .query_one(
+                        "SELECT done FROM export_unit WHERE job_id = $1 AND idx = $2",
+                        &[&job_id, &idx],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                if !done {
+                    left.push(idx);
+                }
+            }
+            assert!(!left.is_empty(), "C finished every part it held just before the kill");
+            break left;
         }
         assert!(std::time::Instant::now() < deadline, "node C never ran a part of the export");
         tokio::time::sleep(Duration::from_millis(5)).await;
