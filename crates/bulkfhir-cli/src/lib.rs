@@ -74,6 +74,14 @@ impl Stores {
                 let store = Arc::new(PostgresStore::connect(url).await.with_context(|| {
                     format!("open the PostgreSQL store at {}", redact_password(url))
                 })?);
+                match store.connection_is_encrypted().await {
+                    Ok(true) => tracing::info!("connected to PostgreSQL over TLS"),
+                    Ok(false) => tracing::warn!(
+                        "connected to PostgreSQL without TLS (sslmode=verify-full and \
+                         sslrootcert in the URL encrypt and check the server)"
+                    ),
+                    Err(error) => tracing::warn!(%error, "cannot tell whether PostgreSQL uses TLS"),
+                }
                 Ok(Stores::from_one(store))
             }
             None => {

@@ -8,6 +8,9 @@
 //! are the exact stored bytes (`bytea`, never `jsonb`, which would reorder keys and rewrite
 //! numbers). Sequence numbers are assigned under one row lock, in commit order (`store.rs`),
 //! which is what makes a snapshot true under concurrent writers on several nodes.
+//!
+//! Connections use TLS as libpq's `sslmode` and `sslrootcert` in the URL say (`tls.rs`; rustls
+//! on aws-lc-rs, the server's own TLS stack).
 #![warn(missing_docs)]
 
 mod clients;
@@ -17,6 +20,7 @@ mod schema;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod tls;
 
 pub use store::{
     PostgresStore, Sequencing, create_schema, drop_schema, list_schemas, schema_exists,

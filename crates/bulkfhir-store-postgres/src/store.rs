@@ -20,7 +20,9 @@ use bulkfhir_store::{
 use bytes::Bytes;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use futures::pin_mut;
-use tokio_postgres::{NoTls, Row, Transaction, binary_copy::BinaryCopyInWriter, types::Type};
+use tokio_postgres::{Row, Transaction, binary_copy::BinaryCopyInWriter, types::Type};
+
+use crate::tls::{DatabaseUrl, parse_url};
 
 use crate::{
     error::{pg_error, pool_error, to_i64, to_u64},
@@ -75,20 +77,17 @@ impl PostgresStore {
     /// must exist ([`create_schema`]); its tables are created or upgraded as on
     /// [`connect`](Self::connect).
     pub async fn connect_in_schema(url: &str, schema: &str) -> Result<Self, StoreError> {
-        let mut config = parse_url(url)?;
+        let mut url = parse_url(url)?;
         check_schema_name(schema)?;
         // Every connection of the pool resolves unqualified names in the schema only.
-        config.options(format!("-c search_path={schema}"));
-        Self::open(config, Sequencing::Serialized).await
+        url.config.options(format!("-c search_path={schema}"));
+        Self::open(url, Sequencing::Serialized).await
     }
 
-    async fn open(
-        config: tokio_postgres::Config,
-        sequencing: Sequencing,
-    ) -> Result<Self, StoreError> {
+    async fn open(url: DatabaseUrl, sequencing: Sequencing) -> Result<Self, StoreError> {
         let manager = Manager::from_config(
-            config,
-            NoTls,
+            url.config,
+            url.tls,
             ManagerConfig { recycling_method: RecyclingMethod::Fast },
         );
         let pool = Pool::builder(manager)
@@ -105,6 +104,18 @@ impl PostgresStore {
                 .map_err(|e| pg_error("create the naive sequence", e))?;
         }
         Ok(store)
+    }
+
+    /// Whether the server sees this store's connections as encrypted (`pg_stat_ssl`), for the
+    /// start-up log and the TLS tests.
+    pub async fn connection_is_encrypted(&self) -> Result<bool, StoreError> {
+        let sql = |e| pg_error("look up the connection's TLS", e);
+        let client = self.client("look up the connection's TLS").await?;
+        let row = client
+            .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+            .await
+            .map_err(sql)?;
+        Ok(row.get(0))
     }
 
     /// Closes the pool's connections (a removed tenant's store).
@@ -850,11 +861,6 @@ impl ResourceStore for PostgresStore {
     }
 }
 
-fn parse_url(url: &str) -> Result<tokio_postgres::Config, StoreError> {
-    url.parse()
-        .map_err(|e| StoreError::Invalid(format!("the database URL is not a PostgreSQL URL: {e}")))
-}
-
 /// Schema names are put into SQL text: only `[a-z0-9_]`, starting with a letter.
 fn check_schema_name(schema: &str) -> Result<(), StoreError> {
     let valid = schema.len() <= 63
@@ -869,8 +875,9 @@ fn check_schema_name(schema: &str) -> Result<(), StoreError> {
 
 /// One short-lived connection to the database at `url`, for schema management.
 async fn admin_client(url: &str) -> Result<tokio_postgres::Client, StoreError> {
+    let DatabaseUrl { config, tls } = parse_url(url)?;
     let (client, connection) =
-        parse_url(url)?.connect(NoTls).await.map_err(|e| pg_error("connect to PostgreSQL", e))?;
+        config.connect(tls).await.map_err(|e| pg_error("connect to PostgreSQL", e))?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::debug!(%error, "a schema management connection ended");

@@ -4,6 +4,10 @@
 //! The server binaries come from Debian's `postgresql` package (`bash .ci/run` installs it); a
 //! missing server fails the test that asked for one, it never skips it. As root (CI), the
 //! cluster runs as the `postgres` user, because PostgreSQL refuses to run as root.
+//!
+//! The cluster serves TLS with a certificate for `localhost` signed by a root made for it (with
+//! `openssl`, which `bash .ci/run` installs), and plain connections too: the default
+//! `sslmode=prefer` encrypts, and [`TestCluster::root_cert`] lets a test verify the server.
 
 use std::{
     net::TcpListener,
@@ -20,6 +24,7 @@ use std::{
 #[derive(Debug)]
 pub struct TestCluster {
     port: u16,
+    root_cert: PathBuf,
 }
 
 static CLUSTER: OnceLock<TestCluster> = OnceLock::new();
@@ -64,6 +69,12 @@ impl TestCluster {
     /// The cluster's port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The PEM file of the root that signed the server's certificate (which is for
+    /// `localhost` only, not for `127.0.0.1`): what to give as `sslrootcert`.
+    pub fn root_cert(&self) -> &Path {
+        &self.root_cert
     }
 }
 
@@ -151,6 +162,70 @@ fn start() -> TestCluster {
         .output()
         .expect("run initdb");
     assert!(output.status.success(), "initdb failed: {}", String::from_utf8_lossy(&output.stderr));
+    let (ca, cert, key) = (dir.join("ca.crt"), dir.join("server.crt"), dir.join("server.key"));
+    let openssl = |args: &[&str]| {
+        let output = Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("run openssl (bash .ci/run installs it)");
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    // A root of its own, and the server's certificate signed by it, for localhost only.
+    openssl(
+        &[
+            &["req", "-x509"],
+            &ec[..],
+            &["-days", "3", "-subj", "/CN=bulkfhir test CA"],
+            &["-keyout", "ca.key", "-out", "ca.crt"],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"],
+            &ec[..],
+            &["-subj", "/CN=localhost", "-keyout", "server.key"],
+            &["-out", "server.csr"],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:localhost\nbasicConstraints=critical,CA:FALSE\n\
+         keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write the certificate extensions");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "3",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.crt",
+    ]);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // PostgreSQL refuses a key others can read.
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    if let Some((uid, gid)) = user {
+        std::os::unix::fs::chown(&key, Some(uid), Some(gid)).expect("chown the key");
+    }
     let port = free_port();
     let log = std::fs::File::create(dir.join("postgres.log")).expect("log file");
     if let Some((uid, gid)) = user {
@@ -160,6 +235,14 @@ fn start() -> TestCluster {
     // Spawned from a thread that lives as long as the process: the kernel's parent-death
     // signal fires when the spawning *thread* ends, and a test's thread ends with the test.
     let (bin_dir, data_dir, socket_dir) = (bin.clone(), data.clone(), dir.clone());
+    let ssl = [
+        "-c".to_owned(),
+        "ssl=on".to_owned(),
+        "-c".to_owned(),
+        format!("ssl_cert_file={}", cert.display()),
+        "-c".to_owned(),
+        format!("ssl_key_file={}", key.display()),
+    ];
     let (spawned, spawned_rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("test-postgres".to_owned())
@@ -172,6 +255,7 @@ fn start() -> TestCluster {
                 .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
                 .args(["-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
                 .args(["-c", "max_connections=300", "-c", "shared_buffers=256MB"])
+                .args(&ssl)
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn();
@@ -208,5 +292,5 @@ fn start() -> TestCluster {
         #[allow(clippy::disallowed_methods)]
         std::thread::sleep(Duration::from_millis(100));
     }
-    TestCluster { port }
+    TestCluster { port, root_cert: ca }
 }
