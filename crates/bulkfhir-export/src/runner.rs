@@ -63,6 +63,9 @@ impl Runner {
         let help_slots = if config.max_running_jobs == 0 { 0 } else { config.unit_concurrency };
         let helpers = Arc::new(Semaphore::new(help_slots));
         info!(owner = %self.owner, "export runner started");
+        // Other nodes sharing the store say when they made work (a kick-off, a claimed job whose
+        // units can be helped with, a released unit): looked at then, not at the next poll.
+        let mut signals = self.shared.jobs.work_signals();
         loop {
             self.shared.runner_tick.store(Instant::now().as_micros(), Ordering::Relaxed);
             while let Ok(permit) = Arc::clone(&slots).try_acquire_owned() {
@@ -92,6 +95,12 @@ impl Runner {
                 () = shutdown.cancelled() => break,
                 () = self.shared.wake.notified() => {}
                 () = tokio::time::sleep(config.poll_interval) => {}
+                signal = next_signal(&mut signals) => {
+                    if signal.is_none() {
+                        // The store stopped listening: polling goes on alone.
+                        signals = None;
+                    }
+                }
             }
         }
         // Draining: no new kick-offs; running units stop at their next checkpoint (the end of
@@ -793,4 +802,12 @@ async fn write_error_file(ctx: &JobContext, notes: &[Note]) -> Result<FileEntry,
         kind: FileKind::Error,
         continues_in: None,
     })
+}
+
+/// The next wake-up from the store's other nodes; pending for ever when there are none.
+async fn next_signal(signals: &mut Option<tokio::sync::mpsc::Receiver<()>>) -> Option<()> {
+    match signals {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
+    }
 }

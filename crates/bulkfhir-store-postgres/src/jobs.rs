@@ -83,8 +83,22 @@ fn lease_end(now: Instant, lease: Duration) -> i64 {
     now.as_micros().saturating_add(i64::try_from(lease.as_micros()).unwrap_or(i64::MAX))
 }
 
+/// The channel on which nodes tell each other there may be export work (`LISTEN` in
+/// [`PostgresStore::listen_for_work`]).
+pub(crate) const WORK_CHANNEL: &str = "bulkfhir_export_work";
+
+/// Tells the nodes listening on [`WORK_CHANNEL`] to look for work; PostgreSQL delivers it when
+/// `tx` commits, and not at all if it rolls back.
+async fn notify_work(tx: &tokio_postgres::Transaction<'_>) -> Result<(), tokio_postgres::Error> {
+    tx.batch_execute(&format!("NOTIFY {WORK_CHANNEL}")).await
+}
+
 #[async_trait]
 impl JobStore for PostgresStore {
+    fn work_signals(&self) -> Option<tokio::sync::mpsc::Receiver<()>> {
+        Some(self.listen_for_work())
+    }
+
     async fn create(&self, job: NewJob, max_active: usize) -> Result<(), StoreError> {
         let sql = |e| pg_error("create an export job", e);
         let mut client = self.client("create an export job").await?;
@@ -125,6 +139,7 @@ impl JobStore for PostgresStore {
         )
         .await
         .map_err(sql)?;
+        notify_work(&tx).await.map_err(sql)?;
         tx.commit().await.map_err(sql)
     }
 
@@ -197,6 +212,8 @@ impl JobStore for PostgresStore {
         .await
         .map_err(sql)?;
         let mut job = get_job(&tx, &JobId::parse(&id).unwrap_or_default()).await?;
+        // Its units can be helped with now: the other nodes look at once.
+        notify_work(&tx).await.map_err(sql)?;
         tx.commit().await.map_err(sql)?;
         job.taken_over_from = previous_owner.filter(|previous| previous != owner);
         Ok(Some(job))
@@ -322,6 +339,11 @@ impl JobStore for PostgresStore {
                  WHERE job_id = $1 AND idx = $2 AND lease_owner = $3 AND NOT done",
                 &[&id.as_str(), &unit, &owner],
             )
+            .await
+            .map_err(|e| pg_error("release an export unit lease", e))?;
+        // Another node may take it over now, rather than when its lease would have run out.
+        client
+            .batch_execute(&format!("NOTIFY {WORK_CHANNEL}"))
             .await
             .map_err(|e| pg_error("release an export unit lease", e))?;
         Ok(())

@@ -9,7 +9,7 @@
 //! The ops of a call are planned in memory against the current versions of the ids they touch
 //! (one query for all of them), then written with binary `COPY`.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use bulkfhir_model::{Instant, ResourceId, ResourceType};
@@ -58,6 +58,19 @@ pub struct PostgresStore {
 struct Inner {
     pool: Pool,
     sequencing: Sequencing,
+    /// How to open a connection of its own (for `LISTEN`).
+    listen: Listen,
+}
+
+/// The settings of [`PostgresStore::listen_for_work`]'s connection.
+#[derive(Clone)]
+struct Listen(tokio_postgres::Config, rustls_tokio_postgres::MakeRustlsConnect);
+
+impl std::fmt::Debug for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Nothing of the settings: they hold the database password.
+        f.write_str("Listen { .. }")
+    }
 }
 
 impl PostgresStore {
@@ -85,6 +98,7 @@ impl PostgresStore {
     }
 
     async fn open(url: DatabaseUrl, sequencing: Sequencing) -> Result<Self, StoreError> {
+        let listen = Listen(url.config.clone(), url.tls.clone());
         let manager = Manager::from_config(
             url.config,
             url.tls,
@@ -94,7 +108,7 @@ impl PostgresStore {
             .max_size(POOL_SIZE)
             .build()
             .map_err(|e| StoreError::backend("build the PostgreSQL connection pool", e))?;
-        let store = PostgresStore { inner: Arc::new(Inner { pool, sequencing }) };
+        let store = PostgresStore { inner: Arc::new(Inner { pool, sequencing, listen }) };
         let mut client = store.client("connect to PostgreSQL").await?;
         schema::migrate(&mut client).await?;
         if sequencing == Sequencing::NaiveSequence {
@@ -104,6 +118,33 @@ impl PostgresStore {
                 .map_err(|e| pg_error("create the naive sequence", e))?;
         }
         Ok(store)
+    }
+
+    /// A connection of its own that `LISTEN`s on the work channel and turns each notification
+    /// into a message on the returned channel (capacity 1, so wake-ups coalesce). After
+    /// (re)connecting it sends one message at once, for what it may have missed. It reconnects
+    /// after an error, waiting 0.5 s and then twice as long each time up to 30 s, and ends when
+    /// the receiver is dropped.
+    pub(crate) fn listen_for_work(&self) -> tokio::sync::mpsc::Receiver<()> {
+        let (sender, receiver) = tokio::sync::mpsc::channel(1);
+        let Listen(config, tls) = self.inner.listen.clone();
+        tokio::spawn(async move {
+            let mut pause = Duration::from_millis(500);
+            while !sender.is_closed() {
+                match listen_once(&config, tls.clone(), &sender).await {
+                    Ok(()) => return,
+                    Err(error) => {
+                        tracing::warn!(%error, "listening for export work from other nodes");
+                        tokio::select! {
+                            () = tokio::time::sleep(pause) => {}
+                            () = sender.closed() => return,
+                        }
+                        pause = (pause * 2).min(Duration::from_secs(30));
+                    }
+                }
+            }
+        });
+        receiver
     }
 
     /// Whether the server sees this store's connections as encrypted (`pg_stat_ssl`), for the
@@ -937,4 +978,39 @@ async fn schema_exists_on(
         .await
         .map_err(|e| pg_error("look up a schema", e))?;
     Ok(row.get(0))
+}
+
+/// One `LISTEN` session (see [`PostgresStore::listen_for_work`]): `Ok` when the receiver is
+/// gone, an error text when the connection failed or ended.
+async fn listen_once(
+    config: &tokio_postgres::Config,
+    tls: rustls_tokio_postgres::MakeRustlsConnect,
+    sender: &tokio::sync::mpsc::Sender<()>,
+) -> Result<(), String> {
+    use futures::StreamExt as _;
+    let (client, mut connection) = config.connect(tls).await.map_err(|e| e.to_string())?;
+    let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+    let listen = format!("LISTEN {}", crate::jobs::WORK_CHANNEL);
+    let listen = client.batch_execute(&listen);
+    tokio::pin!(listen);
+    let mut listening = false;
+    loop {
+        tokio::select! {
+            result = &mut listen, if !listening => {
+                result.map_err(|e| e.to_string())?;
+                listening = true;
+                let _ = sender.try_send(());
+            }
+            message = messages.next() => match message {
+                // A full channel already holds a wake-up.
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
+                    let _ = sender.try_send(());
+                }
+                Some(Ok(_)) => {}
+                Some(Err(error)) => return Err(error.to_string()),
+                None => return Err("the connection ended".to_owned()),
+            },
+            () = sender.closed() => return Ok(()),
+        }
+    }
 }

@@ -203,6 +203,15 @@ pub struct JobQuery {
 /// - Times are passed in (`now`), so leases can be tested without waiting.
 #[async_trait]
 pub trait JobStore: Send + Sync + fmt::Debug {
+    /// Wake-ups for a runner when another node, sharing this store, may have made work for it:
+    /// a job created, or claimed (its units can then be helped with), or a unit released. Each
+    /// message is only a hint to look now rather than at the next poll; a runner still polls,
+    /// and a missed or coalesced message costs only that wait. `None` (the default) when no
+    /// other node writes to the store: the runner's own wake-ups suffice.
+    fn work_signals(&self) -> Option<tokio::sync::mpsc::Receiver<()>> {
+        None
+    }
+
     /// Stores a new `accepted` job with its units.
     async fn create(&self, job: NewJob, max_active: usize) -> Result<(), StoreError>;
 

@@ -34,6 +34,49 @@ fn line_counts(dir: &Path) -> BTreeMap<String, usize> {
     counts
 }
 
+/// Generates `patients` patients into `work/generated` and loads them into the database at
+/// `url`; the resources per type.
+fn generate_and_load(
+    work: &Path,
+    url: &str,
+    patients: &str,
+    seed: &str,
+) -> BTreeMap<String, usize> {
+    let generated = work.join("generated");
+    let out = generated.to_str().unwrap();
+    bulkfhir_ok(&["generate", "--patients", patients, "--seed", seed, "--out", out]);
+    let expected = line_counts(&generated);
+    let total: usize = expected.values().sum();
+    let loader = work.join("loader");
+    let loaded =
+        bulkfhir_ok(&["load", "--database", url, "--data-dir", loader.to_str().unwrap(), out]);
+    assert!(loaded.contains(&format!("loaded {total} resources")), "{loaded}");
+    expected
+}
+
+/// The export folder every node shares, created in `work`, and its `--export-store` URL.
+fn shared_folder(work: &Path) -> (std::path::PathBuf, String) {
+    let shared = work.join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let store = format!("file://{}", shared.display());
+    (shared, store)
+}
+
+/// Kicks off a system export at `base`: its status URL and job id.
+async fn kick_off(client: &reqwest::Client, base: &str) -> (String, String) {
+    let response = client
+        .get(format!("{base}/$export"))
+        .header("accept", "application/fhir+json")
+        .header("prefer", "respond-async")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    let status = response.headers()["content-location"].to_str().unwrap().to_owned();
+    let job_id = status.rsplit('/').next().unwrap().to_owned();
+    (status, job_id)
+}
+
 fn node_id(data_dir: &Path) -> String {
     std::fs::read_to_string(data_dir.join("node-id")).unwrap().trim().to_owned()
 }
@@ -42,7 +85,6 @@ fn node_id(data_dir: &Path) -> String {
 async fn three_nodes_share_one_export_and_a_killed_node_loses_nothing() {
     let work = tempfile::tempdir().unwrap();
     let url = TestCluster::get().database();
-    let generated = work.path().join("generated");
     // 160 patients (about 60,000 resources) in CI; BULKFHIR_MULTINODE_PATIENTS=2674 makes it
     // the million.
     let patients =
@@ -50,32 +92,11 @@ async fn three_nodes_share_one_export_and_a_killed_node_loses_nothing() {
     // At the large size there is time to let node C finish a part before it is killed, so
     // that every node's work is in the manifest.
     let all_three = patients != "160";
-    bulkfhir_ok(&[
-        "generate",
-        "--patients",
-        &patients,
-        "--seed",
-        "11",
-        "--out",
-        generated.to_str().unwrap(),
-    ]);
-    let expected = line_counts(&generated);
+    let expected = generate_and_load(work.path(), &url, &patients, "11");
     let total: usize = expected.values().sum();
-    let loader_dir = work.path().join("loader");
-    let loaded = bulkfhir_ok(&[
-        "load",
-        "--database",
-        &url,
-        "--data-dir",
-        loader_dir.to_str().unwrap(),
-        generated.to_str().unwrap(),
-    ]);
-    assert!(loaded.contains(&format!("loaded {total} resources")), "{loaded}");
 
     // Three nodes, each with a data directory of its own, on one database and one folder.
-    let shared = work.path().join("shared");
-    std::fs::create_dir_all(&shared).unwrap();
-    let store = format!("file://{}", shared.display());
+    let (shared, store) = shared_folder(work.path());
     let flags = [
         "--database",
         &url,
@@ -101,16 +122,7 @@ async fn three_nodes_share_one_export_and_a_killed_node_loses_nothing() {
 
     // Kick off on A, poll on B.
     let client = reqwest::Client::new();
-    let response = client
-        .get(format!("{}/$export", a.base))
-        .header("accept", "application/fhir+json")
-        .header("prefer", "respond-async")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 202);
-    let status_on_a = response.headers()["content-location"].to_str().unwrap().to_owned();
-    let job_id = status_on_a.rsplit('/').next().unwrap().to_owned();
+    let (status_on_a, job_id) = kick_off(&client, &a.base).await;
     let status_on_b = status_on_a.replace(&a.base, &b.base);
     assert_ne!(status_on_a, status_on_b);
     let units = psql(&url, &format!("SELECT count(*) FROM export_unit WHERE job_id = '{job_id}'"));
@@ -316,4 +328,53 @@ async fn a_token_issued_by_one_node_is_accepted_by_another() {
     }
     let anonymous = client.get(format!("{}/Patient", b.base)).send().await.unwrap();
     assert_eq!(anonymous.status().as_u16(), 401, "and node B still checks tokens");
+}
+
+/// Nodes hear of each other's work at once (PostgreSQL `LISTEN`/`NOTIFY`), not at their next
+/// poll: with polls a minute apart, node B starts on the parts of an export kicked off on node A
+/// within seconds. Without the notifications it could not start before the minute is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_helps_with_another_nodes_export_as_soon_as_it_is_kicked_off() {
+    let work = tempfile::tempdir().unwrap();
+    let url = TestCluster::get().database();
+    generate_and_load(work.path(), &url, "60", "7");
+    let (_, store) = shared_folder(work.path());
+    let flags = [
+        "--database",
+        &url,
+        "--export-store",
+        &store,
+        "--export-file-resources",
+        "200",
+        "--export-key-range",
+        "2000",
+        "--export-parallelism",
+        "1",
+        "--export-poll-ms",
+        "60000",
+    ];
+    let dirs: Vec<_> = ["a", "b"].iter().map(|n| work.path().join(n)).collect();
+    let a = BinaryServer::start_with(&dirs[0], None, &flags).await;
+    let b = BinaryServer::start_with(&dirs[1], None, &flags).await;
+    let b_id = node_id(&dirs[1]);
+    // Both runners have looked once at start-up and now wait a minute, or for a notification.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let kicked_off = std::time::Instant::now();
+    let (_, job_id) = kick_off(&reqwest::Client::new(), &a.base).await;
+    let by_b = format!(
+        "SELECT count(*) FROM export_unit WHERE job_id = '{job_id}' AND lease_owner LIKE '{b_id}/%'"
+    );
+    loop {
+        if psql(&url, &by_b)[0] != "0" {
+            break;
+        }
+        assert!(
+            kicked_off.elapsed() < Duration::from_secs(20),
+            "node B took no part of A's export within 20 s (it polls every 60 s)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("node B joined {:.2} s after the kick-off", kicked_off.elapsed().as_secs_f64());
+    drop((a, b));
 }
