@@ -110,17 +110,20 @@ fn take_tls_words(url: &str) -> (String, Option<String>, Option<String>) {
     if let Some((base, query)) = url.split_once('?')
         && (url.starts_with("postgres://") || url.starts_with("postgresql://"))
     {
+        // The other settings are kept as written: decoding and encoding them again would turn
+        // `%20` into `+`, which tokio-postgres does not read as a space.
         let mut kept = Vec::new();
-        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        for segment in query.split('&').filter(|segment| !segment.is_empty()) {
+            let Some((key, value)) = form_urlencoded::parse(segment.as_bytes()).next() else {
+                continue;
+            };
             match key.as_ref() {
                 "sslmode" => mode = Some(value.into_owned()),
                 "sslrootcert" => root = Some(value.into_owned()),
-                _ => kept.push((key.into_owned(), value.into_owned())),
+                _ => kept.push(segment),
             }
         }
-        let query: String = form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(kept.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .finish();
+        let query = kept.join("&");
         let rest = if query.is_empty() { base.to_owned() } else { format!("{base}?{query}") };
         return (rest, mode, root);
     }
@@ -224,9 +227,9 @@ mod tests {
     #[test]
     fn libpq_tls_words_are_taken_out_of_both_url_forms() {
         let (rest, mode, root) = take_tls_words(
-            "postgres://u:p@db.example:5432/fhir?sslmode=verify-full&application_name=b&sslrootcert=%2Fca.pem",
+            "postgres://u:p@db.example:5432/fhir?sslmode=verify-full&options=-c%20search_path%3Dx&sslrootcert=%2Fca.pem",
         );
-        assert_eq!(rest, "postgres://u:p@db.example:5432/fhir?application_name=b");
+        assert_eq!(rest, "postgres://u:p@db.example:5432/fhir?options=-c%20search_path%3Dx");
         assert_eq!((mode.as_deref(), root.as_deref()), (Some("verify-full"), Some("/ca.pem")));
         let (rest, mode, root) = take_tls_words("postgres://u@h/db?sslmode=require");
         assert_eq!(
