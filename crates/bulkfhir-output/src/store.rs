@@ -278,8 +278,16 @@ impl OutputStore {
     /// counted) and then the emptied directories, `prefix`'s own included. Uploads still running
     /// below `prefix` fail at `finish`. Deleting an empty or missing prefix returns 0.
     pub async fn delete_prefix(&self, prefix: &OutputKey) -> Result<u64, OutputError> {
-        self.abort_tracked(prefix).await?;
-        let locations = self.store.list(Some(&self.location(prefix))).map_ok(|meta| meta.location);
+        let listed: Vec<ObjectPath> = self
+            .store
+            .list(Some(&self.location(prefix)))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await
+            .map_err(|e| OutputError::from_backend(prefix, "list", e))?;
+        // Uploads still marked are aborted first, from the same listing.
+        self.abort_marked(listed.iter().filter(|location| tracked::is_marker(location))).await;
+        let locations = stream::iter(listed.into_iter().map(Ok));
         let mut deletions = self.store.delete_stream(locations.boxed());
         let mut deleted = 0;
         while let Some(deletion) = deletions.next().await {
@@ -312,13 +320,13 @@ impl OutputStore {
         self.clean_local(prefix, false).await
     }
 
-    /// Aborts the tracked uploads below `prefix` (see [`remove_incomplete`]); returns how many.
-    /// An upload that cannot be aborted now keeps its marker and is logged, not an error: the
-    /// next clean-up tries again.
+    /// Aborts the tracked uploads below `prefix` (see [`remove_incomplete`]).
     ///
     /// [`remove_incomplete`]: Self::remove_incomplete
-    async fn abort_tracked(&self, prefix: &OutputKey) -> Result<usize, OutputError> {
-        let Some(parts) = &self.parts else { return Ok(0) };
+    async fn abort_tracked(&self, prefix: &OutputKey) -> Result<(), OutputError> {
+        if self.parts.is_none() {
+            return Ok(());
+        }
         let markers: Vec<ObjectPath> = self
             .store
             .list(Some(&self.location(prefix)))
@@ -328,13 +336,17 @@ impl OutputStore {
             .try_collect()
             .await
             .map_err(|e| OutputError::from_backend(prefix, "list", e))?;
-        let mut aborted = 0;
-        for marker in &markers {
-            if tracked::abort_marked(parts.as_ref(), self.store.as_ref(), marker).await {
-                aborted += 1;
-            }
+        self.abort_marked(markers.iter()).await;
+        Ok(())
+    }
+
+    /// Aborts the uploads `markers` name, on a store with tracked uploads. One that cannot be
+    /// aborted now keeps its marker and is logged, not an error: the next clean-up tries again.
+    async fn abort_marked<'m>(&self, markers: impl Iterator<Item = &'m ObjectPath>) {
+        let Some(parts) = &self.parts else { return };
+        for marker in markers {
+            tracked::abort_marked(parts.as_ref(), self.store.as_ref(), marker).await;
         }
-        Ok(aborted)
     }
 
     fn location(&self, key: &OutputKey) -> ObjectPath {

@@ -95,12 +95,18 @@ impl TrackedUpload {
         Ok(Self { parts_store, store, location, marker, id, parts: Arc::default(), next_part: 0 })
     }
 
+    /// A marker that cannot be deleted now is left for the next clean-up, which finds the
+    /// upload gone and deletes it then.
     async fn drop_marker(&self) {
-        match self.store.delete(&self.marker).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            // Left for the next clean-up, which finds the upload gone and deletes it then.
-            Err(error) => tracing::warn!(marker = %self.marker, %error, "delete upload marker"),
-        }
+        delete_marker(self.store.as_ref(), &self.marker).await;
+    }
+}
+
+/// Deletes `marker` (already gone is fine); one that stays is logged.
+async fn delete_marker(store: &dyn ObjectStore, marker: &ObjectPath) {
+    match store.delete(marker).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+        Err(error) => tracing::warn!(%marker, %error, "delete upload marker"),
     }
 }
 
@@ -157,20 +163,15 @@ pub(crate) async fn abort_marked(
     parts_store: &dyn MultipartStore,
     store: &dyn ObjectStore,
     marker: &ObjectPath,
-) -> bool {
-    let Some(target) = target_of(marker) else { return false };
-    let id = match store.get(marker).await {
-        Ok(found) => match found.bytes().await {
-            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-            Err(error) => {
-                tracing::warn!(%marker, %error, "read upload marker");
-                return false;
-            }
-        },
-        Err(object_store::Error::NotFound { .. }) => return false,
+) {
+    let Some(target) = target_of(marker) else { return };
+    let read = async { store.get(marker).await?.bytes().await };
+    let id = match read.await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(object_store::Error::NotFound { .. }) => return,
         Err(error) => {
             tracing::warn!(%marker, %error, "read upload marker");
-            return false;
+            return;
         }
     };
     match parts_store.abort_multipart(&target, &id).await {
@@ -178,14 +179,8 @@ pub(crate) async fn abort_marked(
         Err(object_store::Error::NotFound { .. }) => {}
         Err(error) => {
             tracing::warn!(%target, %error, "abort interrupted upload; kept its marker");
-            return false;
+            return;
         }
     }
-    match store.delete(marker).await {
-        Ok(()) | Err(object_store::Error::NotFound { .. }) => true,
-        Err(error) => {
-            tracing::warn!(%marker, %error, "delete upload marker");
-            false
-        }
-    }
+    delete_marker(store, marker).await;
 }

@@ -219,16 +219,32 @@ async fn expiry_deletes_the_objects(
 fn azure_blobs(endpoint: &str, prefix: &str) -> usize {
     let script = format!(
         "import sys\nfrom azure.storage.blob import BlobServiceClient\n\
-         c = BlobServiceClient.from_connection_string('DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;BlobEndpoint={endpoint}/devstoreaccount1')\n\
-         print(sum(1 for _ in c.get_container_client('exports').list_blobs(name_starts_with=sys.argv[1])))\n"
+         c = BlobServiceClient.from_connection_string('{}')\n\
+         print(sum(1 for _ in c.get_container_client('exports').list_blobs(name_starts_with=sys.argv[1])))\n",
+        azurite_connection(&format!("{endpoint}/devstoreaccount1"))
     );
+    python_counts(&script, &[prefix])[0]
+}
+
+/// Azurite's well-known development account, with its blob endpoint.
+fn azurite_connection(blob_endpoint: &str) -> String {
+    format!(
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;BlobEndpoint={blob_endpoint}"
+    )
+}
+
+/// Runs `script` with `args` in the clients' Python (which has the clouds' SDKs) and reads the
+/// numbers it prints.
+fn python_counts(script: &str, args: &[&str]) -> Vec<usize> {
     let output = Command::new(clients_dir().join("venv/bin/python"))
-        .args(["-c", &script, prefix])
+        .arg("-c")
+        .arg(script)
+        .args(args)
         .output()
         .expect("run python");
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{text}{}", String::from_utf8_lossy(&output.stderr));
-    text.trim().parse().expect("a count")
+    text.split_whitespace().map(|n| n.parse().expect("a count")).collect()
 }
 
 /// A signed URL works, then stops working once it expires (`--signed-url-secs 8`).
@@ -594,10 +610,10 @@ fn azurite() -> &'static str {
             "--disableTelemetry".into(),
         ];
         spawn_for_the_process(azurite, args, &dir.join("azurite.log"), &[]);
-        let endpoint = format!("http://127.0.0.1:{port}/devstoreaccount1");
+        let connection = azurite_connection(&format!("http://127.0.0.1:{port}/devstoreaccount1"));
         let script = format!(
             "import time\nfrom azure.storage.blob import BlobServiceClient\n\
-             c = BlobServiceClient.from_connection_string('DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;BlobEndpoint={endpoint}')\n\
+             c = BlobServiceClient.from_connection_string('{connection}')\n\
              for i in range(120):\n    try:\n        c.create_container('exports'); break\n    except Exception as e:\n        if 'ContainerAlreadyExists' in str(e): break\n        time.sleep(0.25)\nelse:\n    raise SystemExit('no container')\n"
         );
         let status = Command::new(clients.join("venv/bin/python")).args(["-c", &script]).status().unwrap();
@@ -749,13 +765,7 @@ fn s3_listing(endpoint: &str, prefix: &str) -> (usize, usize) {
         o = c.list_objects_v2(Bucket=sys.argv[4], Prefix=sys.argv[5])\n\
         u = c.list_multipart_uploads(Bucket=sys.argv[4], Prefix=sys.argv[5])\n\
         print(len(o.get('Contents', [])), len(u.get('Uploads', [])))\n";
-    let output = Command::new(clients_dir().join("venv/bin/python"))
-        .args(["-c", script, endpoint, KEY_ID, SECRET, BUCKET, prefix])
-        .output()
-        .expect("run python");
-    let text = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{text}{}", String::from_utf8_lossy(&output.stderr));
-    let counts: Vec<usize> = text.split_whitespace().map(|n| n.parse().expect("a count")).collect();
+    let counts = python_counts(script, &[endpoint, KEY_ID, SECRET, BUCKET, prefix]);
     (counts[0], counts[1])
 }
 

@@ -11,7 +11,7 @@ use std::{
 use bulkfhir_store_postgres::testing::TestCluster;
 use serde_json::Value;
 
-use crate::common::{BinaryServer, body_json, bulkfhir_ok};
+use crate::common::{BinaryServer, TestServer, body_json, bulkfhir_ok};
 
 /// Rows of a query, one string per row (columns joined by `|`), through psql.
 fn psql(url: &str, query: &str) -> Vec<String> {
@@ -62,17 +62,10 @@ fn shared_folder(work: &Path) -> (std::path::PathBuf, String) {
     (shared, store)
 }
 
-/// Kicks off a system export at `base`: its status URL and job id.
+/// Kicks off a system export on the node at `base`: its status URL and job id.
 async fn kick_off(client: &reqwest::Client, base: &str) -> (String, String) {
-    let response = client
-        .get(format!("{base}/$export"))
-        .header("accept", "application/fhir+json")
-        .header("prefer", "respond-async")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 202);
-    let status = response.headers()["content-location"].to_str().unwrap().to_owned();
+    let status =
+        crate::export::kick(&TestServer::client_only(base, client.clone()), "$export").await;
     let job_id = status.rsplit('/').next().unwrap().to_owned();
     (status, job_id)
 }
@@ -168,20 +161,16 @@ async fn three_nodes_share_one_export_and_a_killed_node_loses_nothing() {
             c.kill();
             // C may have finished one of them between the query and its death (a few ms): the
             // parts C left half-way are those still not done now that it cannot write.
-            let mut left: Vec<i32> = Vec::new();
-            for idx in halfway {
-                let done: bool = db
-                    .query_one(
-                        "SELECT done FROM export_unit WHERE job_id = $1 AND idx = $2",
-                        &[&job_id, &idx],
-                    )
-                    .await
-                    .unwrap()
-                    .get(0);
-                if !done {
-                    left.push(idx);
-                }
-            }
+            let left: Vec<i32> = db
+                .query(
+                    "SELECT idx FROM export_unit WHERE job_id = $1 AND idx = ANY($2) AND NOT done",
+                    &[&job_id, &halfway],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|row| row.get(0))
+                .collect();
             assert!(!left.is_empty(), "C finished every part it held just before the kill");
             break left;
         }

@@ -1424,14 +1424,18 @@ fn leaf_value<'a>(
         Expr::Resource => vec![Item::borrowed(env.resource, None)],
         Expr::Member(name) => {
             let mut out = Vec::new();
+            // Only a capitalised name can be a type; element names start in lower case.
+            let capitalised = name.starts_with(|c: char| c.is_ascii_uppercase());
             for item in focus {
-                let resource_type = item.json().get("resourceType").and_then(Value::as_str);
-                let is_type_prefix = name.starts_with(|c: char| c.is_ascii_uppercase())
-                    && (resource_type == Some(name.as_str())
+                let names_the_focus = || {
+                    let resource_type = item.json().get("resourceType").and_then(Value::as_str);
+                    resource_type == Some(name.as_str())
                         || env.typed && item.ty == Some(name.as_str())
                         || resource_type.is_some()
-                            && matches!(name.as_str(), "Resource" | "DomainResource"))
-                    && item.json().get(name.as_str()).is_none();
+                            && matches!(name.as_str(), "Resource" | "DomainResource")
+                };
+                let is_type_prefix =
+                    capitalised && names_the_focus() && item.json().get(name.as_str()).is_none();
                 if is_type_prefix {
                     out.push(item.clone());
                 } else {

@@ -408,17 +408,7 @@ fn parse_run(body: Option<&[u8]>, query: &str) -> Result<RunRequest, ApiError> {
                 }
                 run.resources.push(value.clone());
             }
-            "patient" => {
-                let reference = match reference_text(&value) {
-                    Some(reference) => reference,
-                    None => text()?,
-                };
-                let id = reference.strip_prefix("Patient/").unwrap_or(&reference);
-                run.patient = Some(ResourceId::parse(id).map_err(|_| {
-                    ApiError::invalid(format!("patient '{reference}' is not Patient/[id]"))
-                        .at("patient")
-                })?);
-            }
+            "patient" => run.patient = Some(reference_id(&value, "Patient", "patient")?),
             "_since" => {
                 let since = text()?;
                 run.since = Some(
@@ -426,16 +416,7 @@ fn parse_run(body: Option<&[u8]>, query: &str) -> Result<RunRequest, ApiError> {
                         .map_err(|e| ApiError::invalid(format!("_since: {e}")).at("_since"))?,
                 );
             }
-            "group" => {
-                let reference = match reference_text(&value) {
-                    Some(reference) => reference,
-                    None => text()?,
-                };
-                let id = reference.strip_prefix("Group/").unwrap_or(&reference);
-                run.groups.push(ResourceId::parse(id).map_err(|_| {
-                    ApiError::invalid(format!("group '{reference}' is not Group/[id]")).at("group")
-                })?);
-            }
+            "group" => run.groups.push(reference_id(&value, "Group", "group")?),
             "source" => {
                 return Err(ApiError::invalid(
                     "source is not supported: this server runs views over its own data or the \
@@ -449,6 +430,20 @@ fn parse_run(body: Option<&[u8]>, query: &str) -> Result<RunRequest, ApiError> {
         }
     }
     Ok(run)
+}
+
+/// The id of parameter `name`, a reference to a `resource_type` (a `valueReference`, or its
+/// text: `Type/[id]` or the bare id).
+fn reference_id(value: &Value, resource_type: &str, name: &str) -> Result<ResourceId, ApiError> {
+    let reference = match value {
+        Value::Number(_) | Value::Bool(_) => Some(value.to_string()),
+        _ => reference_text(value),
+    }
+    .ok_or_else(|| ApiError::invalid(format!("parameter {name} has no usable value")).at(name))?;
+    let id = reference.strip_prefix(resource_type).and_then(|r| r.strip_prefix('/'));
+    ResourceId::parse(id.unwrap_or(&reference)).map_err(|_| {
+        ApiError::invalid(format!("{name} '{reference}' is not {resource_type}/[id]")).at(name)
+    })
 }
 
 /// A `valueReference`'s `reference`, or the text of a query parameter.
