@@ -145,7 +145,7 @@ impl Destination {
                         .with_allow_http(endpoint.starts_with("http://"));
                 }
                 let s3 = Arc::new(builder.build().map_err(built)?);
-                Ok(cloud(s3, prefix).with_label(&self.url))
+                cloud_with_uploads(s3, prefix, &self.url)
             }
             Kind::Gcs { bucket, prefix } => {
                 let mut builder = GoogleCloudStorageBuilder::from_env()
@@ -155,7 +155,7 @@ impl Destination {
                     builder = builder.with_service_account_path(path);
                 }
                 let gcs = Arc::new(builder.build().map_err(built)?);
-                Ok(cloud(gcs, prefix).with_label(&self.url))
+                cloud_with_uploads(gcs, prefix, &self.url)
             }
             Kind::Azure { container, prefix } => {
                 let azure = Arc::new(
@@ -211,12 +211,19 @@ impl DestinationPolicy {
     }
 }
 
-/// A cloud store: S3 and GCS need parts of at least 5 MiB, so the default 8 MiB parts stay; its
-/// uploads are tracked, so a crash cannot orphan one.
-fn cloud<S: ObjectStore + MultipartStore + Signer>(store: Arc<S>, prefix: &str) -> OutputStore {
-    OutputStore::from_object_store(store.clone(), prefix)
-        .with_signer(store.clone())
-        .with_tracked_uploads(store)
+/// A cloud store: S3 and GCS need parts of at least 5 MiB, so the default 8 MiB parts stay.
+fn cloud<S: ObjectStore + Signer>(store: Arc<S>, prefix: &str) -> OutputStore {
+    OutputStore::from_object_store(store.clone(), prefix).with_signer(store)
+}
+
+/// A cloud store whose uploads in progress can be listed and aborted (S3, GCS), so that a crash
+/// cannot orphan one.
+fn cloud_with_uploads<S: ObjectStore + MultipartStore + Signer>(
+    store: Arc<S>,
+    prefix: &str,
+    label: &str,
+) -> Result<OutputStore, OutputError> {
+    cloud(store.clone(), prefix).with_label(label).with_upload_clean_up(store.clone(), store)
 }
 
 #[cfg(test)]

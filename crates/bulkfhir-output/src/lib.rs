@@ -27,11 +27,10 @@
 //! - **Listing** shows complete objects only, never uploads in progress or interrupted.
 //! - **Leftovers.** The local filesystem stages an upload as `<file>#<n>` next to its
 //!   destination; a crash leaves that file behind, hidden from `list`. Cloud stores keep
-//!   interrupted multipart uploads out of sight of the object store API, so with
-//!   [`OutputStore::with_tracked_uploads`] each upload's id is kept in a marker object
-//!   `<file>#upload` (hidden from `list`) until it is completed or aborted.
-//!   [`OutputStore::remove_incomplete`] (before resuming a job) and [`OutputStore::delete_prefix`]
-//!   remove staged files and abort the uploads markers name.
+//!   interrupted multipart uploads out of sight of the object store API; with
+//!   [`OutputStore::with_upload_clean_up`] (S3, GCS) they are listed by prefix with the bucket's
+//!   own `ListMultipartUploads`. [`OutputStore::remove_incomplete`] (before resuming a job) and
+//!   [`OutputStore::delete_prefix`] remove staged files and abort the uploads in progress.
 //! - **Errors.** Every failure is an [`OutputError`]; [`OutputError::kind`] gives the shared
 //!   [`bulkfhir_model::ErrorKind`].
 #![warn(missing_docs)]
@@ -40,7 +39,7 @@ mod destination;
 mod error;
 mod key;
 mod store;
-mod tracked;
+mod uploads;
 mod writer;
 
 pub use destination::{CloudOptions, Destination, DestinationPolicy};

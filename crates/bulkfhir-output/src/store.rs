@@ -10,7 +10,7 @@ use object_store::multipart::MultipartStore;
 use object_store::path::{Path as ObjectPath, PathPart};
 use object_store::{GetOptions, ObjectStore, ObjectStoreExt as _, signer::Signer};
 
-use crate::tracked::{self, TrackedUpload};
+use crate::uploads::Uploads;
 use crate::{Compression, FileWriter, OutputError, OutputKey};
 
 /// Default size of an uploaded part: 8 MiB.
@@ -23,8 +23,8 @@ pub struct OutputStore {
     store: Arc<dyn ObjectStore>,
     /// Signs download URLs, for stores that can (S3, GCS, Azure).
     signer: Option<Arc<dyn Signer>>,
-    /// The same store's multipart API, for stores whose uploads are tracked (see `tracked.rs`).
-    parts: Option<Arc<dyn MultipartStore>>,
+    /// Lists and aborts the bucket's uploads in progress, for stores whose API can (S3, GCS).
+    uploads: Option<Uploads>,
     /// What to call the store in messages: its URL for a bucket, "local disk" (never a path).
     label: String,
     /// Prepended to every key.
@@ -41,7 +41,7 @@ impl std::fmt::Debug for OutputStore {
             .field("store", &self.store.to_string())
             .field("prefix", &self.prefix)
             .field("signs_urls", &self.signer.is_some())
-            .field("tracks_uploads", &self.parts.is_some())
+            .field("aborts_uploads", &self.uploads.is_some())
             .finish()
     }
 }
@@ -66,7 +66,7 @@ impl OutputStore {
         Ok(Self {
             store: Arc::new(local),
             signer: None,
-            parts: None,
+            uploads: None,
             label: "local disk".to_owned(),
             prefix: ObjectPath::default(),
             local_root: Some(canonical_root),
@@ -74,23 +74,21 @@ impl OutputStore {
         })
     }
 
-    /// A store in memory, empty, for tests and throw-away servers; its uploads are tracked.
+    /// A store in memory, empty, for tests and throw-away servers.
     pub fn in_memory() -> Self {
-        let memory = Arc::new(InMemory::new());
-        Self::from_object_store(memory.clone(), "").with_tracked_uploads(memory)
+        Self::from_object_store(Arc::new(InMemory::new()), "")
     }
 
     /// A store over any object store (S3, Azure, GCS, ...), with every key placed below `prefix`
     /// (`/`-separated; empty for the bucket's root).
     ///
-    /// Incomplete uploads on such a store are not visible through `object_store`: give the same
-    /// store's multipart API to [`with_tracked_uploads`](Self::with_tracked_uploads) so that a
-    /// crash cannot orphan one.
+    /// Incomplete uploads on such a store are not visible through `object_store`: see
+    /// [`with_upload_clean_up`](Self::with_upload_clean_up) so that a crash cannot orphan one.
     pub fn from_object_store(store: Arc<dyn ObjectStore>, prefix: &str) -> Self {
         Self {
             store,
             signer: None,
-            parts: None,
+            uploads: None,
             label: "object store".to_owned(),
             prefix: ObjectPath::from(prefix),
             local_root: None,
@@ -98,16 +96,23 @@ impl OutputStore {
         }
     }
 
-    /// Uploads files through `parts` (the same bucket's client) and records each upload's id
-    /// next to its destination until it is completed or aborted, so that
-    /// [`remove_incomplete`](Self::remove_incomplete) and [`delete_prefix`](Self::delete_prefix)
-    /// can abort the uploads a crash interrupted. Where a backend cannot abort (Azure keeps
-    /// uncommitted blocks for seven days whatever is asked), the bucket's own expiry still
-    /// applies.
-    #[must_use]
-    pub fn with_tracked_uploads(mut self, parts: Arc<dyn MultipartStore>) -> Self {
-        self.parts = Some(parts);
-        self
+    /// Lets [`remove_incomplete`](Self::remove_incomplete) and
+    /// [`delete_prefix`](Self::delete_prefix) abort the multipart uploads in progress below their
+    /// prefix, which a crash would otherwise leave in the bucket: they are listed with a request
+    /// `signer` signs (S3's and GCS's `ListMultipartUploads`) and aborted through `parts` (both
+    /// the same bucket's client). Only for stores whose API lists uploads: Azure has no upload
+    /// to abort (uncommitted blocks expire after seven days whatever is asked).
+    pub fn with_upload_clean_up(
+        mut self,
+        signer: Arc<dyn Signer>,
+        parts: Arc<dyn MultipartStore>,
+    ) -> Result<Self, OutputError> {
+        let uploads = Uploads::new(signer, parts).map_err(|source| OutputError::Backend {
+            context: format!("open {}", self.label),
+            source,
+        })?;
+        self.uploads = Some(uploads);
+        Ok(self)
     }
 
     /// Lets the store sign download URLs with `signer` (the same bucket's client).
@@ -172,18 +177,11 @@ impl OutputStore {
         compression: Compression,
     ) -> Result<FileWriter, OutputError> {
         let location = self.location(key);
-        let upload: Box<dyn object_store::MultipartUpload> = match &self.parts {
-            Some(parts) => Box::new(
-                TrackedUpload::start(Arc::clone(parts), Arc::clone(&self.store), location)
-                    .await
-                    .map_err(|e| OutputError::from_backend(key, "start upload of", e))?,
-            ),
-            None => self
-                .store
-                .put_multipart(&location)
-                .await
-                .map_err(|e| OutputError::from_backend(key, "start upload of", e))?,
-        };
+        let upload = self
+            .store
+            .put_multipart(&location)
+            .await
+            .map_err(|e| OutputError::from_backend(key, "start upload of", e))?;
         Ok(FileWriter::new(key.clone(), upload, compression, self.part_size))
     }
 
@@ -256,7 +254,7 @@ impl OutputStore {
             .map_err(|e| OutputError::from_backend(prefix, "list", e))?;
         let mut files = Vec::with_capacity(metas.len());
         for meta in metas {
-            if meta.location == base || tracked::is_marker(&meta.location) {
+            if meta.location == base {
                 continue;
             }
             let Some(parts) = meta.location.prefix_match(&self.prefix) else { continue };
@@ -285,14 +283,13 @@ impl OutputStore {
             .try_collect()
             .await
             .map_err(|e| OutputError::from_backend(prefix, "list", e))?;
-        // Uploads still marked are aborted first, from the same listing.
-        self.abort_marked(listed.iter().filter(|location| tracked::is_marker(location))).await;
+        // Uploads in progress are aborted first: none can become an object after the deletion.
+        self.abort_uploads(prefix).await?;
         let locations = stream::iter(listed.into_iter().map(Ok));
         let mut deletions = self.store.delete_stream(locations.boxed());
         let mut deleted = 0;
         while let Some(deletion) = deletions.next().await {
             match deletion {
-                Ok(location) if tracked::is_marker(&location) => {}
                 Ok(_) => deleted += 1,
                 // Someone else deleted it first: the outcome is the same.
                 Err(object_store::Error::NotFound { .. }) => {}
@@ -311,42 +308,26 @@ impl OutputStore {
     /// objects; a job calls it when it resumes after a crash.
     ///
     /// On the local filesystem these are staged files; on a store with
-    /// [tracked uploads](Self::with_tracked_uploads), the multipart uploads whose markers remain
-    /// (each aborted, then its marker deleted). It also removes the uploads still running below
-    /// `prefix`, which then fail at `finish`, so call it only while no writer below `prefix` is
-    /// open.
+    /// [upload clean-up](Self::with_upload_clean_up), the multipart uploads in progress (each
+    /// aborted). It also removes the uploads still running below `prefix`, which then fail at
+    /// `finish`, so call it only while no writer below `prefix` is open.
     pub async fn remove_incomplete(&self, prefix: &OutputKey) -> Result<(), OutputError> {
-        self.abort_tracked(prefix).await?;
+        self.abort_uploads(prefix).await?;
         self.clean_local(prefix, false).await
     }
 
-    /// Aborts the tracked uploads below `prefix` (see [`remove_incomplete`]).
-    ///
-    /// [`remove_incomplete`]: Self::remove_incomplete
-    async fn abort_tracked(&self, prefix: &OutputKey) -> Result<(), OutputError> {
-        if self.parts.is_none() {
-            return Ok(());
-        }
-        let markers: Vec<ObjectPath> = self
-            .store
-            .list(Some(&self.location(prefix)))
-            .try_filter_map(|meta| async move {
-                Ok(tracked::is_marker(&meta.location).then_some(meta.location))
-            })
-            .try_collect()
+    /// Aborts the multipart uploads in progress below `prefix`, on a store that can list them
+    /// (see [`with_upload_clean_up`](Self::with_upload_clean_up)).
+    async fn abort_uploads(&self, prefix: &OutputKey) -> Result<(), OutputError> {
+        let Some(uploads) = &self.uploads else { return Ok(()) };
+        let aborted = uploads
+            .abort_below(&self.location(prefix))
             .await
-            .map_err(|e| OutputError::from_backend(prefix, "list", e))?;
-        self.abort_marked(markers.iter()).await;
-        Ok(())
-    }
-
-    /// Aborts the uploads `markers` name, on a store with tracked uploads. One that cannot be
-    /// aborted now keeps its marker and is logged, not an error: the next clean-up tries again.
-    async fn abort_marked<'m>(&self, markers: impl Iterator<Item = &'m ObjectPath>) {
-        let Some(parts) = &self.parts else { return };
-        for marker in markers {
-            tracked::abort_marked(parts.as_ref(), self.store.as_ref(), marker).await;
+            .map_err(|e| OutputError::from_backend(prefix, "abort the uploads below", e))?;
+        if aborted > 0 {
+            tracing::info!(%prefix, aborted, "interrupted uploads aborted");
         }
+        Ok(())
     }
 
     fn location(&self, key: &OutputKey) -> ObjectPath {

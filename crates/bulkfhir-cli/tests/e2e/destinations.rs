@@ -756,17 +756,80 @@ async fn an_export_to_s3_killed_half_way_completes_after_restart_exactly_once() 
 }
 
 /// The objects and the multipart uploads in progress below `prefix` in the bucket, as S3's
-/// ListObjectsV2 and ListMultipartUploads report them (through botocore, AWS's own client, with
-/// the test's credentials).
+/// ListObjectsV2 and ListMultipartUploads report them, every page (through botocore, AWS's own
+/// client, with the test's credentials).
 fn s3_listing(endpoint: &str, prefix: &str) -> (usize, usize) {
     let script = "import sys, botocore.session\n\
         c = botocore.session.get_session().create_client('s3', endpoint_url=sys.argv[1], \
         aws_access_key_id=sys.argv[2], aws_secret_access_key=sys.argv[3], region_name='us-east-1')\n\
-        o = c.list_objects_v2(Bucket=sys.argv[4], Prefix=sys.argv[5])\n\
-        u = c.list_multipart_uploads(Bucket=sys.argv[4], Prefix=sys.argv[5])\n\
-        print(len(o.get('Contents', [])), len(u.get('Uploads', [])))\n";
+        args = dict(Bucket=sys.argv[4], Prefix=sys.argv[5])\n\
+        o = sum(len(p.get('Contents', [])) for p in c.get_paginator('list_objects_v2').paginate(**args))\n\
+        u = sum(len(p.get('Uploads', [])) for p in c.get_paginator('list_multipart_uploads').paginate(**args))\n\
+        print(o, u)\n";
     let counts = python_counts(script, &[endpoint, KEY_ID, SECRET, BUCKET, prefix]);
     (counts[0], counts[1])
+}
+
+/// Uploads that a crash interrupts (their writers vanish without a word to the bucket) are found
+/// by the clean-ups through S3's own listing: `remove_incomplete` aborts those below its prefix
+/// only (not a sibling job's, not `j10`'s for `j1`), over more than one page of the listing, and
+/// keeps finished files; `delete_prefix` aborts the rest with the files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_a_crash_interrupts_are_listed_by_s3_and_aborted_below_their_prefix_only() {
+    use bulkfhir_output::{Compression, OutputKey, OutputStore};
+    use futures::StreamExt as _;
+    use std::sync::Arc;
+    let endpoint = seaweed();
+    let s3 = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(endpoint)
+        .with_allow_http(true)
+        .with_bucket_name(BUCKET)
+        .with_region("us-east-1")
+        .with_access_key_id(KEY_ID)
+        .with_secret_access_key(SECRET)
+        .build()
+        .unwrap();
+    let s3 = Arc::new(s3);
+    let root = format!("uploads/{}", uuid::Uuid::new_v4());
+    let store = OutputStore::from_object_store(s3.clone(), &root)
+        .with_signer(s3.clone())
+        .with_upload_clean_up(s3.clone(), s3)
+        .unwrap();
+    let key = |raw: &str| OutputKey::parse(raw).unwrap();
+    // One of j1's files is finished; the others are crashed: started, a little written, and
+    // their writers forgotten (as a SIGKILL would: no abort, no drop).
+    let mut done = store.create(&key("jobs/j1/Patient-1.ndjson"), Compression::None).await.unwrap();
+    done.write(b"{\"resourceType\":\"Patient\",\"id\":\"p1\"}\n").await.unwrap();
+    done.finish().await.unwrap();
+    let crashed = |raw: String| {
+        let store = store.clone();
+        async move {
+            let mut writer =
+                store.create(&key(&raw), Compression::Gzip { level: 1 }).await.unwrap();
+            writer.write(b"{\"resourceType\":\"Observation\"}\n").await.unwrap();
+            std::mem::forget(writer);
+        }
+    };
+    // More than one page (S3 lists at most 1,000 uploads per answer) below j1.
+    let names: Vec<String> = (0..1_003)
+        .map(|n| format!("jobs/j1/Observation-{n}.ndjson.gz"))
+        .chain(["jobs/j10/Patient-1.ndjson".to_owned(), "jobs/j2/Patient-1.ndjson".to_owned()])
+        .collect();
+    futures::stream::iter(names).map(crashed).buffer_unordered(32).collect::<Vec<()>>().await;
+    let below = |sub: &str| s3_listing(endpoint, &format!("{root}/{sub}"));
+    assert_eq!(below("jobs/j1/"), (1, 1_003), "j1: one file, the crashed uploads");
+    assert_eq!(below("jobs/j10/"), (0, 1));
+    assert_eq!(below("jobs/j2/"), (0, 1));
+
+    store.remove_incomplete(&key("jobs/j1")).await.unwrap();
+    assert_eq!(below("jobs/j1/"), (1, 0), "j1's uploads aborted, its file kept");
+    assert_eq!(below("jobs/j10/"), (0, 1), "a job whose id starts like j1's keeps its upload");
+    assert_eq!(below("jobs/j2/"), (0, 1), "another job keeps its upload");
+    let listed = store.list(&key("jobs/j1")).await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+
+    assert_eq!(store.delete_prefix(&key("jobs")).await.unwrap(), 1, "one file deleted");
+    assert_eq!(below(""), (0, 0), "nothing left below the store's prefix");
 }
 
 /// The multipart uploads in progress below `prefix` in the bucket.
