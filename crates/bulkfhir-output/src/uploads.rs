@@ -77,6 +77,11 @@ impl Uploads {
 
     /// One page of the uploads in progress whose keys are below the folder `prefix` (the
     /// first ones, up to [`PAGE`]), with their ids, and whether there are more.
+    ///
+    /// A bucket that refuses the listing (HTTP 403: the credentials lack
+    /// `s3:ListBucketMultipartUploads`; 405 or 501: a server without it) gives an empty page
+    /// and a warning: the clean-up is lost, not the export, and the bucket's lifecycle rule
+    /// still expires the uploads.
     async fn first_page(
         &self,
         prefix: &ObjectPath,
@@ -95,8 +100,16 @@ impl Uploads {
         let response = self.http.get(url).send().await.map_err(generic)?;
         let status = response.status();
         let body = response.text().await.map_err(generic)?;
+        let shown = || body.chars().take(300).collect::<String>();
+        if matches!(status.as_u16(), 403 | 405 | 501) {
+            tracing::warn!(
+                %prefix, %status, answer = %shown(),
+                "the bucket refuses to list uploads in progress: interrupted uploads are left to its lifecycle rule"
+            );
+            return Ok((Vec::new(), false));
+        }
         if !status.is_success() {
-            let shown: String = body.chars().take(300).collect();
+            let shown = shown();
             return Err(generic(format!("list uploads below {folder}: HTTP {status}: {shown}")));
         }
         let page: Page = quick_xml::de::from_str(&body)

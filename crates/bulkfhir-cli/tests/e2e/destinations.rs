@@ -790,10 +790,11 @@ async fn uploads_a_crash_interrupts_are_listed_by_s3_and_aborted_below_their_pre
         .build()
         .unwrap();
     let s3 = Arc::new(s3);
+    let s3_parts: Arc<dyn object_store::multipart::MultipartStore> = s3.clone();
     let root = format!("uploads/{}", uuid::Uuid::new_v4());
     let store = OutputStore::from_object_store(s3.clone(), &root)
         .with_signer(s3.clone())
-        .with_upload_clean_up(s3.clone(), s3)
+        .with_upload_clean_up(s3, s3_parts.clone())
         .unwrap();
     let key = |raw: &str| OutputKey::parse(raw).unwrap();
     // One of j1's files is finished; the others are crashed: started, a little written, and
@@ -801,15 +802,7 @@ async fn uploads_a_crash_interrupts_are_listed_by_s3_and_aborted_below_their_pre
     let mut done = store.create(&key("jobs/j1/Patient-1.ndjson"), Compression::None).await.unwrap();
     done.write(b"{\"resourceType\":\"Patient\",\"id\":\"p1\"}\n").await.unwrap();
     done.finish().await.unwrap();
-    let crashed = |raw: String| {
-        let store = store.clone();
-        async move {
-            let mut writer =
-                store.create(&key(&raw), Compression::Gzip { level: 1 }).await.unwrap();
-            writer.write(b"{\"resourceType\":\"Observation\"}\n").await.unwrap();
-            std::mem::forget(writer);
-        }
-    };
+    let crashed = |raw: String| crashed_in(&store, raw);
     // More than one page (S3 lists at most 1,000 uploads per answer) below j1.
     let names: Vec<String> = (0..1_003)
         .map(|n| format!("jobs/j1/Observation-{n}.ndjson.gz"))
@@ -830,6 +823,33 @@ async fn uploads_a_crash_interrupts_are_listed_by_s3_and_aborted_below_their_pre
 
     assert_eq!(store.delete_prefix(&key("jobs")).await.unwrap(), 1, "one file deleted");
     assert_eq!(below(""), (0, 0), "nothing left below the store's prefix");
+
+    // Credentials that may not list uploads (here: a signer with a wrong secret, so S3 answers
+    // 403): the clean-up leaves the upload and says so, and the job it serves goes on.
+    let refused = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(endpoint)
+        .with_allow_http(true)
+        .with_bucket_name(BUCKET)
+        .with_region("us-east-1")
+        .with_access_key_id(KEY_ID)
+        .with_secret_access_key("not-the-secret")
+        .build()
+        .unwrap();
+    let store = store.with_upload_clean_up(Arc::new(refused), s3_parts).unwrap();
+    crashed_in(&store, "jobs/j3/Patient-1.ndjson".to_owned()).await;
+    store.remove_incomplete(&key("jobs/j3")).await.expect("a refused listing is not an error");
+    assert_eq!(below("jobs/j3/"), (0, 1), "the upload stays for the bucket's lifecycle rule");
+    store.delete_prefix(&key("jobs/j3")).await.unwrap();
+}
+
+/// Starts a file under `raw`, writes a line and forgets the writer, as a SIGKILL would (no
+/// abort, no drop): its multipart upload stays in progress.
+async fn crashed_in(store: &bulkfhir_output::OutputStore, raw: String) {
+    let key = bulkfhir_output::OutputKey::parse(&raw).unwrap();
+    let mut writer =
+        store.create(&key, bulkfhir_output::Compression::Gzip { level: 1 }).await.unwrap();
+    writer.write(b"{\"resourceType\":\"Observation\"}\n").await.unwrap();
+    std::mem::forget(writer);
 }
 
 /// The multipart uploads in progress below `prefix` in the bucket.
