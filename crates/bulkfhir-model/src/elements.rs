@@ -812,8 +812,7 @@ mod tests {
     }
 
     fn unpack_small() -> PathBuf {
-        let archive =
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/synthea/small.tar.xz");
+        let archive = crate::manifest_dir().join("../../testdata/synthea/small.tar.xz");
         assert!(archive.is_file(), "vendored test data missing: {}", archive.display());
         let dir =
             std::env::temp_dir().join(format!("bulkfhir-elements-small-{}", std::process::id()));

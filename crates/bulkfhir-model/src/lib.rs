@@ -32,3 +32,11 @@ pub use instant::Instant;
 pub use prepare::{PreparedResource, ResourceRef};
 pub use resource_type::{IG_TYPES, ResourceType};
 pub use tenant::{MAX_TENANT_LEN, TenantName};
+
+#[cfg(test)]
+/// This crate's folder, as cargo tells the running test; the path compiled in is only the
+/// fallback (a build cache reused from another checkout points at a folder that may be gone).
+pub(crate) fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")), Into::into)
+}

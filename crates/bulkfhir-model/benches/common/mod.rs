@@ -1,7 +1,6 @@
 //! What the model crate's benchmarks share: the data they run on and the timing loop.
 
 use std::hint::black_box;
-use std::path::Path;
 use std::time::{Duration, Instant as Clock};
 
 /// How long each measurement runs (repeating the data set).
@@ -34,8 +33,7 @@ pub(crate) fn measure(
 
 /// The Observation lines of the medium set. Missing data is an error, not a skip.
 pub(crate) fn observations() -> Vec<Vec<u8>> {
-    let archive =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/synthea/medium.tar.xz");
+    let archive = manifest_dir().join("../../testdata/synthea/medium.tar.xz");
     assert!(archive.is_file(), "vendored data missing: {}", archive.display());
     let target = std::env::temp_dir().join(format!("bulkfhir-model-bench-{}", std::process::id()));
     std::fs::create_dir_all(&target).expect("temp dir");
@@ -51,4 +49,11 @@ pub(crate) fn observations() -> Vec<Vec<u8>> {
     let text = std::fs::read(target.join("Observation.ndjson")).expect("read Observation.ndjson");
     std::fs::remove_dir_all(&target).expect("remove temp dir");
     text.split(|&b| b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec).collect()
+}
+
+/// This crate's folder, as cargo tells the running test; the path compiled in is only the
+/// fallback (a build cache reused from another checkout points at a folder that may be gone).
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")), Into::into)
 }

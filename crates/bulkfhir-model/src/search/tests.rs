@@ -3,7 +3,7 @@
 //! against full evaluation, and property tests for panics.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use proptest::prelude::*;
@@ -599,7 +599,7 @@ fn the_precheck_sees_through_escapes() {
 /// The Synthea samples vendored in the repository (`testdata/synthea`). Missing data fails the
 /// test.
 fn synthea_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/synthea");
+    let dir = crate::manifest_dir().join("../../testdata/synthea");
     assert!(dir.join("small.tar.xz").is_file(), "the Synthea data is missing at {}", dir.display());
     dir
 }
