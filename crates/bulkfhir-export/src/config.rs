@@ -40,9 +40,6 @@ pub struct ExportConfig {
     /// A type whose versions span more than this many sequence numbers is exported as several
     /// key ranges at once (system level), so one large type can use every core.
     pub key_range_span: u64,
-    /// A Group (or `patient`) export reads a large type's member compartments in slices of at
-    /// least this many members at once (at most twice `unit_concurrency` slices).
-    pub min_members_per_slice: usize,
     /// The longest a signed download URL is valid (it never outlives the export's files, and
     /// S3 allows at most 7 days).
     pub max_signed_url: Duration,
@@ -69,7 +66,6 @@ impl Default for ExportConfig {
             max_retry_after: Duration::from_secs(30),
             files_per_manifest_page: 500,
             key_range_span: 50_000,
-            min_members_per_slice: 64,
             max_signed_url: Duration::from_secs(7 * 24 * 3600),
             destinations: bulkfhir_output::DestinationPolicy::default(),
         }

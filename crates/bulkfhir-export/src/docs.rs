@@ -121,18 +121,10 @@ pub(crate) enum UnitSpec {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         view: Option<u32>,
     },
-    /// The compartments of the plan's members, for one type: of members `first..end` (`end`
-    /// absent: to the last), so that a large type is read in several slices at once (`part`
-    /// from 1, as a scan's key ranges; part 0 is every member).
+    /// The compartments of the plan's members, for one type.
     Members {
         resource_type: String,
         after_seq: u64,
-        #[serde(default)]
-        part: u32,
-        #[serde(default)]
-        first: usize,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        end: Option<usize>,
         /// As in `Scan`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         view: Option<u32>,

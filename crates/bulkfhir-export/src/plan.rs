@@ -14,7 +14,7 @@ use bulkfhir_store::{ResourceStore, Snapshot};
 use serde::Deserialize;
 
 use crate::{
-    ExportConfig, ExportError,
+    ExportError,
     docs::{CompartmentScope, Note, Plan, ProvenanceScope, SupportingTypes, UnitSpec},
 };
 
@@ -26,10 +26,9 @@ pub(crate) async fn plan(
     store: &dyn ResourceStore,
     request: &ExportRequest,
     snapshot: Snapshot,
-    config: &ExportConfig,
+    key_range_span: u64,
     lenient: bool,
 ) -> Result<(Plan, Vec<UnitSpec>), ExportError> {
-    let key_range_span = config.key_range_span;
     let since_seq = match request.since {
         Some(since) => store.seq_at(since).await?,
         None => 0,
@@ -171,7 +170,11 @@ pub(crate) async fn plan(
                     view: None,
                 });
             } else {
-                units.extend(member_slices(&name, since_seq, plan.members.len(), config));
+                units.push(UnitSpec::Members {
+                    resource_type: name.clone(),
+                    after_seq: since_seq,
+                    view: None,
+                });
             }
             if request.since.is_some() {
                 units.push(UnitSpec::DeletedMembers { resource_type: name, after_seq: since_seq });
@@ -220,41 +223,6 @@ async fn has_at_most(
     };
     let page = store.scan(snapshot, resource_type, options).await?;
     Ok(page.resources.len() <= limit)
-}
-
-/// `Members` units reading `resource_type` in the compartments of `n_members` members: one
-/// unit for a small Group, else slices of consecutive members (parts from 1; at least
-/// `config.min_members_per_slice` members each, at most twice as many slices as units run at
-/// once) that run at once, so that a large type uses every core instead of finishing alone.
-/// Each resource is still written once: by the slice holding the first member whose
-/// compartment holds it.
-fn member_slices(
-    resource_type: &str,
-    after_seq: u64,
-    n_members: usize,
-    config: &ExportConfig,
-) -> Vec<UnitSpec> {
-    let max_parts = config.unit_concurrency.saturating_mul(2).max(1);
-    let n_parts = (n_members / config.min_members_per_slice.max(1)).clamp(1, max_parts);
-    let unit = |part: u32, first: usize, end: Option<usize>| UnitSpec::Members {
-        resource_type: resource_type.to_owned(),
-        after_seq,
-        part,
-        first,
-        end,
-        view: None,
-    };
-    if n_parts == 1 {
-        return vec![unit(0, 0, None)];
-    }
-    let step = n_members.div_ceil(n_parts);
-    (0..n_parts)
-        .map(|i| {
-            let part = u32::try_from(i + 1).unwrap_or(u32::MAX);
-            unit(part, i * step, Some(((i + 1) * step).min(n_members)))
-        })
-        .filter(|u| matches!(u, UnitSpec::Members { first, end: Some(end), .. } if first < end))
-        .collect()
 }
 
 /// Members per `Blocks` unit.
@@ -419,38 +387,7 @@ fn type_names(request: &ExportRequest) -> Option<Vec<String>> {
 
 #[cfg(test)]
 mod tests {
-    use super::{ExportConfig, UnitSpec, key_ranges, member_slices};
-
-    #[test]
-    fn member_slices_cover_the_members_once() {
-        let config = ExportConfig {
-            unit_concurrency: 2,
-            min_members_per_slice: 64,
-            ..ExportConfig::default()
-        };
-        let slices = |n: usize| -> Vec<(u32, usize, Option<usize>)> {
-            member_slices("Observation", 7, n, &config)
-                .into_iter()
-                .map(|u| match u {
-                    UnitSpec::Members { part, first, end, after_seq: 7, .. } => (part, first, end),
-                    other => panic!("{other:?}"),
-                })
-                .collect()
-        };
-        // A small Group: one unit over every member.
-        assert_eq!(slices(0), [(0, 0, None)]);
-        assert_eq!(slices(127), [(0, 0, None)]);
-        // Two slices of at least 64, then at most four (twice the units that run at once).
-        assert_eq!(slices(130), [(1, 0, Some(65)), (2, 65, Some(130))]);
-        let many = slices(1001);
-        assert_eq!(many.len(), 4);
-        let mut covered = Vec::new();
-        for (part, first, end) in &many {
-            assert!(*part >= 1);
-            covered.extend(*first..end.unwrap());
-        }
-        assert_eq!(covered, (0..1001).collect::<Vec<_>>());
-    }
+    use super::key_ranges;
 
     #[test]
     fn key_ranges_cover_the_range_once() {

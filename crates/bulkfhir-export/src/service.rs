@@ -472,9 +472,14 @@ impl ExportService {
             snapshot = Snapshot { seq: shared.store.seq_at(until).await?, time: until };
         }
         let snapshot_taken = started.elapsed();
-        let (mut plan, mut units) =
-            plan(shared.store.as_ref(), &request, snapshot, &shared.config, context.lenient)
-                .await?;
+        let (mut plan, mut units) = plan(
+            shared.store.as_ref(),
+            &request,
+            snapshot,
+            shared.config.key_range_span,
+            context.lenient,
+        )
+        .await?;
         if views.is_some() {
             units = crate::plan::for_views(units, &view_types);
             plan.supporting = None;

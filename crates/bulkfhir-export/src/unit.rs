@@ -245,18 +245,10 @@ pub(crate) async fn run_unit(
             let deleted = matches!(spec, UnitSpec::DeletedMembers { .. });
             let resource_type = parse_type(resource_type)?;
             roller.set_file(resource_type, deleted);
+            if let UnitSpec::Members { view: Some(view), .. } = spec {
+                roller.set_view(*view)?;
+            }
             let members = &ctx.plan.members;
-            // This unit's slice of the members (all of them but for a split type).
-            let (slice_first, slice_end) = match spec {
-                UnitSpec::Members { part, first, end, view, .. } => {
-                    if let Some(view) = view {
-                        roller.set_view(*view)?;
-                    }
-                    roller.part = *part;
-                    (*first, end.unwrap_or(members.len()).min(members.len()))
-                }
-                _ => (0, members.len()),
-            };
             let options = |after_seq| ScanOptions {
                 after_seq,
                 limit: ctx.config.page_size,
@@ -268,7 +260,7 @@ pub(crate) async fn run_unit(
             // Members are read in batches (one store call covers up to a page of resources
             // over many members); a batch's pages are written while the next batch is read.
             let fetch = |first: usize, after: u64| async move {
-                let end = (first + MEMBER_BATCH).min(slice_end);
+                let end = (first + MEMBER_BATCH).min(members.len());
                 let ids = members[first..end]
                     .iter()
                     .map(|m| ResourceId::parse(m))
@@ -292,15 +284,9 @@ pub(crate) async fn run_unit(
                 Ok::<(usize, Vec<ScanPage>), ExportError>((first, pages))
             };
             let mut owners = OwnerCache::default();
-            // From the checkpoint's member, or the slice's first when it has none (a fresh
-            // checkpoint names member 0 and no cursor).
-            let (start_member, cursor) = if roller.checkpoint.member_idx >= slice_first {
-                (roller.checkpoint.member_idx, roller.checkpoint.cursor)
-            } else {
-                (slice_first, 0)
-            };
-            let mut current = if start_member < slice_end {
-                Some(fetch(start_member, (*after_seq).max(cursor)).await?)
+            let start_member = roller.checkpoint.member_idx;
+            let mut current = if start_member < members.len() {
+                Some(fetch(start_member, (*after_seq).max(roller.checkpoint.cursor)).await?)
             } else {
                 None
             };
@@ -311,7 +297,7 @@ pub(crate) async fn run_unit(
                 let last_idx = first + pages.len() - 1;
                 let next = match pages.last().and_then(|p| p.next) {
                     Some(after) => Some((last_idx, after)),
-                    None if last_idx + 1 < slice_end => Some((last_idx + 1, *after_seq)),
+                    None if last_idx + 1 < members.len() => Some((last_idx + 1, *after_seq)),
                     None => None,
                 };
                 let write_batch = async {

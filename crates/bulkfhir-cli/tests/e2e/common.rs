@@ -226,10 +226,8 @@ pub(crate) fn test_export_config() -> ExportConfig {
     ExportConfig {
         poll_interval: std::time::Duration::from_millis(50),
         retry_after: std::time::Duration::from_secs(1),
-        // Small key ranges: every system export in the tests reads large types in parts; and
-        // small member slices: a Group of 16 or more reads its large types in slices.
+        // Small key ranges: every system export in the tests reads large types in parts.
         key_range_span: 2_000,
-        min_members_per_slice: 8,
         ..ExportConfig::default()
     }
 }

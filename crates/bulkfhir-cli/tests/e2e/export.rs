@@ -386,40 +386,6 @@ pub(crate) async fn patient_and_group_exports_hold_exactly_the_compartments_and_
         .collect();
     assert!(diagnostics.iter().any(|d| d.contains("Patient/does-not-exist")), "{diagnostics:?}");
 
-    // A Group of 40 (the tests' slices are of 8 or more members): its large types are read in
-    // member slices at once, each writing files of its own, and still every resource of the
-    // members' compartments comes once, however many of them share it.
-    let members: Vec<Value> = patients[..40]
-        .iter()
-        .map(|p| json!({"entity": {"reference": format!("Patient/{p}")}}))
-        .collect();
-    let group = json!({"resourceType": "Group", "id": "forty", "type": "person", "actual": true, "member": members});
-    let (status, _, _) = server.send_json(Method::PUT, "Group/forty", &group.to_string()).await;
-    assert_eq!(status, 201);
-    let status_url = kick(&server, "Group/forty/$export").await;
-    let manifest = wait_manifest(&server, &status_url).await;
-    let sliced = manifest["output"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["url"].as_str().unwrap().contains("Observation-p2"))
-        .count();
-    assert!(sliced >= 1, "Observation read in slices: {manifest}");
-    let output = output_by_type(&server, &manifest, "output").await;
-    for (type_name, resources) in &output {
-        assert_eq!(ids(resources).len(), resources.len(), "{type_name}: each resource once");
-    }
-    let mut want: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for patient in &patients[..40] {
-        for (type_name, members) in &expected[*patient] {
-            want.entry(type_name.clone()).or_default().extend(members.iter().cloned());
-        }
-    }
-    want.entry("Group".into()).or_default().insert("forty".into());
-    // Group/five holds five of these forty.
-    want.entry("Group".into()).or_default().insert("five".into());
-    assert_compartments_plus_supporting(&output, want, &compartment_types);
-
     // An unknown Group is a 404 at kick-off.
     let (status, _, outcome) =
         kick_raw(&server, Method::GET, "Group/nope/$export", &[], None).await;
