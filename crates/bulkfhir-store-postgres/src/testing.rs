@@ -255,6 +255,10 @@ fn start() -> TestCluster {
                 .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
                 .args(["-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
                 .args(["-c", "max_connections=300", "-c", "shared_buffers=256MB"])
+                // Dynamic shared memory in the data folder, which the sweep removes, instead of
+                // /dev/shm: a cluster killed with its test process left its segments there, and
+                // they piled up run after run.
+                .args(["-c", "dynamic_shared_memory_type=mmap"])
                 .args(&ssl)
                 .stdout(Stdio::null())
                 .stderr(log)
