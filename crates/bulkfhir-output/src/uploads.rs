@@ -12,6 +12,7 @@
 //! bucket accepted it, whether or not its writer lived to record anything.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use object_store::multipart::MultipartStore;
@@ -36,6 +37,9 @@ pub(crate) struct Uploads {
     signer: Arc<dyn Signer>,
     parts: Arc<dyn MultipartStore>,
     http: reqwest::Client,
+    /// Whether a refused listing was already logged as a warning (later ones are debug lines:
+    /// every job's start and end would repeat it).
+    refusal_warned: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Uploads {
@@ -72,7 +76,7 @@ impl Uploads {
         parts: Arc<dyn MultipartStore>,
     ) -> Result<Self, StoreError> {
         let http = reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build().map_err(generic)?;
-        Ok(Self { signer, parts, http })
+        Ok(Self { signer, parts, http, refusal_warned: Arc::default() })
     }
 
     /// One page of the uploads in progress whose keys are below the folder `prefix` (the
@@ -86,7 +90,9 @@ impl Uploads {
         &self,
         prefix: &ObjectPath,
     ) -> Result<(Vec<(ObjectPath, MultipartId)>, bool), StoreError> {
-        let folder = format!("{prefix}/");
+        // Below the folder `prefix` (`jobs/j1/` must not take `jobs/j10`); the whole bucket for
+        // an empty prefix.
+        let folder = if prefix.as_ref().is_empty() { String::new() } else { format!("{prefix}/") };
         let query = [
             ("uploads", String::new()),
             ("prefix", folder.clone()),
@@ -102,10 +108,12 @@ impl Uploads {
         let body = response.text().await.map_err(generic)?;
         let shown = || body.chars().take(300).collect::<String>();
         if matches!(status.as_u16(), 403 | 405 | 501) {
-            tracing::warn!(
-                %prefix, %status, answer = %shown(),
-                "the bucket refuses to list uploads in progress: interrupted uploads are left to its lifecycle rule"
-            );
+            const REFUSED: &str = "the bucket refuses to list uploads in progress: interrupted uploads are left to its lifecycle rule";
+            if self.refusal_warned.swap(true, Ordering::Relaxed) {
+                tracing::debug!(%prefix, %status, "{REFUSED}");
+            } else {
+                tracing::warn!(%prefix, %status, answer = %shown(), "{REFUSED} (said once)");
+            }
             return Ok((Vec::new(), false));
         }
         if !status.is_success() {
