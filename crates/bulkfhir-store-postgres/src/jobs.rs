@@ -87,10 +87,10 @@ fn lease_end(now: Instant, lease: Duration) -> i64 {
 /// [`PostgresStore::listen_for_work`]).
 pub(crate) const WORK_CHANNEL: &str = "bulkfhir_export_work";
 
-/// Tells the nodes listening on [`WORK_CHANNEL`] to look for work; PostgreSQL delivers it when
-/// `tx` commits, and not at all if it rolls back.
-async fn notify_work(tx: &tokio_postgres::Transaction<'_>) -> Result<(), tokio_postgres::Error> {
-    tx.batch_execute(&format!("NOTIFY {WORK_CHANNEL}")).await
+/// Tells the nodes listening on [`WORK_CHANNEL`] to look for work. Sent in a transaction,
+/// PostgreSQL delivers it when that commits, and not at all if it rolls back.
+async fn notify_work(client: &impl GenericClient) -> Result<(), tokio_postgres::Error> {
+    client.batch_execute(&format!("NOTIFY {WORK_CHANNEL}")).await
 }
 
 #[async_trait]
@@ -342,10 +342,7 @@ impl JobStore for PostgresStore {
             .await
             .map_err(|e| pg_error("release an export unit lease", e))?;
         // Another node may take it over now, rather than when its lease would have run out.
-        client
-            .batch_execute(&format!("NOTIFY {WORK_CHANNEL}"))
-            .await
-            .map_err(|e| pg_error("release an export unit lease", e))?;
+        notify_work(&client).await.map_err(|e| pg_error("release an export unit lease", e))?;
         Ok(())
     }
 

@@ -59,18 +59,7 @@ struct Inner {
     pool: Pool,
     sequencing: Sequencing,
     /// How to open a connection of its own (for `LISTEN`).
-    listen: Listen,
-}
-
-/// The settings of [`PostgresStore::listen_for_work`]'s connection.
-#[derive(Clone)]
-struct Listen(tokio_postgres::Config, rustls_tokio_postgres::MakeRustlsConnect);
-
-impl std::fmt::Debug for Listen {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Nothing of the settings: they hold the database password.
-        f.write_str("Listen { .. }")
-    }
+    listen: DatabaseUrl,
 }
 
 impl PostgresStore {
@@ -98,7 +87,7 @@ impl PostgresStore {
     }
 
     async fn open(url: DatabaseUrl, sequencing: Sequencing) -> Result<Self, StoreError> {
-        let listen = Listen(url.config.clone(), url.tls.clone());
+        let listen = url.clone();
         let manager = Manager::from_config(
             url.config,
             url.tls,
@@ -127,7 +116,7 @@ impl PostgresStore {
     /// the receiver is dropped.
     pub(crate) fn listen_for_work(&self) -> tokio::sync::mpsc::Receiver<()> {
         let (sender, receiver) = tokio::sync::mpsc::channel(1);
-        let Listen(config, tls) = self.inner.listen.clone();
+        let DatabaseUrl { config, tls } = self.inner.listen.clone();
         tokio::spawn(async move {
             let mut pause = Duration::from_millis(500);
             while !sender.is_closed() {

@@ -31,9 +31,17 @@ use rustls_tokio_postgres::MakeRustlsConnect;
 use tokio_postgres::config::SslMode;
 
 /// A parsed database URL: the connection settings and the TLS connector to use with them.
+#[derive(Clone)]
 pub(crate) struct DatabaseUrl {
     pub(crate) config: tokio_postgres::Config,
     pub(crate) tls: MakeRustlsConnect,
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Nothing of the settings: they hold the database password.
+        f.write_str("DatabaseUrl { .. }")
+    }
 }
 
 /// How the server's certificate is checked.
@@ -51,33 +59,21 @@ pub(crate) fn parse_url(url: &str) -> Result<DatabaseUrl, StoreError> {
     let (rest, mode, root_file) = take_tls_words(url);
     let mut config: tokio_postgres::Config =
         rest.parse().map_err(|e| invalid(format!("is not a PostgreSQL URL: {e}")))?;
-    let check = match mode.as_deref() {
-        None | Some("prefer") => {
-            config.ssl_mode(SslMode::Prefer);
-            if root_file.is_some() { Check::Chain } else { Check::Nothing }
-        }
-        Some("disable") => {
-            config.ssl_mode(SslMode::Disable);
-            Check::Nothing
-        }
-        Some("require") => {
-            config.ssl_mode(SslMode::Require);
-            if root_file.is_some() { Check::Chain } else { Check::Nothing }
-        }
-        Some("verify-ca") => {
-            config.ssl_mode(SslMode::Require);
-            Check::Chain
-        }
-        Some("verify-full") => {
-            config.ssl_mode(SslMode::Require);
-            Check::ChainAndName
-        }
+    // `prefer` and `require` check a certificate only against a root they are given.
+    let given_root = if root_file.is_some() { Check::Chain } else { Check::Nothing };
+    let (ssl_mode, check) = match mode.as_deref() {
+        None | Some("prefer") => (SslMode::Prefer, given_root),
+        Some("disable") => (SslMode::Disable, Check::Nothing),
+        Some("require") => (SslMode::Require, given_root),
+        Some("verify-ca") => (SslMode::Require, Check::Chain),
+        Some("verify-full") => (SslMode::Require, Check::ChainAndName),
         Some(other) => {
             return Err(invalid(format!(
                 "has sslmode={other}: use disable, prefer, require, verify-ca or verify-full"
             )));
         }
     };
+    config.ssl_mode(ssl_mode);
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let chain = match check {
         Check::Nothing => None,

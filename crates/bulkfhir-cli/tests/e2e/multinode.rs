@@ -21,6 +21,15 @@ fn psql(url: &str, query: &str) -> Vec<String> {
     String::from_utf8_lossy(&output.stdout).lines().map(str::to_owned).collect()
 }
 
+/// The first column of every row `sql` returns.
+async fn first_column<T: for<'a> tokio_postgres::types::FromSql<'a>>(
+    db: &tokio_postgres::Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Vec<T> {
+    db.query(sql, params).await.unwrap().iter().map(|row| row.get(0)).collect()
+}
+
 fn line_counts(dir: &Path) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
     for entry in std::fs::read_dir(dir).unwrap() {
@@ -138,17 +147,13 @@ async fn three_nodes_share_one_export_and_a_killed_node_loses_nothing() {
             status == "accepted" || status == "in-progress",
             "the export must still run when node C is killed: {status}"
         );
-        let halfway: Vec<i32> = db
-            .query(
-                "SELECT idx FROM export_unit WHERE job_id = $1 AND NOT done
-                   AND checkpoint IS NOT NULL AND lease_owner LIKE $2",
-                &[&job_id, &c_prefix],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
+        let halfway = first_column::<i32>(
+            &db,
+            "SELECT idx FROM export_unit WHERE job_id = $1 AND NOT done
+               AND checkpoint IS NOT NULL AND lease_owner LIKE $2",
+            &[&job_id, &c_prefix],
+        )
+        .await;
         let c_finished: i64 = db
             .query_one(
                 "SELECT count(*) FROM export_unit WHERE job_id = $1 AND done AND lease_owner LIKE $2",
@@ -161,16 +166,12 @@ async fn three_nodes_share_one_export_and_a_killed_node_loses_nothing() {
             c.kill();
             // C may have finished one of them between the query and its death (a few ms): the
             // parts C left half-way are those still not done now that it cannot write.
-            let left: Vec<i32> = db
-                .query(
-                    "SELECT idx FROM export_unit WHERE job_id = $1 AND idx = ANY($2) AND NOT done",
-                    &[&job_id, &halfway],
-                )
-                .await
-                .unwrap()
-                .iter()
-                .map(|row| row.get(0))
-                .collect();
+            let left = first_column::<i32>(
+                &db,
+                "SELECT idx FROM export_unit WHERE job_id = $1 AND idx = ANY($2) AND NOT done",
+                &[&job_id, &halfway],
+            )
+            .await;
             assert!(!left.is_empty(), "C finished every part it held just before the kill");
             break left;
         }
@@ -231,13 +232,12 @@ async fn three_nodes_share_one_export_and_a_killed_node_loses_nothing() {
 
     // The parts were run by more than one node, and what C was half-way through was finished
     // by a survivor, from C's checkpoint.
-    let owners: Vec<String> = db
-        .query("SELECT lease_owner FROM export_unit WHERE job_id = $1 AND done", &[&job_id])
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let owners = first_column::<String>(
+        &db,
+        "SELECT lease_owner FROM export_unit WHERE job_id = $1 AND done",
+        &[&job_id],
+    )
+    .await;
     let finishers: BTreeSet<&str> = owners.iter().filter_map(|o| o.split('/').next()).collect();
     eprintln!(
         "{total} resources; {unit_count} parts finished by nodes {finishers:?} of {ids:?}; C held {orphaned:?}; \
