@@ -140,6 +140,15 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection, StoreErro
          PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;"
     };
     conn.execute_batch(pragmas).map_err(|e| sql_error("configure the connection", e))?;
+    // The query planner stability guarantee: plans never depend on bound values. Without it,
+    // SQLite marks a parameter it looked at while planning (an equality the index does not
+    // cover, `LIMIT ?`), and rusqlite's statement cache clears the bindings of each statement it
+    // takes back, which makes SQLite parse and plan that statement again at its next use. The
+    // point read of every write (`current`) was re-prepared once per resource: 15% of a load's
+    // profile. Our plans never needed the values (`export_reads_use_their_indexes` checks them
+    // with no statistics at all).
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
+        .map_err(|e| sql_error("configure the connection", e))?;
     // Room for every statement a connection runs (scan variants, compartment, point reads,
     // job queries): re-parsing evicted statements showed up in export profiles.
     conn.set_prepared_statement_cache_capacity(64);
@@ -176,24 +185,24 @@ struct Current {
     patients: Option<String>,
 }
 
+const CURRENT_SQL: &str = "SELECT seq, version, deleted, patients FROM resource_version
+     WHERE rtype = ?1 AND id = ?2 ORDER BY version DESC LIMIT 1";
+
 fn current(
     tx: &Connection,
     resource_type: ResourceType,
     id: &ResourceId,
 ) -> rusqlite::Result<Option<Current>> {
-    tx.prepare_cached(
-        "SELECT seq, version, deleted, patients FROM resource_version
-         WHERE rtype = ?1 AND id = ?2 ORDER BY version DESC LIMIT 1",
-    )?
-    .query_row(params![resource_type.as_str(), id.as_str()], |row| {
-        Ok(Current {
-            seq: row.get(0)?,
-            version: row.get(1)?,
-            deleted: row.get(2)?,
-            patients: row.get(3)?,
+    tx.prepare_cached(CURRENT_SQL)?
+        .query_row(params![resource_type.as_str(), id.as_str()], |row| {
+            Ok(Current {
+                seq: row.get(0)?,
+                version: row.get(1)?,
+                deleted: row.get(2)?,
+                patients: row.get(3)?,
+            })
         })
-    })
-    .optional()
+        .optional()
 }
 
 /// The shared state of one write transaction: its time and the last seq it used.
@@ -316,6 +325,13 @@ fn apply(tx: &Connection, clock: &WriteClock, op: &WriteOp) -> Result<WriteOutco
     }
 }
 
+const INSERT_VERSION_SQL: &str = "INSERT INTO resource_version
+     (seq, rtype, id, version, last_updated, next_seq, deleted, patients, body)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+const INSERT_COMPARTMENT_SQL: &str =
+    "INSERT INTO compartment (patient_id, rtype, seq) VALUES (?1, ?2, ?3)";
+const SUPERSEDE_SQL: &str = "UPDATE resource_version SET next_seq = ?2 WHERE seq = ?1";
+
 #[allow(clippy::too_many_arguments)]
 fn insert_version(
     tx: &Connection,
@@ -328,11 +344,7 @@ fn insert_version(
     patients: Option<&str>,
     body: Option<&[u8]>,
 ) -> rusqlite::Result<()> {
-    tx.prepare_cached(
-        "INSERT INTO resource_version (seq, rtype, id, version, last_updated, next_seq, deleted, patients, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?
-    .execute(params![
+    tx.prepare_cached(INSERT_VERSION_SQL)?.execute(params![
         seq,
         resource_type.as_str(),
         id.as_str(),
@@ -344,9 +356,7 @@ fn insert_version(
         body
     ])?;
     if let Some(patients) = patients {
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO compartment (patient_id, rtype, seq) VALUES (?1, ?2, ?3)",
-        )?;
+        let mut insert = tx.prepare_cached(INSERT_COMPARTMENT_SQL)?;
         for patient in patients.split(' ') {
             insert.execute(params![patient, resource_type.as_str(), seq])?;
         }
@@ -355,8 +365,7 @@ fn insert_version(
 }
 
 fn supersede(tx: &Connection, old_seq: i64, new_seq: i64) -> rusqlite::Result<()> {
-    tx.prepare_cached("UPDATE resource_version SET next_seq = ?2 WHERE seq = ?1")?
-        .execute(params![old_seq, new_seq])?;
+    tx.prepare_cached(SUPERSEDE_SQL)?.execute(params![old_seq, new_seq])?;
     Ok(())
 }
 
@@ -471,6 +480,10 @@ fn decode_row(
     Ok(Ok((stored, start..bodies.len())))
 }
 
+const READ_VERSION_SQL: &str = "SELECT seq, id, version, last_updated, body, patients, deleted
+     FROM resource_version WHERE rtype = ?1 AND id = ?2 AND (?3 IS NULL OR version = ?3)
+     ORDER BY version DESC LIMIT 1";
+
 fn read_version(
     conn: &Connection,
     resource_type: ResourceType,
@@ -478,13 +491,7 @@ fn read_version(
     version: Option<u64>,
 ) -> Result<StoredResource, StoreError> {
     let sql = |e| sql_error("read a resource", e);
-    let mut statement = conn
-        .prepare_cached(
-            "SELECT seq, id, version, last_updated, body, patients, deleted FROM resource_version
-             WHERE rtype = ?1 AND id = ?2 AND (?3 IS NULL OR version = ?3)
-             ORDER BY version DESC LIMIT 1",
-        )
-        .map_err(sql)?;
+    let mut statement = conn.prepare_cached(READ_VERSION_SQL).map_err(sql)?;
     let row = statement
         .query_row(params![resource_type.as_str(), id.as_str(), version.map(to_i64)], |row| {
             let deleted: bool = row.get(6)?;
@@ -571,6 +578,29 @@ fn compartment_sql(deleted: bool) -> String {
 const READ_AS_OF_SQL: &str = "SELECT seq, id, version, last_updated, body, patients
      FROM resource_version INDEXED BY resource_version_key
      WHERE rtype = ?1 AND id = ?2 AND seq <= ?3 AND next_seq > ?3 AND deleted = 0";
+
+/// One page of a type's versions, from `options.after_seq` (see [`ResourceStore::scan`]).
+fn scan_blocking(
+    conn: &Connection,
+    snapshot: Snapshot,
+    resource_type: ResourceType,
+    options: &ScanOptions,
+) -> Result<ScanPage, StoreError> {
+    let sql = scan_sql(options.deleted, options.in_any_compartment);
+    let mut statement = conn.prepare_cached(&sql).map_err(|e| sql_error("scan resources", e))?;
+    collect_page(
+        &mut statement,
+        params![
+            resource_type.as_str(),
+            to_i64(options.after_seq),
+            to_i64(snapshot.seq),
+            to_i64(options.limit as u64),
+            to_i64(options.before_seq)
+        ],
+        resource_type,
+        options,
+    )
+}
 
 /// One patient's compartment for one type, from `options.after_seq` (see
 /// [`ResourceStore::scan_compartment`]).
@@ -701,21 +731,7 @@ impl ResourceStore for EmbeddedStore {
         options: ScanOptions,
     ) -> Result<ScanPage, StoreError> {
         self.with_reader("scan resources", move |conn| {
-            let sql = scan_sql(options.deleted, options.in_any_compartment);
-            let mut statement =
-                conn.prepare_cached(&sql).map_err(|e| sql_error("scan resources", e))?;
-            collect_page(
-                &mut statement,
-                params![
-                    resource_type.as_str(),
-                    to_i64(options.after_seq),
-                    to_i64(snapshot.seq),
-                    to_i64(options.limit as u64),
-                    to_i64(options.before_seq)
-                ],
-                resource_type,
-                &options,
-            )
+            scan_blocking(conn, snapshot, resource_type, &options)
         })
         .await
     }
@@ -892,5 +908,79 @@ mod tests {
             "{compartment}"
         );
         assert!(!compartment.contains("TEMP B-TREE"), "no sort: {compartment}");
+    }
+
+    /// Cached statements are planned once per connection, not once per use: see the query
+    /// planner stability guarantee in `open_connection`.
+    #[test]
+    fn cached_statements_are_not_prepared_again_at_each_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let mut conn = lock(&store.inner.writer);
+        let observation = ResourceType::parse("Observation").unwrap();
+        let id = |i: usize| ResourceId::parse(&format!("o{i}")).unwrap();
+        let ops = |round: usize| -> Vec<WriteOp> {
+            (0..40)
+                .map(|i| {
+                    let json = format!(
+                        r#"{{"resourceType":"Observation","id":"o{i}","status":"final","subject":{{"reference":"Patient/p{}"}},"valueInteger":{round}}}"#,
+                        i % 7
+                    );
+                    WriteOp::Update {
+                        resource: bulkfhir_model::PreparedResource::parse(json.as_bytes()).unwrap(),
+                        id: id(i),
+                        if_match: None,
+                    }
+                })
+                .collect()
+        };
+        for round in 0..3 {
+            let results =
+                transact_blocking(&mut conn, ops(round), Atomicity::AllOrNothing).unwrap();
+            assert!(results.iter().all(Result::is_ok));
+        }
+        let snapshot = Snapshot { seq: 120, time: Instant::now() };
+        for i in 0..7 {
+            let patient = ResourceId::parse(&format!("p{i}")).unwrap();
+            let page = scan_compartment_blocking(
+                &conn,
+                snapshot,
+                &patient,
+                observation,
+                &ScanOptions::live(0, 100),
+            )
+            .unwrap();
+            assert!(!page.resources.is_empty());
+            let after_seq = 10 * i as u64;
+            let page =
+                scan_blocking(&conn, snapshot, observation, &ScanOptions::live(after_seq, 5))
+                    .unwrap();
+            assert_eq!(page.resources.len(), 5);
+            read_version(&conn, observation, &id(i), None).unwrap();
+            let mut as_of = conn.prepare_cached(READ_AS_OF_SQL).unwrap();
+            let found = as_of
+                .query_row(params![observation.as_str(), id(i).as_str(), 120], |_| Ok(()))
+                .optional()
+                .unwrap();
+            assert!(found.is_some());
+        }
+        let compartment = compartment_sql(false);
+        let scan = scan_sql(false, false);
+        for sql in [
+            CURRENT_SQL,
+            INSERT_VERSION_SQL,
+            INSERT_COMPARTMENT_SQL,
+            SUPERSEDE_SQL,
+            READ_VERSION_SQL,
+            READ_AS_OF_SQL,
+            compartment.as_str(),
+            scan.as_str(),
+        ] {
+            let statement = conn.prepare_cached(sql).unwrap();
+            let runs = statement.get_status(rusqlite::StatementStatus::Run);
+            assert!(runs >= 7, "{runs} runs of {sql}");
+            let again = statement.get_status(rusqlite::StatementStatus::RePrepare);
+            assert_eq!(again, 0, "{sql}: prepared again {again} times in {runs} runs");
+        }
     }
 }
