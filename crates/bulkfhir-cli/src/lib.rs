@@ -324,19 +324,29 @@ impl Drop for ExportRuntime {
     }
 }
 
-fn lock_data_dir(data_dir: &Path) -> anyhow::Result<File> {
+/// The data directory's `serve` lock, for a command that must not share the store with a
+/// server (`bulkfhir load` in bulk mode); `None` while a server (or another such command) has it.
+pub fn try_lock_data_dir(data_dir: &Path) -> anyhow::Result<Option<File>> {
+    std::fs::create_dir_all(data_dir).with_context(|| format!("create {}", data_dir.display()))?;
     let path = data_dir.join("serve.lock");
     let file = File::create(&path).with_context(|| format!("create {}", path.display()))?;
     match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
-            "another `bulkfhir serve` is using {}; stop it first (one server per data directory)",
-            data_dir.display()
-        ),
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
         Err(std::fs::TryLockError::Error(error)) => {
             Err(error).with_context(|| format!("lock {}", path.display()))
         }
     }
+}
+
+fn lock_data_dir(data_dir: &Path) -> anyhow::Result<File> {
+    try_lock_data_dir(data_dir)?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "another `bulkfhir serve`, or a `bulkfhir load` into the empty store, is using {}; \
+             wait for it or stop it first (one server per data directory)",
+            data_dir.display()
+        )
+    })
 }
 
 /// The key that signs access tokens: made on first start, kept in the data directory (owner

@@ -566,8 +566,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Load(args) => {
+            // Bulk mode needs the store to itself: no server on this data directory. PostgreSQL
+            // has no bulk mode (other nodes may be writing).
+            let lock = match args.store.store.database {
+                None => bulkfhir_app::try_lock_data_dir(&args.store.store.data_dir)?,
+                Some(_) => None,
+            };
             let store = args.store.open().await?.resources;
-            let report = load(store.as_ref(), &args.paths, args.batch_size).await?;
+            let report = load(store.as_ref(), &args.paths, args.batch_size, lock.is_some()).await?;
+            drop(lock);
             Ok(if report.n_rejected == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) })
         }
         Command::Generate(args) => {
@@ -588,7 +595,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 } else {
                     let generated = args.data_dir.join("generated");
                     generate(args.patients, args.seed, &generated)?;
-                    load(store.as_ref(), &[generated], LoadOptions::default().batch_size).await?;
+                    let lock = bulkfhir_app::try_lock_data_dir(&args.data_dir)?;
+                    let batch_size = LoadOptions::default().batch_size;
+                    load(store.as_ref(), &[generated], batch_size, lock.is_some()).await?;
                 }
             }
             println!(
@@ -753,6 +762,7 @@ async fn load(
     store: &dyn ResourceStore,
     paths: &[PathBuf],
     batch_size: usize,
+    exclusive: bool,
 ) -> anyhow::Result<LoadReport> {
     let files = collect_files(paths)?;
     let total_bytes: u64 = files
@@ -775,7 +785,7 @@ async fn load(
         progress_bar.set_position(p.bytes);
         progress_bar.set_message(format!("{} resources", p.loaded));
     };
-    let options = LoadOptions { batch_size, ..LoadOptions::default() };
+    let options = LoadOptions { batch_size, exclusive, ..LoadOptions::default() };
     let report = load_files(store, files, options, &progress).await?;
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();

@@ -12,6 +12,7 @@
 //! WAL checkpoints run on a thread of their own (`checkpoint.rs`), off the writer's path.
 #![warn(missing_docs)]
 
+mod bulk;
 mod checkpoint;
 mod clients;
 mod jobs;

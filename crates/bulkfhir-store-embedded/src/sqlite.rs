@@ -1,4 +1,5 @@
 use std::{
+    collections::HashMap,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard},
 };
@@ -12,7 +13,11 @@ use bulkfhir_store::{
 use bytes::Bytes;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
 
-use crate::{checkpoint::Checkpointer, schema};
+use crate::{
+    bulk::{self, BulkIndex},
+    checkpoint::Checkpointer,
+    schema,
+};
 
 /// `next_seq` of a version nothing has replaced.
 const CURRENT: i64 = i64::MAX;
@@ -35,6 +40,8 @@ struct Inner {
     writer: Arc<Mutex<Connection>>,
     readers: Mutex<Vec<Connection>>,
     checkpointer: Checkpointer,
+    /// Set in bulk mode (`bulk.rs`); locked only while holding the writer.
+    bulk: Mutex<Option<Bulk>>,
 }
 
 impl EmbeddedStore {
@@ -47,11 +54,20 @@ impl EmbeddedStore {
         let path = data_dir.join("bulkfhir.sqlite");
         let mut writer = open_connection(&path, false)?;
         schema::migrate(&mut writer).map_err(|e| sql_error("migrate the schema", e))?;
+        if !bulk::has_key_index(&writer).map_err(|e| sql_error("look for the key index", e))? {
+            repair_key_index(&writer, &path)?;
+        }
         let writer = Arc::new(Mutex::new(writer));
         let checkpointer =
             Checkpointer::start(open_connection(&path, false)?, Arc::clone(&writer), &path)?;
         Ok(EmbeddedStore {
-            inner: Arc::new(Inner { path, writer, readers: Mutex::new(Vec::new()), checkpointer }),
+            inner: Arc::new(Inner {
+                path,
+                writer,
+                readers: Mutex::new(Vec::new()),
+                checkpointer,
+                bulk: Mutex::new(None),
+            }),
         })
     }
 
@@ -107,6 +123,33 @@ impl EmbeddedStore {
         .await
         .map_err(|e| StoreError::backend(context, e))?
     }
+}
+
+/// Builds the key index a bulk load left out, unless that load is still running.
+fn repair_key_index(writer: &Connection, path: &Path) -> Result<(), StoreError> {
+    let lock = bulk::BulkLock::try_take(path)
+        .map_err(|e| StoreError::backend("take the bulk-load lock", e))?;
+    if lock.is_none() {
+        tracing::warn!(
+            "a bulk load is running on {}: writes are refused until it ends",
+            path.display()
+        );
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    bulk::build_key_index(writer).map_err(|e| sql_error("build the key index", e))?;
+    tracing::warn!(
+        seconds = started.elapsed().as_secs_f64(),
+        "a bulk load stopped before building its key index; built it now"
+    );
+    Ok(())
+}
+
+/// Bulk mode's state in the process that runs it.
+#[derive(Debug)]
+struct Bulk {
+    index: BulkIndex,
+    _lock: bulk::BulkLock,
 }
 
 /// Locks a mutex, recovering from poisoning: the guarded connection stays usable because every
@@ -229,7 +272,41 @@ impl WriteClock {
     }
 }
 
-fn apply(tx: &Connection, clock: &WriteClock, op: &WriteOp) -> Result<WriteOutcome, StoreError> {
+/// How a write finds the current version of a resource.
+enum Keys<'a> {
+    /// The key index.
+    Index,
+    /// Bulk mode: the committed writes' map, and this transaction's writes.
+    Bulk(&'a BulkIndex, &'a HashMap<(ResourceType, ResourceId), i64>),
+}
+
+impl Keys<'_> {
+    fn current(
+        &self,
+        tx: &Connection,
+        resource_type: ResourceType,
+        id: &ResourceId,
+    ) -> rusqlite::Result<Option<Current>> {
+        match self {
+            Keys::Index => current(tx, resource_type, id),
+            Keys::Bulk(index, written) => {
+                Ok(index.current(tx, written, resource_type, id)?.map(|(seq, row)| Current {
+                    seq,
+                    version: row.version,
+                    deleted: row.deleted,
+                    patients: row.patients,
+                }))
+            }
+        }
+    }
+}
+
+fn apply(
+    tx: &Connection,
+    clock: &WriteClock,
+    keys: &Keys<'_>,
+    op: &WriteOp,
+) -> Result<WriteOutcome, StoreError> {
     let seq = clock.last_seq + 1;
     let sql = |e| sql_error("write a resource version", e);
     let check_if_match = |resource_type: ResourceType,
@@ -242,7 +319,7 @@ fn apply(tx: &Connection, clock: &WriteClock, op: &WriteOp) -> Result<WriteOutco
     match op {
         WriteOp::Create { resource, id } | WriteOp::Update { resource, id, .. } => {
             let resource_type = resource.resource_type();
-            let cur = current(tx, resource_type, id).map_err(sql)?;
+            let cur = keys.current(tx, resource_type, id).map_err(sql)?;
             match op {
                 WriteOp::Create { .. } if cur.is_some() => {
                     return Err(StoreError::AlreadyExists { resource_type, id: id.clone() });
@@ -283,7 +360,7 @@ fn apply(tx: &Connection, clock: &WriteClock, op: &WriteOp) -> Result<WriteOutco
             })
         }
         WriteOp::Delete { resource_type, id, if_match } => {
-            let cur = current(tx, *resource_type, id).map_err(sql)?;
+            let cur = keys.current(tx, *resource_type, id).map_err(sql)?;
             check_if_match(*resource_type, id, &cur, *if_match)?;
             let nothing = |version: i64| WriteOutcome {
                 resource_type: *resource_type,
@@ -371,36 +448,54 @@ fn supersede(tx: &Connection, old_seq: i64, new_seq: i64) -> rusqlite::Result<()
 
 fn transact_blocking(
     conn: &mut Connection,
+    mut bulk: Option<&mut BulkIndex>,
     ops: Vec<WriteOp>,
     atomicity: Atomicity,
 ) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError> {
     if atomicity == Atomicity::EachOnItsOwn {
         // Optimistic: a batch in which every op succeeds (a bulk load, nearly always) needs no
         // savepoint per op. If one fails, nothing was committed: redo it op by op.
-        match run_transaction(conn, &ops, Atomicity::AllOrNothing) {
+        match run_transaction(conn, bulk.as_deref_mut(), &ops, Atomicity::AllOrNothing) {
             Err(StoreError::OpFailed { .. }) => {}
             done => return done,
         }
     }
-    run_transaction(conn, &ops, atomicity)
+    run_transaction(conn, bulk, &ops, atomicity)
 }
 
 fn run_transaction(
     conn: &mut Connection,
+    bulk: Option<&mut BulkIndex>,
     ops: &[WriteOp],
     atomicity: Atomicity,
 ) -> Result<Vec<Result<WriteOutcome, StoreError>>, StoreError> {
     let mut tx = conn
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .map_err(|e| sql_error("begin a write transaction", e))?;
+    if bulk.is_none()
+        && !bulk::has_key_index(&tx).map_err(|e| sql_error("look for the key index", e))?
+    {
+        return Err(StoreError::Unavailable {
+            context:
+                "write while another process loads in bulk mode (the key index is not built yet)"
+                    .to_owned(),
+            source: "retry when the load has ended".into(),
+        });
+    }
     let mut clock = WriteClock::start(&tx).map_err(|e| sql_error("read the write clock", e))?;
     let mut results = Vec::with_capacity(ops.len());
+    // Bulk mode: this transaction's writes, for the ops after them and, once committed, the map.
+    let mut written = HashMap::new();
     for (index, op) in ops.iter().enumerate() {
+        let keys = match &bulk {
+            Some(index) => Keys::Bulk(index, &written),
+            None => Keys::Index,
+        };
         let result = match atomicity {
-            Atomicity::AllOrNothing => apply(&tx, &clock, op),
+            Atomicity::AllOrNothing => apply(&tx, &clock, &keys, op),
             Atomicity::EachOnItsOwn => {
                 let savepoint = tx.savepoint().map_err(|e| sql_error("open a savepoint", e))?;
-                let result = apply(&savepoint, &clock, op);
+                let result = apply(&savepoint, &clock, &keys, op);
                 if result.is_ok() {
                     savepoint.commit().map_err(|e| sql_error("release a savepoint", e))?;
                 }
@@ -409,8 +504,11 @@ fn run_transaction(
         };
         match result {
             Ok(outcome) => {
-                if outcome.seq.is_some() {
+                if let Some(seq) = outcome.seq {
                     clock.last_seq += 1;
+                    if bulk.is_some() {
+                        written.insert((outcome.resource_type, outcome.id.clone()), to_i64(seq));
+                    }
                 }
                 results.push(Ok(outcome));
             }
@@ -422,6 +520,9 @@ fn run_transaction(
         }
     }
     tx.commit().map_err(|e| sql_error("commit a write transaction", e))?;
+    if let Some(index) = bulk {
+        index.commit(conn, written).map_err(|e| sql_error("record a bulk write", e))?;
+    }
     Ok(results)
 }
 
@@ -578,6 +679,10 @@ fn compartment_sql(deleted: bool) -> String {
 const READ_AS_OF_SQL: &str = "SELECT seq, id, version, last_updated, body, patients
      FROM resource_version INDEXED BY resource_version_key
      WHERE rtype = ?1 AND id = ?2 AND seq <= ?3 AND next_seq > ?3 AND deleted = 0";
+/// [`READ_AS_OF_SQL`] in bulk mode, when the key index is not there.
+const READ_AS_OF_BULK_SQL: &str = "SELECT seq, id, version, last_updated, body, patients
+     FROM resource_version
+     WHERE rtype = ?1 AND id = ?2 AND seq <= ?3 AND next_seq > ?3 AND deleted = 0";
 
 /// One page of a type's versions, from `options.after_seq` (see [`ResourceStore::scan`]).
 fn scan_blocking(
@@ -638,8 +743,10 @@ impl ResourceStore for EmbeddedStore {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
+        let inner = Arc::clone(&self.inner);
         self.with_writer("run a write transaction", move |conn| {
-            transact_blocking(conn, ops, atomicity)
+            let mut bulk = lock(&inner.bulk);
+            transact_blocking(conn, bulk.as_mut().map(|b| &mut b.index), ops, atomicity)
         })
         .await
     }
@@ -793,9 +900,11 @@ impl ResourceStore for EmbeddedStore {
         ids: &[ResourceId],
     ) -> Result<Vec<StoredResource>, StoreError> {
         let ids = ids.to_vec();
+        let query =
+            if lock(&self.inner.bulk).is_some() { READ_AS_OF_BULK_SQL } else { READ_AS_OF_SQL };
         self.with_reader("read resources as of a snapshot", move |conn| {
             let sql = |e| sql_error("read resources as of a snapshot", e);
-            let mut statement = conn.prepare_cached(READ_AS_OF_SQL).map_err(sql)?;
+            let mut statement = conn.prepare_cached(query).map_err(sql)?;
             let mut out = Vec::with_capacity(ids.len());
             for id in &ids {
                 let found = statement
@@ -835,6 +944,45 @@ impl ResourceStore for EmbeddedStore {
             let high =
                 bound("SELECT MAX(seq) FROM resource_version WHERE rtype = ?1 AND seq <= ?2")?;
             Ok(low.zip(high).map(|(low, high)| (to_u64(low), to_u64(high))))
+        })
+        .await
+    }
+
+    async fn begin_bulk_load(&self) -> Result<bool, StoreError> {
+        let inner = Arc::clone(&self.inner);
+        self.with_writer("enter bulk mode", move |conn| {
+            let mut bulk = lock(&inner.bulk);
+            if bulk.is_some() {
+                return Ok(true);
+            }
+            let path = inner.path.clone();
+            let Some(lock) = bulk::BulkLock::try_take(&path)
+                .map_err(|e| StoreError::backend("take the bulk-load lock", e))?
+            else {
+                return Ok(false);
+            };
+            if !bulk::drop_key_index_if_empty(conn).map_err(|e| sql_error("enter bulk mode", e))? {
+                return Ok(false);
+            }
+            *bulk = Some(Bulk { index: BulkIndex::default(), _lock: lock });
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn end_bulk_load(&self) -> Result<(), StoreError> {
+        let inner = Arc::clone(&self.inner);
+        self.with_writer("leave bulk mode", move |conn| {
+            let mut bulk = lock(&inner.bulk);
+            if bulk.is_none() {
+                return Ok(());
+            }
+            let started = std::time::Instant::now();
+            bulk::build_key_index(conn).map_err(|e| sql_error("build the key index", e))?;
+            tracing::info!(seconds = started.elapsed().as_secs_f64(), "built the key index");
+            // The map, and then the lock: the index is there for whoever opens the store next.
+            *bulk = None;
+            Ok(())
         })
         .await
     }
@@ -936,7 +1084,7 @@ mod tests {
         };
         for round in 0..3 {
             let results =
-                transact_blocking(&mut conn, ops(round), Atomicity::AllOrNothing).unwrap();
+                transact_blocking(&mut conn, None, ops(round), Atomicity::AllOrNothing).unwrap();
             assert!(results.iter().all(Result::is_ok));
         }
         let snapshot = Snapshot { seq: 120, time: Instant::now() };
@@ -981,6 +1129,109 @@ mod tests {
             assert!(runs >= 7, "{runs} runs of {sql}");
             let again = statement.get_status(rusqlite::StatementStatus::RePrepare);
             assert_eq!(again, 0, "{sql}: prepared again {again} times in {runs} runs");
+        }
+    }
+
+    /// Bulk mode keeps every method's contract: the whole store suite, with the map alone and
+    /// with every resource's hash colliding (so each lookup goes through the collision map).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bulk_mode_passes_the_store_suite_even_when_every_hash_collides() {
+        for collide_all in [false, true] {
+            for (name, test) in bulkfhir_store::testsuite::ALL {
+                let dir = tempfile::tempdir().unwrap();
+                let store = EmbeddedStore::open(dir.path()).unwrap();
+                assert!(store.begin_bulk_load().await.unwrap(), "an empty store goes bulk");
+                if let Some(bulk) = lock(&store.inner.bulk).as_mut() {
+                    bulk.index.collide_all = collide_all;
+                }
+                eprintln!("bulk mode (collide_all = {collide_all}): {name}");
+                test(Arc::new(store.clone())).await;
+                store.end_bulk_load().await.unwrap();
+                let conn = open_connection(store.path(), true).unwrap();
+                assert!(bulk::has_key_index(&conn).unwrap(), "{name}: the index is back");
+            }
+        }
+    }
+
+    fn observation(id: &str) -> WriteOp {
+        let json = format!(r#"{{"resourceType":"Observation","id":"{id}","status":"final"}}"#);
+        WriteOp::Update {
+            resource: bulkfhir_model::PreparedResource::parse(json.as_bytes()).unwrap(),
+            id: ResourceId::parse(id).unwrap(),
+            if_match: None,
+        }
+    }
+
+    /// A bulk load that dies before building its index (here: dropped) leaves its committed
+    /// writes, and the next store to open builds the index; while a bulk load runs, another
+    /// store on the same file (another process) reads but does not write.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bulk_load_killed_before_its_index_leaves_it_to_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let observation_type = ResourceType::parse("Observation").unwrap();
+        let loading = EmbeddedStore::open(dir.path()).unwrap();
+        assert!(loading.begin_bulk_load().await.unwrap());
+        let ops = (0..30).map(|i| observation(&format!("o{i}"))).collect();
+        let written = loading.transact(ops, Atomicity::EachOnItsOwn).await.unwrap();
+        assert!(written.iter().all(Result::is_ok));
+
+        let other = EmbeddedStore::open(dir.path()).unwrap();
+        let conn = open_connection(other.path(), true).unwrap();
+        assert!(!bulk::has_key_index(&conn).unwrap(), "left alone while the load runs");
+        let refused = other.transact(vec![observation("x")], Atomicity::AllOrNothing).await;
+        assert!(matches!(refused, Err(StoreError::Unavailable { .. })), "{refused:?}");
+        let read = other.read(observation_type, &ResourceId::parse("o7").unwrap()).await.unwrap();
+        assert_eq!(read.version, 1);
+        drop(other);
+
+        drop(loading); // killed: the lock goes with the process, the index was never built
+        let reopened = EmbeddedStore::open(dir.path()).unwrap();
+        let conn = open_connection(reopened.path(), true).unwrap();
+        assert!(bulk::has_key_index(&conn).unwrap(), "built at open");
+        let again = reopened.transact(vec![observation("o7")], Atomicity::AllOrNothing).await;
+        assert_eq!(again.unwrap()[0].as_ref().unwrap().version, 2, "o7 was found through it");
+        assert!(!reopened.begin_bulk_load().await.unwrap(), "a store with data stays as it is");
+        assert!(bulk::has_key_index(&conn).unwrap());
+    }
+
+    /// A load often holds the same resource twice, even in one batch: the later line is its
+    /// next version, in bulk mode as with the index.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bulk_mode_versions_a_resource_written_twice_in_one_batch() {
+        let observation_type = ResourceType::parse("Observation").unwrap();
+        for collide_all in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = EmbeddedStore::open(dir.path()).unwrap();
+            assert!(store.begin_bulk_load().await.unwrap());
+            if let Some(bulk) = lock(&store.inner.bulk).as_mut() {
+                bulk.index.collide_all = collide_all;
+            }
+            let delete = |id: &str| WriteOp::Delete {
+                resource_type: observation_type,
+                id: ResourceId::parse(id).unwrap(),
+                if_match: None,
+            };
+            let batch = vec![
+                observation("a"),
+                observation("b"),
+                observation("a"),
+                delete("b"),
+                observation("b"),
+                observation("a"),
+            ];
+            let versions: Vec<u64> = store
+                .transact(batch, Atomicity::EachOnItsOwn)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.unwrap().version)
+                .collect();
+            assert_eq!(versions, [1, 1, 2, 2, 3, 3], "collide_all = {collide_all}");
+            let next = store.transact(vec![observation("b")], Atomicity::AllOrNothing).await;
+            assert_eq!(next.unwrap()[0].as_ref().unwrap().version, 4, "across batches");
+            store.end_bulk_load().await.unwrap();
+            let a = store.read(observation_type, &ResourceId::parse("a").unwrap()).await;
+            assert_eq!(a.unwrap().version, 3);
         }
     }
 }

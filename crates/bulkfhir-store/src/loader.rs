@@ -26,11 +26,19 @@ pub struct LoadOptions {
     /// Keep each resource's own `meta.versionId` and `meta.lastUpdated` (a replica of the
     /// server it was exported from); a line without them is rejected.
     pub keep_source_meta: bool,
+    /// The caller is the store's one user until the load returns (no server on it): an empty
+    /// store may then load in bulk mode ([`ResourceStore::begin_bulk_load`]).
+    pub exclusive: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { batch_size: 5_000, max_reported_rejections: 1_000, keep_source_meta: false }
+        LoadOptions {
+            batch_size: 5_000,
+            max_reported_rejections: 1_000,
+            keep_source_meta: false,
+            exclusive: false,
+        }
     }
 }
 
@@ -128,6 +136,24 @@ struct Batch {
 
 /// Loads every line of `files` into `store`.
 pub async fn load_files(
+    store: &dyn ResourceStore,
+    files: Vec<PathBuf>,
+    options: LoadOptions,
+    progress: &(dyn Fn(LoadProgress) + Send + Sync),
+) -> Result<LoadReport, LoadError> {
+    let bulk = options.exclusive && store.begin_bulk_load().await?;
+    if bulk {
+        tracing::info!("the store is empty: loading in bulk mode");
+    }
+    let loaded = load_lines(store, files, options, progress).await;
+    if bulk {
+        // Also after a failed load: what it committed is kept, and needs the index.
+        store.end_bulk_load().await?;
+    }
+    loaded
+}
+
+async fn load_lines(
     store: &dyn ResourceStore,
     files: Vec<PathBuf>,
     options: LoadOptions,

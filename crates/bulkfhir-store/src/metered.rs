@@ -162,4 +162,12 @@ impl ResourceStore for MeteredStore {
         record("seq_at", started, &result);
         result
     }
+
+    async fn begin_bulk_load(&self) -> Result<bool, StoreError> {
+        self.inner.begin_bulk_load().await
+    }
+
+    async fn end_bulk_load(&self) -> Result<(), StoreError> {
+        self.inner.end_bulk_load().await
+    }
 }

@@ -127,4 +127,19 @@ pub trait ResourceStore: Send + Sync + Debug {
     /// The highest `seq` whose `lastUpdated` is at or before `time` (0 when none): the cursor
     /// from which a scan returns exactly the changes made after `time`.
     async fn seq_at(&self, time: Instant) -> Result<u64, StoreError>;
+
+    /// Asks for bulk mode: writes tuned for a load into an empty store, until
+    /// [`end_bulk_load`](Self::end_bulk_load). Only a caller that is the store's one user for
+    /// that whole time may ask (reads by id may be slow, and writes from other processes are
+    /// refused, until it ends). Returns whether the store switched; a store that holds data, or
+    /// a backend without such a mode, says no and writes as always. The contract of every
+    /// method is unchanged in bulk mode.
+    async fn begin_bulk_load(&self) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+
+    /// Leaves bulk mode (building what it deferred); nothing when not in it.
+    async fn end_bulk_load(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

@@ -138,6 +138,27 @@ async fn medium_loaded_with_bulkfhir_load_reads_back_exactly() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(stdout.contains("loaded 38473 resources from 18 files"), "{stdout}");
+    // An empty store and no server on it: bulk mode, its key index built at the end.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("loading in bulk mode"), "{stderr}");
+    assert!(stderr.contains("built the key index"), "{stderr}");
     let server = BinaryServer::start(data_dir.path()).await;
     verify_store_holds(&server.base, dataset).await;
+
+    // With the server running, a second load shares the store: no bulk mode, and each
+    // resource it holds again gets its next version.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_bulkfhir"))
+        .args(["load", "--data-dir"])
+        .arg(data_dir.path())
+        .arg(dataset.dir.join("Patient.ndjson"))
+        .output()
+        .expect("run bulkfhir load");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "second load failed: {stderr}");
+    assert!(!stderr.contains("bulk mode"), "{stderr}");
+    let patient: Value = serde_json::from_str(&dataset.lines["Patient"][0]).unwrap();
+    let id = patient["id"].as_str().unwrap();
+    let read: Value =
+        reqwest::get(format!("{}/Patient/{id}", server.base)).await.unwrap().json().await.unwrap();
+    assert_eq!(read["meta"]["versionId"], "2");
 }
