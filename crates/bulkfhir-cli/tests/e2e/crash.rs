@@ -207,7 +207,7 @@ async fn an_export_killed_half_way_completes_after_restart_with_every_resource_o
     let expected = line_counts(&generated);
     let total: usize = expected.values().sum();
     assert!(total >= 200_000, "a multi-file export of at least 200,000 resources ({total})");
-    run(&["load", "--data-dir", data.to_str().unwrap()], &generated);
+    kill_a_bulk_load_then_load_again(&data, &generated);
     let flags = ["--export-file-resources", "5000"];
 
     // System level: every generated resource exactly once.
@@ -232,6 +232,43 @@ async fn an_export_killed_half_way_completes_after_restart_with_every_resource_o
     // A view export ($viewdefinition-export, CSV) killed half-way: every Observation's row once.
     let rows = kill_and_resume_view(&data, &flags).await;
     assert_eq!(rows.len(), expected["Observation"], "one row per Observation");
+}
+
+/// Loads `generated` into the empty store at `data` in bulk mode, SIGKILLs the load once it
+/// has committed some batches (before it built its key index), then loads everything again:
+/// the second load's open builds the index, finds data, and loads in normal mode. The export
+/// that follows checks that every resource is there exactly once.
+fn kill_a_bulk_load_then_load_again(data: &Path, generated: &Path) {
+    let database = data.join("bulkfhir.sqlite");
+    let mut load = std::process::Command::new(env!("CARGO_BIN_EXE_bulkfhir"))
+        .args(["load", "--batch-size", "2000", "--data-dir"])
+        .arg(data)
+        .arg(generated)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start bulkfhir load");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let written = |path: &Path| std::fs::metadata(path).map_or(0, |m| m.len());
+    let wal = data.join("bulkfhir.sqlite-wal");
+    while written(&database) + written(&wal) < 40 << 20 {
+        assert!(load.try_wait().unwrap().is_none(), "the load ended before it was killed");
+        assert!(std::time::Instant::now() < deadline, "the load wrote nothing");
+        #[allow(clippy::disallowed_methods, reason = "polling a condition")]
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    load.kill().unwrap();
+    load.wait().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_bulkfhir"))
+        .args(["load", "--data-dir"])
+        .arg(data)
+        .arg(generated)
+        .output()
+        .expect("run bulkfhir load again");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the second load failed: {stderr}");
+    assert!(stderr.contains("built it now"), "the killed load's index, built at open: {stderr}");
+    assert!(!stderr.contains("loading in bulk mode"), "the store holds data: {stderr}");
 }
 
 /// Kicks off a `$viewdefinition-export` of an Observation view (CSV), kills the server with
