@@ -7,7 +7,7 @@
 //! item of the writer's profile. Beyond the page cache (5M), each insert also reads its page.
 //!
 //! In bulk mode the key index is dropped, the current version of each resource written since is
-//! found through an in-memory map from a 64-bit hash of `(type, id)` to its row's `seq` (a
+//! found through an in-memory map from a 32-bit hash of `(type, id)` to its row's `seq` (a
 //! rowid read confirms the match, so a hash collision costs a lookup, never a wrong answer), and
 //! the index is built once, sorted, when the load ends. Only a caller that owns the store for
 //! the whole load may ask for it (`bulkfhir load` holding the data directory's lock): until the
@@ -26,6 +26,8 @@ use std::{
 use bulkfhir_model::{ResourceId, ResourceType};
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::sqlite::Current;
+
 /// Whether the key index exists (it does not while some process is in bulk mode).
 pub(crate) fn has_key_index(conn: &Connection) -> rusqlite::Result<bool> {
     conn.prepare_cached(
@@ -36,9 +38,10 @@ pub(crate) fn has_key_index(conn: &Connection) -> rusqlite::Result<bool> {
     .map(|found| found.is_some())
 }
 
-/// Builds the key index (sorted, in one pass over the table). The sort spills to temporary
-/// files rather than memory (`temp_store = MEMORY` kept the whole sort in the process: 5M
-/// resources would have added some 300 MB to the load's peak).
+/// Builds the key index (sorted, in one pass over the table). Past the page cache the sort
+/// spills to temporary files; with the connection's `temp_store = MEMORY` those would be memory
+/// too, up to the index's size (about 300 MB at 5M resources; not measured apart from the rest
+/// of the load's peak).
 pub(crate) fn build_key_index(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch("PRAGMA temp_store = FILE")?;
     let built = conn.execute_batch(
@@ -124,19 +127,13 @@ pub(crate) struct BulkIndex {
     pub(crate) collide_all: bool,
 }
 
-/// The columns of a version row that a write needs, read by `seq`.
-pub(crate) struct Row {
-    pub(crate) version: i64,
-    pub(crate) deleted: bool,
-    pub(crate) patients: Option<String>,
-}
-
+/// The version row `seq`, if it is one of this resource's.
 fn read_row(
     conn: &Connection,
     seq: i64,
     resource_type: ResourceType,
     id: &ResourceId,
-) -> rusqlite::Result<Option<Row>> {
+) -> rusqlite::Result<Option<Current>> {
     let row = conn
         .prepare_cached(
             "SELECT rtype, id, version, deleted, patients FROM resource_version WHERE seq = ?1",
@@ -144,8 +141,13 @@ fn read_row(
         .query_row(params![seq], |row| {
             let same = row.get_ref(0)?.as_str().ok() == Some(resource_type.as_str())
                 && row.get_ref(1)?.as_str().ok() == Some(id.as_str());
-            Ok(same.then(|| -> rusqlite::Result<Row> {
-                Ok(Row { version: row.get(2)?, deleted: row.get(3)?, patients: row.get(4)? })
+            Ok(same.then(|| -> rusqlite::Result<Current> {
+                Ok(Current {
+                    seq,
+                    version: row.get(2)?,
+                    deleted: row.get(3)?,
+                    patients: row.get(4)?,
+                })
             }))
         })
         .optional()?;
@@ -162,31 +164,27 @@ impl BulkIndex {
         (self.hash.hash_one((resource_type.as_str(), id.as_str())) >> 32) as u32
     }
 
-    /// The newest version of a resource, with its `seq`; `written` holds the writes of the
-    /// transaction in progress (not in the index until it commits).
+    /// The newest version of a resource; `written` holds the writes of the transaction in
+    /// progress (not in the index until it commits).
     pub(crate) fn current(
         &self,
         conn: &Connection,
         written: &HashMap<(ResourceType, ResourceId), i64>,
         resource_type: ResourceType,
         id: &ResourceId,
-    ) -> rusqlite::Result<Option<(i64, Row)>> {
+    ) -> rusqlite::Result<Option<Current>> {
         let key = (resource_type, id.clone());
         if let Some(&seq) = written.get(&key) {
-            return Ok(read_row(conn, seq, resource_type, id)?.map(|row| (seq, row)));
+            return read_row(conn, seq, resource_type, id);
         }
-        if let Some(&seq) = self.by_hash.get(&self.key(resource_type, id)) {
-            let seq = i64::from(seq);
-            if let Some(row) = read_row(conn, seq, resource_type, id)? {
-                return Ok(Some((seq, row)));
-            }
-        }
-        if self.collided.is_empty() {
-            return Ok(None);
+        if let Some(&seq) = self.by_hash.get(&self.key(resource_type, id))
+            && let Some(current) = read_row(conn, i64::from(seq), resource_type, id)?
+        {
+            return Ok(Some(current));
         }
         match self.collided.get(&key) {
             None => Ok(None),
-            Some(&seq) => Ok(read_row(conn, seq, resource_type, id)?.map(|row| (seq, row))),
+            Some(&seq) => read_row(conn, seq, resource_type, id),
         }
     }
 

@@ -1,7 +1,10 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use async_trait::async_trait;
@@ -42,6 +45,9 @@ struct Inner {
     checkpointer: Checkpointer,
     /// Set in bulk mode (`bulk.rs`); locked only while holding the writer.
     bulk: Mutex<Option<Bulk>>,
+    /// Whether `bulk` is set, for readers: they must not wait on a lock the writer holds for a
+    /// whole transaction.
+    in_bulk_mode: AtomicBool,
 }
 
 impl EmbeddedStore {
@@ -67,6 +73,7 @@ impl EmbeddedStore {
                 readers: Mutex::new(Vec::new()),
                 checkpointer,
                 bulk: Mutex::new(None),
+                in_bulk_mode: AtomicBool::new(false),
             }),
         })
     }
@@ -221,11 +228,11 @@ pub(crate) fn to_i64(value: u64) -> i64 {
 }
 
 /// The newest version row of one resource.
-struct Current {
-    seq: i64,
-    version: i64,
-    deleted: bool,
-    patients: Option<String>,
+pub(crate) struct Current {
+    pub(crate) seq: i64,
+    pub(crate) version: i64,
+    pub(crate) deleted: bool,
+    pub(crate) patients: Option<String>,
 }
 
 const CURRENT_SQL: &str = "SELECT seq, version, deleted, patients FROM resource_version
@@ -289,14 +296,7 @@ impl Keys<'_> {
     ) -> rusqlite::Result<Option<Current>> {
         match self {
             Keys::Index => current(tx, resource_type, id),
-            Keys::Bulk(index, written) => {
-                Ok(index.current(tx, written, resource_type, id)?.map(|(seq, row)| Current {
-                    seq,
-                    version: row.version,
-                    deleted: row.deleted,
-                    patients: row.patients,
-                }))
-            }
+            Keys::Bulk(index, written) => index.current(tx, written, resource_type, id),
         }
     }
 }
@@ -900,8 +900,11 @@ impl ResourceStore for EmbeddedStore {
         ids: &[ResourceId],
     ) -> Result<Vec<StoredResource>, StoreError> {
         let ids = ids.to_vec();
-        let query =
-            if lock(&self.inner.bulk).is_some() { READ_AS_OF_BULK_SQL } else { READ_AS_OF_SQL };
+        let query = if self.inner.in_bulk_mode.load(Ordering::Acquire) {
+            READ_AS_OF_BULK_SQL
+        } else {
+            READ_AS_OF_SQL
+        };
         self.with_reader("read resources as of a snapshot", move |conn| {
             let sql = |e| sql_error("read resources as of a snapshot", e);
             let mut statement = conn.prepare_cached(query).map_err(sql)?;
@@ -965,6 +968,7 @@ impl ResourceStore for EmbeddedStore {
                 return Ok(false);
             }
             *bulk = Some(Bulk { index: BulkIndex::default(), _lock: lock });
+            inner.in_bulk_mode.store(true, Ordering::Release);
             Ok(true)
         })
         .await
@@ -981,6 +985,7 @@ impl ResourceStore for EmbeddedStore {
             bulk::build_key_index(conn).map_err(|e| sql_error("build the key index", e))?;
             tracing::info!(seconds = started.elapsed().as_secs_f64(), "built the key index");
             // The map, and then the lock: the index is there for whoever opens the store next.
+            inner.in_bulk_mode.store(false, Ordering::Release);
             *bulk = None;
             Ok(())
         })
