@@ -125,6 +125,10 @@ pub(crate) enum UnitSpec {
     Members {
         resource_type: String,
         after_seq: u64,
+        /// The width of the type's key range at kick-off: the largest types start first.
+        /// (Missing in jobs kicked off before it existed: those run before every other unit.)
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        span: Option<u64>,
         /// As in `Scan`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         view: Option<u32>,
@@ -169,11 +173,12 @@ pub(crate) enum CompartmentScope {
 
 impl UnitSpec {
     /// How much a unit reads, roughly, for running the largest first so that no large unit is
-    /// left running alone at the end: the width of a scan's key range; `Members` units (the
-    /// types too large to scan in a Group export) first; deletions last.
+    /// left running alone at the end: the width of a scan's or a `Members` unit's key range
+    /// (a Group's largest type, read member by member, took the longest and had started
+    /// last); deletions last.
     pub(crate) fn size_hint(&self) -> u64 {
         match self {
-            UnitSpec::Members { .. } => u64::MAX,
+            UnitSpec::Members { span, .. } => span.unwrap_or(u64::MAX),
             UnitSpec::Scan { after_seq, before_seq: Some(before), .. } => {
                 before.saturating_sub(*after_seq)
             }
@@ -270,4 +275,52 @@ pub struct ManifestDoc {
     /// `organizeOutputBy`, when honoured (`outputOrganizedBy`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub organized_by: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UnitSpec;
+
+    /// The runner starts units by `size_hint`, largest first: a Group's largest type must not
+    /// wait behind smaller ones, and a unit stored before `span` existed still comes first.
+    #[test]
+    fn members_units_start_largest_first() {
+        let members = |resource_type: &str, span| UnitSpec::Members {
+            resource_type: resource_type.into(),
+            after_seq: 0,
+            span,
+            view: None,
+        };
+        let mut units = [
+            members("Condition", Some(17_643)),
+            members("Observation", Some(427_160)),
+            UnitSpec::Scan {
+                resource_type: "Location".into(),
+                compartment_only: true,
+                after_seq: 99,
+                part: 0,
+                before_seq: Some(234),
+                members_only: true,
+                view: None,
+            },
+            members("Claim", Some(169_056)),
+        ];
+        units.sort_by_key(|u| std::cmp::Reverse(u.size_hint()));
+        let order: Vec<&str> = units
+            .iter()
+            .map(|u| match u {
+                UnitSpec::Members { resource_type, .. } | UnitSpec::Scan { resource_type, .. } => {
+                    resource_type.as_str()
+                }
+                _ => "",
+            })
+            .collect();
+        assert_eq!(order, ["Observation", "Claim", "Condition", "Location"]);
+        let stored: UnitSpec =
+            serde_json::from_str(r#"{"kind":"members","resource_type":"Claim","after_seq":0}"#)
+                .unwrap();
+        assert_eq!(stored.size_hint(), u64::MAX);
+        let json = serde_json::to_string(&members("Claim", Some(5))).unwrap();
+        assert!(json.contains(r#""span":5"#), "{json}");
+    }
 }

@@ -145,20 +145,16 @@ pub(crate) async fn plan(
             continue;
         }
         if by_members {
-            // Few resources of this type (at most 4 per member): one pass over them, keeping
+            // Few versions of this type (at most 4 per member): one pass over them, keeping
             // the members', costs less than a lookup per member. The key range bounds the
-            // count for free; otherwise a probe reads at most SMALL_TYPE_PROBE of them.
-            let few = plan.members.len().saturating_mul(4);
+            // count for free; otherwise the key index counts at most SMALL_TYPE_PROBE of them.
+            // Versions, not live resources: a pass reads every version in its range.
+            let few = u64::try_from(plan.members.len()).unwrap_or(u64::MAX).saturating_mul(4);
             let span = high.saturating_sub(low.max(since_seq + 1)) + 1;
-            let small = span <= few as u64
-                || has_at_most(
-                    store,
-                    snapshot,
-                    resource_type,
-                    since_seq,
-                    few.min(SMALL_TYPE_PROBE),
-                )
-                .await?;
+            let limit = few.min(SMALL_TYPE_PROBE);
+            let small = span <= few
+                || store.count_versions(snapshot, resource_type, since_seq, limit + 1).await?
+                    <= limit;
             if small {
                 units.push(UnitSpec::Scan {
                     resource_type: name.clone(),
@@ -173,6 +169,7 @@ pub(crate) async fn plan(
                 units.push(UnitSpec::Members {
                     resource_type: name.clone(),
                     after_seq: since_seq,
+                    span: Some(span),
                     view: None,
                 });
             }
@@ -204,26 +201,9 @@ pub(crate) async fn plan(
     Ok((plan, units))
 }
 
-/// The most resources a kick-off reads to decide that a type is small (see `plan`): bounds the
-/// kick-off's time and memory for Groups of any size.
-const SMALL_TYPE_PROBE: usize = 10_000;
-
-/// Whether at most `limit` resources of `resource_type` in any compartment changed after
-/// `since_seq` as of `snapshot` (reads at most `limit` + 1 of them).
-async fn has_at_most(
-    store: &dyn ResourceStore,
-    snapshot: Snapshot,
-    resource_type: ResourceType,
-    since_seq: u64,
-    limit: usize,
-) -> Result<bool, ExportError> {
-    let options = bulkfhir_store::ScanOptions {
-        in_any_compartment: true,
-        ..bulkfhir_store::ScanOptions::live(since_seq, limit + 1)
-    };
-    let page = store.scan(snapshot, resource_type, options).await?;
-    Ok(page.resources.len() <= limit)
-}
+/// The most versions a kick-off counts to decide that a type is small (see `plan`): bounds the
+/// kick-off's time for Groups of any size.
+const SMALL_TYPE_PROBE: u64 = 10_000;
 
 /// Members per `Blocks` unit.
 const MEMBERS_PER_BLOCK_UNIT: usize = 1000;

@@ -862,6 +862,32 @@ impl ResourceStore for PostgresStore {
         Ok(low.zip(high).map(|(low, high)| (to_u64(low), to_u64(high))))
     }
 
+    async fn count_versions(
+        &self,
+        snapshot: Snapshot,
+        resource_type: ResourceType,
+        after_seq: u64,
+        at_most: u64,
+    ) -> Result<u64, StoreError> {
+        let sql = |e| pg_error("count the versions of a type", e);
+        let client = self.client("count the versions of a type").await?;
+        // The (rtype, seq) index answers it (an index-only scan once the table is vacuumed).
+        let row = client
+            .query_one(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM resource_version
+                 WHERE rtype = $1 AND seq > $2 AND seq <= $3 LIMIT $4) AS v",
+                &[
+                    &resource_type.as_str(),
+                    &to_i64(after_seq),
+                    &to_i64(snapshot.seq),
+                    &to_i64(at_most),
+                ],
+            )
+            .await
+            .map_err(sql)?;
+        Ok(to_u64(row.get(0)))
+    }
+
     async fn seq_at(&self, time: Instant) -> Result<u64, StoreError> {
         let sql = |e| pg_error("find the sequence number of an instant", e);
         let client = self.client("find the sequence number of an instant").await?;

@@ -156,6 +156,19 @@ impl ResourceStore for MeteredStore {
         result
     }
 
+    async fn count_versions(
+        &self,
+        snapshot: Snapshot,
+        resource_type: ResourceType,
+        after_seq: u64,
+        at_most: u64,
+    ) -> Result<u64, StoreError> {
+        let started = Clock::now();
+        let result = self.inner.count_versions(snapshot, resource_type, after_seq, at_most).await;
+        record("count_versions", started, &result);
+        result
+    }
+
     async fn seq_at(&self, time: Instant) -> Result<u64, StoreError> {
         let started = Clock::now();
         let result = self.inner.seq_at(time).await;

@@ -124,6 +124,18 @@ pub trait ResourceStore: Send + Sync + Debug {
         resource_type: ResourceType,
     ) -> Result<Option<(u64, u64)>, StoreError>;
 
+    /// How many versions of `resource_type` (live, replaced or deleted, in a compartment or
+    /// not) have a `seq` after `after_seq` and at or below the snapshot, counting no further
+    /// than `at_most`: the rows a scan of that key range would look at. Answered from the key
+    /// index, without reading a resource, so a kick-off can size a type cheaply.
+    async fn count_versions(
+        &self,
+        snapshot: Snapshot,
+        resource_type: ResourceType,
+        after_seq: u64,
+        at_most: u64,
+    ) -> Result<u64, StoreError>;
+
     /// The highest `seq` whose `lastUpdated` is at or before `time` (0 when none): the cursor
     /// from which a scan returns exactly the changes made after `time`.
     async fn seq_at(&self, time: Instant) -> Result<u64, StoreError>;

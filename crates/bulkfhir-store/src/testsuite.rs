@@ -600,6 +600,15 @@ pub async fn deletions_times_and_point_reads_as_of_a_snapshot(store: Arc<dyn Res
     assert_eq!(low, o1.seq.expect("seq"));
     assert_eq!(high, after.seq, "the last write was an Observation");
     assert!(store.seq_bounds(after, rt("Account")).await.expect("bounds").is_none());
+    // Versions of every kind count: o1 and its tombstone, o2 and its update.
+    let count = |snapshot, after_seq, at_most| async move {
+        store.count_versions(snapshot, rt("Observation"), after_seq, at_most).await.expect("count")
+    };
+    assert_eq!(count(after, 0, 100).await, 4);
+    assert_eq!(count(after, 0, 3).await, 3, "counting stops at at_most");
+    assert_eq!(count(before, 0, 100).await, 2, "as of the snapshot");
+    assert_eq!(count(after, since, 100).await, 2, "after after_seq");
+    assert_eq!(store.count_versions(after, rt("Account"), 0, 100).await.expect("count"), 0);
     let ranged = ScanOptions { before_seq: o1.seq.expect("seq") + 1, ..ScanOptions::live(0, 10) };
     let first_only = store.scan(before, rt("Observation"), ranged).await.expect("scan");
     assert_eq!(first_only.resources.iter().map(|r| r.id.to_string()).collect::<Vec<_>>(), ["o1"]);
