@@ -23,5 +23,6 @@ pub mod testing;
 mod tls;
 
 pub use store::{
-    PostgresStore, Sequencing, create_schema, drop_schema, list_schemas, schema_exists,
+    CURRENTS_SQL, PostgresStore, Sequencing, create_schema, drop_schema, list_schemas,
+    schema_exists,
 };

@@ -334,6 +334,19 @@ fn plan_one(
     })
 }
 
+/// The newest version of each `(type, id)` in `$1`/`$2`: one lookup per key, which `LIMIT 1`
+/// in a LATERAL subquery keeps the planner from turning into a join. As a plain join, once
+/// ANALYZE had seen a few hundred thousand rows, the planner guessed many matches per key and
+/// hashed or merged the whole table against each batch (300-700 ms a batch of 5,000, a third of
+/// a 1M load). Public only for the test that checks its plan.
+#[doc(hidden)]
+pub const CURRENTS_SQL: &str = "SELECT k.rtype, k.id, v.seq, v.version, v.deleted, v.patients
+     FROM unnest($1::text[], $2::text[]) AS k(rtype, id)
+     CROSS JOIN LATERAL (
+         SELECT seq, version, deleted, patients FROM resource_version
+         WHERE rtype = k.rtype AND id = k.id ORDER BY version DESC LIMIT 1
+     ) AS v";
+
 /// The current versions of every resource `ops` touch, in one query.
 async fn currents(
     tx: &Transaction<'_>,
@@ -352,13 +365,7 @@ async fn currents(
         ids.push(id.as_str());
     }
     let rows = tx
-        .query(
-            "SELECT DISTINCT ON (v.rtype, v.id) v.rtype, v.id, v.seq, v.version, v.deleted, v.patients
-             FROM resource_version v
-             JOIN unnest($1::text[], $2::text[]) AS k(rtype, id) ON v.rtype = k.rtype AND v.id = k.id
-             ORDER BY v.rtype, v.id, v.version DESC",
-            &[&types, &ids],
-        )
+        .query(CURRENTS_SQL, &[&types, &ids])
         .await
         .map_err(|e| pg_error("read the current versions", e))?;
     let mut out = HashMap::with_capacity(rows.len());

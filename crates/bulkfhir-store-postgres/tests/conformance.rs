@@ -201,3 +201,55 @@ async fn the_snapshot_test_catches_a_naive_sequence() {
     eprintln!("naive: {differ} of {taken} snapshots read differently later");
     assert!(differ > 0, "no snapshot of {taken} changed: the test would not catch the bug");
 }
+
+/// A write reads the newest version of each resource of its batch with `CURRENTS_SQL`. On a
+/// table ANALYZE has seen large, the plan must stay one index lookup per key: written as a plain
+/// join, the same read hashed the whole table against every batch of a load (this setup gives
+/// that join a hash join over a sequential scan of all 400,000 rows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_batch_read_of_current_versions_stays_one_lookup_per_key_on_a_large_table() {
+    let url = TestCluster::get().database();
+    let store = PostgresStore::connect(&url).await.unwrap(); // creates the schema
+    store.close();
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(
+            "INSERT INTO resource_version
+             SELECT g, (ARRAY['Observation','Claim','Encounter','Patient'])[1 + g % 4],
+                    md5(g::text), 1, 0, 9223372036854775807, false, NULL, NULL
+             FROM generate_series(1, 400000) g;
+             ANALYZE resource_version;",
+        )
+        .await
+        .unwrap();
+    // Literal arrays, so that the planner sees all 5,000 keys as a load's batch binds them.
+    let ids: Vec<String> = (0..5000).map(|i| format!("x{i:05}")).collect();
+    let types = vec!["Observation"; ids.len()];
+    client
+        .batch_execute(&format!(
+            "PREPARE currents(text[], text[]) AS {}",
+            bulkfhir_store_postgres::CURRENTS_SQL
+        ))
+        .await
+        .unwrap();
+    let plan: Vec<String> = client
+        .query(
+            &format!(
+                "EXPLAIN EXECUTE currents('{{{}}}', '{{{}}}')",
+                types.join(","),
+                ids.join(",")
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get::<_, String>(0))
+        .collect();
+    let plan = plan.join("\n");
+    assert!(plan.contains("Index Scan Backward using resource_version_pkey"), "{plan}");
+    for scan_of_all in ["Hash Join", "Merge Join", "Seq Scan on resource_version"] {
+        assert!(!plan.contains(scan_of_all), "{scan_of_all}:\n{plan}");
+    }
+}
