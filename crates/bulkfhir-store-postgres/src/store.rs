@@ -553,15 +553,14 @@ fn decode(
 }
 
 /// A page of rows, in order, with their bodies in one shared buffer.
-fn page(
+fn page<'r>(
     resource_type: ResourceType,
-    rows: &[Row],
+    rows: impl ExactSizeIterator<Item = &'r Row>,
     with_patients: bool,
     limit: usize,
 ) -> Result<ScanPage, StoreError> {
     let mut bodies = Vec::with_capacity(rows.len() * 1024);
     let decoded = rows
-        .iter()
         .map(|row| decode(resource_type, row, with_patients, &mut bodies))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(ScanPage::assemble(decoded, bodies, limit))
@@ -577,13 +576,18 @@ fn scan_sql(deleted: bool, in_any_compartment: bool) -> String {
     )
 }
 
-fn compartment_sql(deleted: bool) -> String {
+/// Patient `$1`'s compartment entries of type `$2` after `seq` `$3`, at most `$4` (the
+/// snapshot), the first `$5`: read from the `compartment` primary key alone.
+const COMPARTMENT_ENTRIES_SQL: &str = "SELECT seq FROM compartment
+     WHERE patient_id = $1 AND rtype = $2 AND seq > $3 AND seq <= $4
+     ORDER BY seq LIMIT $5";
+
+/// The versions of type `$1` among the sequence numbers `$2` that are live (or, with `deleted`,
+/// deletions) as of snapshot `$3`, in no order: walks `resource_version_scan`.
+fn compartment_rows_sql(deleted: bool) -> String {
     format!(
-        "SELECT v.seq, v.id, v.version, v.last_updated, v.body, v.patients
-         FROM compartment c JOIN resource_version v ON v.seq = c.seq
-         WHERE c.patient_id = $1 AND c.rtype = $2 AND c.seq > $3 AND c.seq <= $4
-           AND v.next_seq > $4 AND v.deleted = {deleted}
-         ORDER BY c.seq LIMIT $5"
+        "SELECT seq, id, version, last_updated, body, patients FROM resource_version
+         WHERE rtype = $1 AND seq = ANY($2::bigint[]) AND next_seq > $3 AND deleted = {deleted}"
     )
 }
 
@@ -762,7 +766,7 @@ impl ResourceStore for PostgresStore {
             )
             .await
             .map_err(sql)?;
-        page(resource_type, &rows, options.with_patients, options.limit)
+        page(resource_type, rows.iter(), options.with_patients, options.limit)
     }
 
     async fn scan_compartment(
@@ -788,36 +792,63 @@ impl ResourceStore for PostgresStore {
     ) -> Result<Vec<ScanPage>, StoreError> {
         let sql = |e| pg_error("scan patient compartments", e);
         let client = self.client("scan patient compartments").await?;
-        let statement =
-            client.prepare_cached(&compartment_sql(options.deleted)).await.map_err(sql)?;
+        let entries_statement =
+            client.prepare_cached(COMPARTMENT_ENTRIES_SQL).await.map_err(sql)?;
+        let rows_statement =
+            client.prepare_cached(&compartment_rows_sql(options.deleted)).await.map_err(sql)?;
         let mut budget = options.limit.max(1);
         let mut pages = Vec::new();
-        // The queries of a wave go out together (tokio-postgres pipelines them on the
-        // connection), each asking for the whole remaining budget; trimming each result to the
-        // budget left after the patients before it gives exactly the pages that one query per
-        // patient, in turn, would give. Waves are sized from the rows per patient seen so far,
-        // so that a type with hundreds of resources per patient is not read many times over.
+        // A wave of patients at a time: their compartment entries (index-only reads, sent
+        // together: tokio-postgres pipelines them on the connection), then the rows of all of
+        // them in one read by `(rtype, seq)`. A join read each row through its own index probe
+        // and cost twice as much on the server. Each patient's entries are read up to the
+        // budget left when the wave starts; the pages are then cut exactly as one query per
+        // patient, in turn, would cut them. Waves are sized from the rows per patient seen so
+        // far, so that a type with hundreds of resources per patient is not read many times.
         let (mut next, mut wave, mut rows_seen, mut patients_seen) = (0, 4, 0_usize, 0_usize);
+        let seq = to_i64(snapshot.seq);
+        let rtype = resource_type.as_str();
         while next < patients.len() {
             let batch = &patients[next..(next + wave).min(patients.len())];
             let limit = limit_param(budget);
-            let seq = to_i64(snapshot.seq);
-            let rtype = resource_type.as_str();
             let afters: Vec<i64> = (next..next + batch.len())
                 .map(|index| to_i64(if index == 0 { options.after_seq } else { restart_after }))
                 .collect();
-            let (client, statement) = (&client, &statement);
+            let (client, entries_statement) = (&client, &entries_statement);
             let queries = batch.iter().zip(&afters).map(|(patient, after)| async move {
                 let patient = patient.as_str();
-                client.query(statement, &[&patient, &rtype, after, &seq, &limit]).await
+                client.query(entries_statement, &[&patient, &rtype, after, &seq, &limit]).await
             });
-            let results = futures::future::try_join_all(queries).await.map_err(sql)?;
-            for rows in results {
-                rows_seen += rows.len();
+            let entries: Vec<Vec<i64>> = futures::future::try_join_all(queries)
+                .await
+                .map_err(sql)?
+                .iter()
+                .map(|rows| rows.iter().map(|row| row.get(0)).collect())
+                .collect();
+            let wanted: Vec<i64> = entries.iter().flatten().copied().collect();
+            let rows = if wanted.is_empty() {
+                Vec::new()
+            } else {
+                client.query(&rows_statement, &[&rtype, &wanted, &seq]).await.map_err(sql)?
+            };
+            let by_seq: HashMap<i64, &Row> = rows.iter().map(|row| (row.get(0), row)).collect();
+            for member_entries in &entries {
                 patients_seen += 1;
-                let taken = &rows[..rows.len().min(budget)];
-                let page = page(resource_type, taken, options.with_patients, budget)?;
+                // The patient's live rows in seq order, at most the budget left.
+                let taken: Vec<&Row> = member_entries
+                    .iter()
+                    .filter_map(|seq| by_seq.get(seq).copied())
+                    .take(budget)
+                    .collect();
+                rows_seen += taken.len();
+                let mut page =
+                    page(resource_type, taken.into_iter(), options.with_patients, budget)?;
                 budget = budget.saturating_sub(page.resources.len());
+                // Entries read up to the limit: the patient may have more, after the last.
+                let cut = member_entries.len() >= usize::try_from(limit).unwrap_or(usize::MAX);
+                if page.next.is_none() && cut {
+                    page.next = member_entries.last().map(|seq| to_u64(*seq));
+                }
                 let full = page.next.is_some() || budget == 0;
                 pages.push(page);
                 if full {
@@ -848,7 +879,7 @@ impl ResourceStore for PostgresStore {
             )
             .await
             .map_err(sql)?;
-        Ok(page(resource_type, &rows, true, usize::MAX)?.resources)
+        Ok(page(resource_type, rows.iter(), true, usize::MAX)?.resources)
     }
 
     async fn seq_bounds(

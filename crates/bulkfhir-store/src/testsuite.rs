@@ -463,6 +463,12 @@ pub async fn compartment_batches_share_a_budget(store: Arc<dyn ResourceStore>) {
             put(store, &format!(r#"{{"resourceType":"Observation","id":"{patient}-o{o}","subject":{{"reference":"Patient/{patient}"}}}}"#)).await;
         }
     }
+    // Replaced and deleted versions among p4's entries: a page the budget cuts short must
+    // neither return them nor lose what follows them.
+    for status in ["amended", "final"] {
+        put(store, &format!(r#"{{"resourceType":"Observation","id":"p4-o0","status":"{status}","subject":{{"reference":"Patient/p4"}}}}"#)).await;
+    }
+    delete(store, "Observation", "p4-o1").await;
     // Written after the snapshot: never returned.
     let snapshot = store.snapshot().await.expect("snapshot");
     put(
