@@ -871,12 +871,15 @@ impl ResourceStore for PostgresStore {
         let sql = |e| pg_error("read resources as of a snapshot", e);
         let client = self.client("read resources as of a snapshot").await?;
         let ids: Vec<&str> = ids.iter().map(ResourceId::as_str).collect();
-        let rows = client
-            .query(
+        let statement = client
+            .prepare_cached(
                 "SELECT seq, id, version, last_updated, body, patients FROM resource_version
                  WHERE rtype = $1 AND id = ANY($2) AND seq <= $3 AND next_seq > $3 AND NOT deleted",
-                &[&resource_type.as_str(), &ids, &to_i64(snapshot.seq)],
             )
+            .await
+            .map_err(sql)?;
+        let rows = client
+            .query(&statement, &[&resource_type.as_str(), &ids, &to_i64(snapshot.seq)])
             .await
             .map_err(sql)?;
         Ok(page(resource_type, rows.iter(), true, usize::MAX)?.resources)
@@ -889,11 +892,16 @@ impl ResourceStore for PostgresStore {
     ) -> Result<Option<(u64, u64)>, StoreError> {
         let sql = |e| pg_error("find the key range of a type", e);
         let client = self.client("find the key range of a type").await?;
-        let row = client
-            .query_one(
+        // Prepared once per connection (as every query a kick-off or an export repeats): a
+        // statement given as text costs a round trip more per call to parse it again.
+        let statement = client
+            .prepare_cached(
                 "SELECT MIN(seq), MAX(seq) FROM resource_version WHERE rtype = $1 AND seq <= $2",
-                &[&resource_type.as_str(), &to_i64(snapshot.seq)],
             )
+            .await
+            .map_err(sql)?;
+        let row = client
+            .query_one(&statement, &[&resource_type.as_str(), &to_i64(snapshot.seq)])
             .await
             .map_err(sql)?;
         let (low, high): (Option<i64>, Option<i64>) = (row.get(0), row.get(1));
@@ -910,10 +918,16 @@ impl ResourceStore for PostgresStore {
         let sql = |e| pg_error("count the versions of a type", e);
         let client = self.client("count the versions of a type").await?;
         // The (rtype, seq) index answers it (an index-only scan once the table is vacuumed).
-        let row = client
-            .query_one(
+        let statement = client
+            .prepare_cached(
                 "SELECT COUNT(*) FROM (SELECT 1 FROM resource_version
                  WHERE rtype = $1 AND seq > $2 AND seq <= $3 LIMIT $4) AS v",
+            )
+            .await
+            .map_err(sql)?;
+        let row = client
+            .query_one(
+                &statement,
                 &[
                     &resource_type.as_str(),
                     &to_i64(after_seq),
